@@ -1,0 +1,171 @@
+//! Reads and checks `#[event(...)]` attributes.
+
+use proc_macro2::{Span, TokenStream};
+use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
+
+use crate::attr::{Errors, Once};
+
+pub struct EventInput {
+    pub krate: syn::Path,
+    pub name: Option<String>,
+    pub version: u32,
+    pub topic: Option<String>,
+    pub key: Key,
+    pub ident_span: Span,
+}
+
+/// The partition key field: of the struct, or of each enum variant.
+pub enum Key {
+    Struct(Option<(syn::Member, Span)>),
+    Enum(Vec<(syn::Ident, Option<(syn::Member, Span)>)>),
+}
+
+impl EventInput {
+    pub fn parse(input: &syn::DeriveInput) -> (Self, Option<TokenStream>) {
+        let errors = Errors::default();
+        let mut krate = Once::new("crate");
+        let mut name = Once::new("name");
+        let mut version = Once::new("version");
+        let mut topic = Once::new("topic");
+        for attr in input.attrs.iter().filter(|a| a.path().is_ident("event")) {
+            let parsed = attr.parse_nested_meta(|meta| {
+                let path = meta.path.clone();
+                if path.is_ident("name") {
+                    let lit: syn::LitStr = meta.value()?.parse()?;
+                    check_name(&errors, &lit, "name");
+                    name.set(&errors, &path, lit.value());
+                } else if path.is_ident("version") {
+                    let lit: syn::LitInt = meta.value()?.parse()?;
+                    match lit.base10_parse::<u32>() {
+                        Ok(0) => errors.spanned(&lit, "event versions start at 1: use `version = 1`"),
+                        Ok(v) => version.set(&errors, &path, v),
+                        Err(e) => errors.push(e),
+                    }
+                } else if path.is_ident("topic") {
+                    let lit: syn::LitStr = meta.value()?.parse()?;
+                    check_name(&errors, &lit, "topic");
+                    topic.set(&errors, &path, lit.value());
+                } else if path.is_ident("crate") {
+                    let lit: syn::LitStr = meta.value()?.parse()?;
+                    krate.set(&errors, &path, lit.parse::<syn::Path>()?);
+                } else if path.is_ident("key") {
+                    errors.spanned(&path, "`key` goes on a field: `#[event(key)] order_id: String`");
+                } else {
+                    errors.spanned(
+                        &path,
+                        format_args!(
+                            "unknown event attribute `{}`; expected `name`, `version`, `topic` or `crate`",
+                            path_text(&path)
+                        ),
+                    );
+                    skip_value(&meta)?;
+                }
+                Ok(())
+            });
+            if let Err(error) = parsed {
+                errors.push(error);
+            }
+        }
+
+        let key = match &input.data {
+            syn::Data::Struct(data) => Key::Struct(key_field(&errors, &data.fields)),
+            syn::Data::Enum(data) => Key::Enum(
+                data.variants
+                    .iter()
+                    .map(|v| {
+                        reject_event_attrs(&errors, &v.attrs, "an enum variant");
+                        (v.ident.clone(), key_field(&errors, &v.fields))
+                    })
+                    .collect(),
+            ),
+            syn::Data::Union(data) => {
+                errors.spanned(
+                    data.union_token,
+                    "`Event` cannot be derived for unions; use a struct or an enum",
+                );
+                Key::Struct(None)
+            }
+        };
+
+        let parsed = EventInput {
+            krate: krate
+                .get()
+                .unwrap_or_else(|| syn::parse_quote!(::eventflow)),
+            name: name.get(),
+            version: version.get().unwrap_or(1),
+            topic: topic.get(),
+            key,
+            ident_span: input.ident.span(),
+        };
+        (parsed, errors.finish())
+    }
+}
+
+/// Finds the one field marked `#[event(key)]`.
+fn key_field(errors: &Errors, fields: &syn::Fields) -> Option<(syn::Member, Span)> {
+    let mut key: Option<(syn::Member, Span)> = None;
+    for (index, field) in fields.iter().enumerate() {
+        for attr in field.attrs.iter().filter(|a| a.path().is_ident("event")) {
+            let parsed = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("key") {
+                    if key.is_some() {
+                        errors.spanned(&meta.path, "only one field can be the partition key; remove `#[event(key)]` from all but one");
+                    } else {
+                        let member = match &field.ident {
+                            Some(ident) => syn::Member::Named(ident.clone()),
+                            None => syn::Member::Unnamed(syn::Index { index: index as u32, span: field.span() }),
+                        };
+                        key = Some((member, field.ty.span()));
+                    }
+                } else {
+                    errors.spanned(
+                        &meta.path,
+                        format_args!("unknown field attribute `{}`; expected `key`", path_text(&meta.path)),
+                    );
+                    skip_value(&meta)?;
+                }
+                Ok(())
+            });
+            if let Err(error) = parsed {
+                errors.push(error);
+            }
+        }
+    }
+    key
+}
+
+fn reject_event_attrs(errors: &Errors, attrs: &[syn::Attribute], what: &str) {
+    for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
+        errors.spanned(
+            attr,
+            format_args!("`#[event(...)]` has no options on {what}"),
+        );
+    }
+}
+
+/// Names and topics travel to brokers: keep them to characters every broker accepts.
+fn check_name(errors: &Errors, lit: &syn::LitStr, what: &str) {
+    let value = lit.value();
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if value.is_empty() || value.len() > 249 || !value.chars().all(valid) {
+        errors.spanned(
+            lit,
+            format_args!("invalid event {what} {value:?}: use 1 to 249 ASCII letters, digits, '.', '_' or '-'"),
+        );
+    }
+}
+
+fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<syn::Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let _content;
+        syn::parenthesized!(_content in meta.input);
+    }
+    Ok(())
+}
+
+fn path_text(path: &syn::Path) -> String {
+    quote::quote!(#path).to_string().replace(' ', "")
+}

@@ -1,0 +1,234 @@
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::route::{Route, Typed};
+use super::{worker, EventBus, Group, GroupRoute, Running, Shared};
+use crate::codec::{Codec, Json};
+use crate::context::StateMap;
+use crate::dead_letter::{DeadLetterStore, MemoryDeadLetters};
+use crate::handler::{Handler, Registration};
+use crate::retry::Backoff;
+use crate::transport::{InProcess, Transport};
+use crate::Error;
+
+/// Configures and starts an [`EventBus`].
+///
+/// ```
+/// # use eventflow::{EventBus, InProcess};
+/// # async fn run() -> Result<(), eventflow::Error> {
+/// let bus = EventBus::builder()
+///     .transport(InProcess::new())
+///     .retries(5)
+///     .start()
+///     .await?;
+/// # bus.shutdown().await; Ok(()) }
+/// ```
+pub struct EventBusBuilder {
+    transport: Option<Arc<dyn Transport>>,
+    codec: Arc<dyn Codec>,
+    state: StateMap,
+    dead_letters: Arc<dyn DeadLetterStore>,
+    backoff: Backoff,
+    retries: u32,
+    workers: usize,
+    group_workers: HashMap<String, usize>,
+    routes: Vec<Arc<dyn Route>>,
+}
+
+impl EventBusBuilder {
+    pub(super) fn new() -> Self {
+        EventBusBuilder {
+            transport: None,
+            codec: Arc::new(Json),
+            state: StateMap::default(),
+            dead_letters: Arc::new(MemoryDeadLetters::default()),
+            backoff: Backoff::default(),
+            retries: 3,
+            workers: 1,
+            group_workers: HashMap::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Registers a handler, usually a `#[subscribe]` function by name.
+    pub fn handler<H: Handler>(mut self, handler: H) -> Self {
+        self.routes.push(Typed::new(handler));
+        self
+    }
+
+    /// Registers every `#[subscribe]` function linked into the program.
+    ///
+    /// A handler in a module that nothing in the program references may be left out by the
+    /// linker and so not be found; register such handlers with [`handler`](Self::handler).
+    pub fn discovered_handlers(mut self) -> Self {
+        for registration in inventory::iter::<Registration> {
+            self = (registration.register)(self);
+        }
+        self
+    }
+
+    /// The transport events travel on. Default: a new [`InProcess`] transport.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// The codec payloads are encoded with. Default: [`Json`].
+    pub fn codec(mut self, codec: impl Codec) -> Self {
+        self.codec = Arc::new(codec);
+        self
+    }
+
+    /// Adds application state that handlers take as [`State<T>`](crate::State).
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Where events that exhausted their retries go. Default: in memory.
+    pub fn dead_letters(mut self, store: impl DeadLetterStore) -> Self {
+        self.dead_letters = Arc::new(store);
+        self
+    }
+
+    /// The wait between retries. Default: 100 ms doubling up to 30 s, with jitter.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The retry budget of handlers that do not set their own. Default 3.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// How many group members each group runs on this bus. Default 1; each member handles
+    /// its partitions concurrently, so more are needed only to share the work of a topic
+    /// with few partitions.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// How many members one group runs on this bus.
+    pub fn group_workers(mut self, group: impl Into<String>, workers: usize) -> Self {
+        self.group_workers.insert(group.into(), workers.max(1));
+        self
+    }
+
+    /// Checks the configuration, joins every group to the transport and starts handling.
+    ///
+    /// Fails if a handler needs state the bus does not have, or if two handlers of one
+    /// group handle the same event.
+    pub async fn start(self) -> Result<EventBus, Error> {
+        let groups = self.groups()?;
+        let transport = self.transport.unwrap_or_else(|| Arc::new(InProcess::new()));
+        let mut consumers = Vec::new();
+        for group in groups.values() {
+            for _ in 0..group.workers {
+                consumers.push((
+                    group.clone(),
+                    transport.subscribe(&group.name, &group.topics).await?,
+                ));
+            }
+        }
+        let shared = Arc::new(Shared {
+            transport,
+            codec: self.codec,
+            state: self.state,
+            dead_letters: self.dead_letters,
+            backoff: self.backoff,
+            groups,
+            closed: AtomicBool::new(false),
+        });
+        let (shutdown, _) = watch::channel(false);
+        let workers = consumers
+            .into_iter()
+            .map(|(group, consumer)| {
+                tokio::spawn(worker::run(
+                    shared.clone(),
+                    group,
+                    consumer,
+                    shutdown.subscribe(),
+                ))
+            })
+            .collect();
+        let running = Arc::new(Running {
+            shutdown,
+            workers: Mutex::new(workers),
+        });
+        Ok(EventBus { shared, running })
+    }
+
+    fn groups(&self) -> Result<HashMap<Arc<str>, Arc<Group>>, Error> {
+        let mut problems = Vec::new();
+        let mut groups: HashMap<Arc<str>, Group> = HashMap::new();
+        for route in &self.routes {
+            let options = route.options();
+            if let Err(reason) = route.check(&self.state) {
+                problems.push(format!("handler `{}`: {reason}", options.name));
+            }
+            let name: Arc<str> = options.group.as_ref().into();
+            let group = groups.entry(name.clone()).or_insert_with(|| Group {
+                workers: self
+                    .group_workers
+                    .get(&*name)
+                    .copied()
+                    .unwrap_or(self.workers),
+                name,
+                routes: HashMap::new(),
+                topics: Vec::new(),
+            });
+            if let Some(other) = group.routes.get(route.event_name()) {
+                problems.push(format!(
+                    "handlers `{}` and `{}` both handle `{}` in group `{}`; a group handles an \
+                     event once, so give one of them its own group",
+                    other.route.options().name,
+                    options.name,
+                    route.event_name(),
+                    group.name
+                ));
+                continue;
+            }
+            if !group.topics.contains(&route.topic()) {
+                group.topics.push(route.topic());
+            }
+            let retries = options.retries.unwrap_or(self.retries);
+            group.routes.insert(
+                route.event_name(),
+                GroupRoute {
+                    route: route.clone(),
+                    retries,
+                },
+            );
+        }
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(name, group)| (name, Arc::new(group)))
+            .collect())
+    }
+}
+
+impl std::fmt::Debug for EventBusBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBusBuilder")
+            .field(
+                "handlers",
+                &self
+                    .routes
+                    .iter()
+                    .map(|r| r.options().name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("retries", &self.retries)
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}

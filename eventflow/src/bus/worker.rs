@@ -1,0 +1,279 @@
+//! One member of a consumer group: polls its partitions, runs handlers with retries,
+//! dead-letters what keeps failing, commits what is done.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::join_all;
+use futures_util::FutureExt;
+use tokio::sync::watch;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{Group, GroupRoute, Publisher, Shared};
+use crate::dead_letter::DeadLetter;
+use crate::transport::{Consumer, Record};
+use crate::{BoxError, Context, Envelope, Error};
+
+/// How handling one record ended.
+enum Outcome {
+    /// Handled, skipped (no handler in this group) or dead-lettered: commit it.
+    Done,
+    /// Shutdown came first: leave it uncommitted, to be handled again later.
+    Interrupted,
+}
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    group: Arc<Group>,
+    mut consumer: Box<dyn Consumer>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut failures = 0;
+    loop {
+        let polled = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            polled = consumer.poll() => polled,
+        };
+        let records = match polled {
+            Ok(records) => {
+                failures = 0;
+                records
+            }
+            Err(error) => {
+                failures += 1;
+                let wait = shared
+                    .backoff
+                    .delay(failures)
+                    .max(Duration::from_millis(10));
+                tracing::error!(group = %group.name, %error, ?wait, "polling the transport failed; retrying");
+                if sleep_unless_stopped(wait, &mut shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let done = handle_batch(&shared, &group, &records, &shutdown).await;
+        if let Err(error) = consumer.commit(&done).await {
+            tracing::error!(group = %group.name, %error, "committing handled events failed; they will be handled again");
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    if let Err(error) = consumer.close().await {
+        tracing::warn!(group = %group.name, %error, "leaving the consumer group failed");
+    }
+}
+
+/// Handles a batch, partitions concurrently and each partition in order. Returns the
+/// records to commit: per partition, the ones handled before a shutdown interrupted it.
+async fn handle_batch(
+    shared: &Arc<Shared>,
+    group: &Arc<Group>,
+    records: &[Record],
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<Record> {
+    let mut lanes: Vec<Vec<&Record>> = Vec::new();
+    for record in records {
+        match lanes
+            .iter_mut()
+            .find(|lane| lane[0].partition == record.partition && lane[0].topic == record.topic)
+        {
+            Some(lane) => lane.push(record),
+            None => lanes.push(vec![record]),
+        }
+    }
+    let lanes = lanes.into_iter().map(|lane| async move {
+        let mut shutdown = shutdown.clone();
+        let mut done = Vec::with_capacity(lane.len());
+        for record in lane {
+            if *shutdown.borrow() {
+                break;
+            }
+            match deliver(shared, group, &record.envelope, &mut shutdown).await {
+                Outcome::Done => done.push(record.clone()),
+                Outcome::Interrupted => break,
+            }
+        }
+        done
+    });
+    join_all(lanes).await.into_iter().flatten().collect()
+}
+
+/// Runs the group's handler for one event with its retry budget, dead-lettering it if the
+/// budget runs out or the event cannot be decoded.
+async fn deliver(
+    shared: &Arc<Shared>,
+    group: &Group,
+    envelope: &Arc<Envelope>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let Some(route) = group.routes.get(&*envelope.name) else {
+        return Outcome::Done;
+    };
+    match attempt_all(shared, group, route, envelope, shutdown).await {
+        Ok(_) => Outcome::Done,
+        Err(Failure::Interrupted) => Outcome::Interrupted,
+        Err(Failure::Failed { error, attempts }) => {
+            let letter = DeadLetter {
+                id: Uuid::now_v7(),
+                group: group.name.to_string(),
+                envelope: Envelope::clone(envelope),
+                error,
+                attempts,
+                failed_at: SystemTime::now(),
+            };
+            dead_letter(shared, letter, shutdown).await
+        }
+    }
+}
+
+pub(super) async fn replay(
+    shared: &Arc<Shared>,
+    group: &Group,
+    mut letter: DeadLetter,
+) -> Result<(), Error> {
+    let route = group.routes.get(&*letter.envelope.name).ok_or_else(|| {
+        Error::Config(format!(
+            "group `{}` has no handler for `{}` on this bus; register it before replaying",
+            group.name, letter.envelope.name
+        ))
+    })?;
+    let (_keep_open, mut never) = watch::channel(false);
+    let envelope = Arc::new(letter.envelope.clone());
+    match attempt_all(shared, group, route, &envelope, &mut never).await {
+        Ok(_) => {
+            shared.dead_letters.take(letter.id).await?;
+            Ok(())
+        }
+        Err(Failure::Failed { error, attempts }) => {
+            letter.error = error;
+            letter.attempts += attempts;
+            letter.failed_at = SystemTime::now();
+            shared.dead_letters.put(letter).await
+        }
+        Err(Failure::Interrupted) => Ok(()),
+    }
+}
+
+enum Failure {
+    Failed { error: String, attempts: u32 },
+    Interrupted,
+}
+
+async fn attempt_all(
+    shared: &Arc<Shared>,
+    group: &Group,
+    route: &GroupRoute,
+    envelope: &Arc<Envelope>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<u32, Failure> {
+    if envelope.version != route.route.event_version() {
+        let error = Error::UnknownVersion {
+            id: envelope.id,
+            name: envelope.name.to_string(),
+            found: envelope.version,
+            expected: route.route.event_version(),
+            group: group.name.to_string(),
+        };
+        tracing::error!(group = %group.name, event.id = %envelope.id, %error, "dead-lettering event");
+        return Err(Failure::Failed {
+            error: error.to_string(),
+            attempts: 0,
+        });
+    }
+    let mut attempt = 1;
+    loop {
+        let ctx = Context::new(
+            envelope.clone(),
+            group.name.clone(),
+            attempt,
+            Publisher(shared.clone()),
+        );
+        let span = tracing::info_span!(
+            "eventflow.handle",
+            event.id = %envelope.id,
+            event.name = %envelope.name,
+            group = %group.name,
+            handler = route.route.options().name,
+            attempt,
+        );
+        let started = match route.route.invoke(envelope, ctx, &*shared.codec) {
+            Ok(future) => future,
+            Err(error) => {
+                tracing::error!(parent: &span, %error, "dead-lettering event");
+                return Err(Failure::Failed {
+                    error: error.to_string(),
+                    attempts: 0,
+                });
+            }
+        };
+        let error = match AssertUnwindSafe(started)
+            .catch_unwind()
+            .instrument(span.clone())
+            .await
+        {
+            Ok(Ok(())) => return Ok(attempt),
+            Ok(Err(error)) => error,
+            Err(panic) => panic_error(panic),
+        };
+        if attempt > route.retries {
+            tracing::error!(parent: &span, error = %error, attempts = attempt, "handler failed; dead-lettering event");
+            return Err(Failure::Failed {
+                error: error.to_string(),
+                attempts: attempt,
+            });
+        }
+        let wait = shared.backoff.delay(attempt);
+        tracing::warn!(parent: &span, error = %error, ?wait, "handler failed; retrying");
+        if sleep_unless_stopped(wait, shutdown).await {
+            return Err(Failure::Interrupted);
+        }
+        attempt += 1;
+    }
+}
+
+/// Stores a dead letter, retrying until the store takes it: an event is committed only
+/// once it is handled or safely dead-lettered.
+async fn dead_letter(
+    shared: &Shared,
+    letter: DeadLetter,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let mut failures = 0;
+    loop {
+        match shared.dead_letters.put(letter.clone()).await {
+            Ok(()) => return Outcome::Done,
+            Err(error) => {
+                failures += 1;
+                tracing::error!(group = %letter.group, event.id = %letter.envelope.id, %error, "storing a dead letter failed; retrying");
+                if sleep_unless_stopped(shared.backoff.delay(failures), shutdown).await {
+                    return Outcome::Interrupted;
+                }
+            }
+        }
+    }
+}
+
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    format!("handler panicked: {message}").into()
+}
+
+/// Sleeps for `wait`; returns true if shutdown came first.
+async fn sleep_unless_stopped(wait: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if wait.is_zero() {
+        return *shutdown.borrow();
+    }
+    tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => true,
+        _ = tokio::time::sleep(wait) => false,
+    }
+}

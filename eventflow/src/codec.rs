@@ -1,0 +1,128 @@
+//! Payload encoding: the [`Codec`] trait and its default, [`Json`].
+
+use std::fmt;
+
+use bytes::Bytes;
+
+pub use erased_serde;
+
+/// Turns events into payload bytes and back.
+///
+/// A codec works on type-erased serde values so that one bus can hold one codec for every
+/// event type. The default is [`Json`]; a MessagePack or CBOR codec is a few lines on top of
+/// its serde implementation:
+///
+/// ```
+/// use eventflow::codec::{erased_serde, Codec, CodecError};
+///
+/// struct PrettyJson;
+///
+/// impl Codec for PrettyJson {
+///     fn content_type(&self) -> &'static str {
+///         "application/json"
+///     }
+///
+///     fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError> {
+///         serde_json::to_vec_pretty(value).map_err(CodecError::new)
+///     }
+///
+///     fn decode<'de>(
+///         &self,
+///         bytes: &'de [u8],
+///         visit: &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'de>) -> Result<(), erased_serde::Error>,
+///     ) -> Result<(), CodecError> {
+///         let mut de = serde_json::Deserializer::from_slice(bytes);
+///         visit(&mut <dyn erased_serde::Deserializer>::erase(&mut de)).map_err(CodecError::new)?;
+///         de.end().map_err(CodecError::new)
+///     }
+/// }
+/// ```
+pub trait Codec: Send + Sync + 'static {
+    /// The MIME type written into every envelope this codec encodes.
+    fn content_type(&self) -> &'static str;
+
+    /// Encodes a value.
+    fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError>;
+
+    /// Builds a deserializer over `bytes` and hands it to `visit`, which deserializes the
+    /// event from it.
+    fn decode<'de>(
+        &self,
+        bytes: &'de [u8],
+        visit: &mut dyn FnMut(
+            &mut dyn erased_serde::Deserializer<'de>,
+        ) -> Result<(), erased_serde::Error>,
+    ) -> Result<(), CodecError>;
+}
+
+/// JSON through `serde_json`: the default codec.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Json;
+
+impl Codec for Json {
+    fn content_type(&self) -> &'static str {
+        "application/json"
+    }
+
+    fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(128);
+        serde_json::to_writer(&mut out, value).map_err(CodecError::new)?;
+        Ok(out)
+    }
+
+    fn decode<'de>(
+        &self,
+        bytes: &'de [u8],
+        visit: &mut dyn FnMut(
+            &mut dyn erased_serde::Deserializer<'de>,
+        ) -> Result<(), erased_serde::Error>,
+    ) -> Result<(), CodecError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        visit(&mut <dyn erased_serde::Deserializer>::erase(&mut de)).map_err(CodecError::new)?;
+        de.end().map_err(CodecError::new)
+    }
+}
+
+/// Encodes `value` with `codec`.
+pub(crate) fn encode<T: serde::Serialize>(
+    codec: &dyn Codec,
+    value: &T,
+) -> Result<Bytes, CodecError> {
+    codec.encode(value).map(Bytes::from)
+}
+
+/// Decodes a `T` from `bytes` with `codec`.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    codec: &dyn Codec,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    let mut out = None;
+    codec.decode(bytes, &mut |de| {
+        out = Some(erased_serde::deserialize::<T>(de)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| CodecError::new("the codec did not deserialize a value"))
+}
+
+/// A payload that could not be encoded or decoded.
+#[derive(Debug)]
+pub struct CodecError(Box<dyn std::error::Error + Send + Sync>);
+
+impl CodecError {
+    /// Wraps the codec's own error.
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        CodecError(error.into())
+    }
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for CodecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}

@@ -1,0 +1,70 @@
+//! Events a group gave up on: [`DeadLetter`] and where they are kept, [`DeadLetterStore`].
+
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::{Envelope, Error};
+
+/// An event one consumer group could not handle within its retry budget, or could not
+/// decode at all. Other groups are not affected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Id of this dead letter (not of the event: one event can be dead-lettered by several
+    /// groups).
+    pub id: Uuid,
+    /// The group that gave up.
+    pub group: String,
+    /// The event as it was received.
+    pub envelope: Envelope,
+    /// The last error, as text.
+    pub error: String,
+    /// How many times the handler ran (0 if the event could not be decoded).
+    pub attempts: u32,
+    /// When the group gave up.
+    pub failed_at: SystemTime,
+}
+
+/// Where dead letters are kept until someone replays or discards them.
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync + 'static {
+    /// Stores a dead letter.
+    async fn put(&self, letter: DeadLetter) -> Result<(), Error>;
+
+    /// Lists dead letters, oldest first; only `group`'s if given.
+    async fn list(&self, group: Option<&str>) -> Result<Vec<DeadLetter>, Error>;
+
+    /// Removes a dead letter and returns it.
+    async fn take(&self, id: Uuid) -> Result<Option<DeadLetter>, Error>;
+}
+
+/// Dead letters in memory, lost when the process ends.
+#[derive(Debug, Default)]
+pub struct MemoryDeadLetters(Mutex<Vec<DeadLetter>>);
+
+#[async_trait]
+impl DeadLetterStore for MemoryDeadLetters {
+    async fn put(&self, letter: DeadLetter) -> Result<(), Error> {
+        self.0.lock().unwrap().push(letter);
+        Ok(())
+    }
+
+    async fn list(&self, group: Option<&str>) -> Result<Vec<DeadLetter>, Error> {
+        let letters = self.0.lock().unwrap();
+        Ok(letters
+            .iter()
+            .filter(|l| group.is_none_or(|g| l.group == g))
+            .cloned()
+            .collect())
+    }
+
+    async fn take(&self, id: Uuid) -> Result<Option<DeadLetter>, Error> {
+        let mut letters = self.0.lock().unwrap();
+        Ok(letters
+            .iter()
+            .position(|l| l.id == id)
+            .map(|i| letters.remove(i)))
+    }
+}

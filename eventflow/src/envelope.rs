@@ -1,0 +1,120 @@
+//! The [`Envelope`] every event travels in.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// The header that carries W3C trace context (`traceparent`) from publisher to handlers.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// An event on the wire: its metadata and its encoded payload.
+///
+/// Transports and storage backends carry envelopes without knowing the event types; a
+/// handler's [`Context`](crate::Context) exposes the metadata of the envelope it handles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique id of this event (UUID v7, so ids sort by creation time).
+    pub id: Uuid,
+    /// The event name, [`Event::NAME`](crate::Event::NAME).
+    pub name: Cow<'static, str>,
+    /// The payload schema version, [`Event::VERSION`](crate::Event::VERSION).
+    pub version: u32,
+    /// The topic the event is published to.
+    pub topic: Cow<'static, str>,
+    /// The partition key, if the event has one.
+    pub key: Option<String>,
+    /// When the event was created.
+    pub timestamp: SystemTime,
+    /// Id shared by every event of one business flow; the id of the first event of the flow.
+    pub correlation_id: Uuid,
+    /// Id of the event whose handler published this one, if any.
+    pub causation_id: Option<Uuid>,
+    /// Free-form headers; `traceparent` carries trace context.
+    pub headers: BTreeMap<String, String>,
+    /// MIME type of the payload, e.g. `application/json`.
+    pub content_type: Cow<'static, str>,
+    /// The encoded event.
+    pub payload: Bytes,
+}
+
+impl Envelope {
+    /// Creates an envelope that starts a new flow: a fresh id that is also its correlation
+    /// id, no causation, the current time and a new trace.
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        version: u32,
+        topic: impl Into<Cow<'static, str>>,
+        content_type: impl Into<Cow<'static, str>>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
+        let id = Uuid::now_v7();
+        let mut headers = BTreeMap::new();
+        headers.insert(
+            TRACEPARENT.to_owned(),
+            traceparent(id.as_u128(), new_span_id()),
+        );
+        Envelope {
+            id,
+            name: name.into(),
+            version,
+            topic: topic.into(),
+            key: None,
+            timestamp: SystemTime::now(),
+            correlation_id: id,
+            causation_id: None,
+            headers,
+            content_type: content_type.into(),
+            payload: payload.into(),
+        }
+    }
+
+    /// Makes this envelope a consequence of `cause`: same correlation id, `cause` as the
+    /// causation, and the same trace with a new span.
+    pub fn caused_by(mut self, cause: &Envelope) -> Self {
+        self.correlation_id = cause.correlation_id;
+        self.causation_id = Some(cause.id);
+        if let Some(trace_id) = cause.trace_id() {
+            self.headers.insert(
+                TRACEPARENT.to_owned(),
+                format!("00-{trace_id}-{:016x}-01", new_span_id()),
+            );
+        }
+        self
+    }
+
+    /// The W3C trace id from the `traceparent` header, if the header is well formed.
+    pub fn trace_id(&self) -> Option<&str> {
+        let value = self.headers.get(TRACEPARENT)?;
+        let mut parts = value.split('-');
+        let (_version, trace_id) = (parts.next()?, parts.next()?);
+        (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then_some(trace_id)
+    }
+}
+
+fn new_span_id() -> u64 {
+    // A span id of zero is invalid in W3C trace context.
+    fastrand::u64(1..)
+}
+
+fn traceparent(trace_id: u128, span_id: u64) -> String {
+    format!("00-{trace_id:032x}-{span_id:016x}-01")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follow_up_keeps_flow_and_trace() {
+        let first = Envelope::new("a", 1, "t", "application/json", "{}");
+        let second = Envelope::new("b", 1, "t", "application/json", "{}").caused_by(&first);
+        assert_eq!(second.correlation_id, first.id);
+        assert_eq!(second.causation_id, Some(first.id));
+        assert_eq!(second.trace_id(), first.trace_id());
+        assert_ne!(second.headers[TRACEPARENT], first.headers[TRACEPARENT]);
+    }
+}

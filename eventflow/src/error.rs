@@ -1,0 +1,90 @@
+//! The crate's [`Error`] type.
+
+use uuid::Uuid;
+
+use crate::codec::CodecError;
+
+/// The error a handler returns, boxed: any `std::error::Error + Send + Sync`, `anyhow::Error`
+/// or `String` converts into it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Everything that can go wrong in eventflow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An event could not be encoded into a payload.
+    #[error("could not encode event `{name}`: {source}")]
+    Encode {
+        /// The event name.
+        name: &'static str,
+        /// What the codec said.
+        source: CodecError,
+    },
+
+    /// A payload did not decode into the type registered for its name and version.
+    #[error(
+        "could not decode event {id} (`{name}` v{version}): {source}; the payload does not match \
+         the type its handler expects: publisher and consumer must agree on the schema, or the \
+         publisher must bump the version"
+    )]
+    Decode {
+        /// The event id.
+        id: Uuid,
+        /// The event name from the envelope.
+        name: String,
+        /// The version from the envelope.
+        version: u32,
+        /// What the codec said.
+        source: CodecError,
+    },
+
+    /// An envelope carries a version of its event that no handler of the group knows.
+    #[error(
+        "event {id} is `{name}` v{found}, but the handler in group `{group}` expects v{expected}; \
+         deploy a handler for v{found} or upcast the event before it reaches this group"
+    )]
+    UnknownVersion {
+        /// The event id.
+        id: Uuid,
+        /// The event name.
+        name: String,
+        /// The version found in the envelope.
+        found: u32,
+        /// The version the handler was compiled for.
+        expected: u32,
+        /// The consumer group.
+        group: String,
+    },
+
+    /// The bus was configured in a way that cannot work.
+    #[error("invalid event bus configuration: {0}")]
+    Config(String),
+
+    /// A handler asked for something the bus cannot give it.
+    #[error("handler `{handler}` cannot run: {reason}")]
+    Extract {
+        /// The handler's name.
+        handler: &'static str,
+        /// What is missing and how to provide it.
+        reason: String,
+    },
+
+    /// No dead letter has this id.
+    #[error("no dead letter with id {0}; list them with `EventBus::dead_letters`")]
+    DeadLetterNotFound(Uuid),
+
+    /// The bus has shut down.
+    #[error("the event bus has shut down; create a new one to publish or handle events")]
+    Closed,
+
+    /// A transport or storage backend failed.
+    #[error(transparent)]
+    Backend(BoxError),
+}
+
+impl Error {
+    /// Wraps a backend's own error.
+    pub fn backend(error: impl Into<BoxError>) -> Self {
+        Error::Backend(error.into())
+    }
+}

@@ -1,0 +1,86 @@
+//! The [`Handler`] trait that `#[subscribe]` implements, and its options.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::context::StateMap;
+use crate::{BoxError, Context, Event};
+
+/// A boxed, sendable future, as handlers return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Reacts to one event type within one consumer group.
+///
+/// `#[subscribe]` implements this on a unit struct named after the function, so
+/// `EventBus::builder().handler(reserve_stock)` registers it. Implementing it by hand is
+/// possible but rarely needed.
+pub trait Handler: Send + Sync + 'static {
+    /// The event this handler reacts to.
+    type Event: Event;
+
+    /// The handler's name, group and retry budget.
+    fn options(&self) -> HandlerOptions;
+
+    /// Checks at start-up that every argument the handler takes can be provided.
+    fn check(&self, state: &StateMap) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
+
+    /// Handles one event.
+    fn call(&self, event: Self::Event, ctx: Context) -> BoxFuture<'static, Result<(), BoxError>>;
+}
+
+/// How a handler is named, grouped and retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlerOptions {
+    /// The handler's name, its function path by default.
+    pub name: &'static str,
+    /// The consumer group. Every group receives every event; the workers of one group share
+    /// them.
+    pub group: Cow<'static, str>,
+    /// How many times a failed invocation is retried before the event is dead-lettered.
+    /// `None` takes the bus default.
+    pub retries: Option<u32>,
+}
+
+impl HandlerOptions {
+    /// Options for handler `name` in `group`, with the bus default retry budget.
+    pub fn new(name: &'static str, group: impl Into<Cow<'static, str>>) -> Self {
+        HandlerOptions {
+            name,
+            group: group.into(),
+            retries: None,
+        }
+    }
+
+    /// Sets the retry budget.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+}
+
+/// A `#[subscribe]` handler found at link time; see
+/// [`EventBusBuilder::discovered_handlers`](crate::EventBusBuilder::discovered_handlers).
+#[doc(hidden)]
+pub struct Registration {
+    pub(crate) register: fn(crate::EventBusBuilder) -> crate::EventBusBuilder,
+}
+
+impl Registration {
+    #[doc(hidden)]
+    pub const fn new<H: Handler + Default>() -> Self {
+        Registration {
+            register: register::<H>,
+        }
+    }
+}
+
+fn register<H: Handler + Default>(builder: crate::EventBusBuilder) -> crate::EventBusBuilder {
+    builder.handler(H::default())
+}
+
+inventory::collect!(Registration);

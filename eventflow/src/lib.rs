@@ -1,0 +1,132 @@
+//! eventflow: event-driven systems for Rust.
+//!
+//! An application publishes *facts* ("`OrderPaid` happened for order XYZ-123"); independent
+//! consumer groups react to them. Each group receives every event, the instances of one group
+//! share the work, and a group that fails does not hold the others up.
+//!
+//! - [`#[derive(Event)]`](derive@Event) declares an event: name, version, topic, partition key.
+//! - [`#[subscribe]`](macro@subscribe) turns an `async fn` into a [`Handler`] of one
+//!   consumer group, with a retry budget; arguments after the event are extractors
+//!   ([`Context`], [`State`]).
+//! - [`EventBus`] publishes and runs handlers over a [`Transport`](transport::Transport):
+//!   the default [`InProcess`] transport has Kafka's partition and consumer-group semantics
+//!   without a server; `eventflow-kafka` is the same on Kafka.
+//!
+//! # Example
+//!
+//! ```
+//! use eventflow::{subscribe, Context, Event, EventBus, InProcess, State};
+//! use serde::{Deserialize, Serialize};
+//! use std::sync::{Arc, Mutex};
+//!
+//! #[derive(Event, Serialize, Deserialize)]
+//! #[event(name = "order.paid", topic = "orders")]
+//! struct OrderPaid {
+//!     #[event(key)]
+//!     order_id: String,
+//!     total_cents: u64,
+//! }
+//!
+//! #[derive(Clone, Default)]
+//! struct Stock(Arc<Mutex<Vec<String>>>);
+//!
+//! #[subscribe(group = "inventory")]
+//! async fn reserve_stock(event: OrderPaid, State(stock): State<Stock>) -> Result<(), std::io::Error> {
+//!     stock.0.lock().unwrap().push(event.order_id);
+//!     Ok(())
+//! }
+//!
+//! #[subscribe(group = "notification", retries = 5)]
+//! async fn send_confirmation(event: OrderPaid, ctx: Context) -> Result<(), std::io::Error> {
+//!     println!("mail for {} (event {})", event.order_id, ctx.event_id());
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), eventflow::Error> {
+//! let transport = InProcess::new();
+//! let stock = Stock::default();
+//! let bus = EventBus::builder()
+//!     .transport(transport.clone())
+//!     .state(stock.clone())
+//!     .handler(reserve_stock)
+//!     .handler(send_confirmation)
+//!     .start()
+//!     .await?;
+//!
+//! bus.publish(&OrderPaid { order_id: "XYZ-123".into(), total_cents: 4200 }).await?;
+//! transport.wait_idle().await;
+//! assert_eq!(*stock.0.lock().unwrap(), ["XYZ-123"]);
+//! bus.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Delivery guarantees
+//!
+//! Handling is at least once: an event is committed only after its handler succeeded or the
+//! event was dead-lettered, so an event being handled when a process dies is handled again
+//! by whoever takes its partition over. Within a group, events with the same key are
+//! handled one after the other, in publish order.
+//!
+//! # Retries and dead letters
+//!
+//! A failing handler (an `Err` or a panic) is retried up to its budget (`retries`, 3 by
+//! default) with exponential [`Backoff`] and jitter; then the event is stored as a
+//! [`DeadLetter`] with the error and the attempt count, and its partition moves on. An event
+//! whose payload does not decode, or whose version the handler does not know, is
+//! dead-lettered at once. [`EventBus::dead_letters`] lists them and
+//! [`EventBus::replay_dead_letter`] runs one again.
+//!
+//! # Automatic registration
+//!
+//! [`EventBusBuilder::discovered_handlers`] registers every `#[subscribe]` function in the
+//! program, through the `inventory` crate. One trap: a module nothing references may not be
+//! linked, so its handlers are absent. Tests should register handlers explicitly with
+//! [`EventBusBuilder::handler`], so each test has its own set.
+#![warn(missing_docs)]
+
+mod bus;
+pub mod codec;
+mod context;
+mod dead_letter;
+mod envelope;
+mod error;
+mod event;
+mod handler;
+mod retry;
+pub mod transport;
+
+pub use bus::{EventBus, EventBusBuilder};
+pub use context::{Context, FromContext, State, StateMap};
+pub use dead_letter::{DeadLetter, DeadLetterStore, MemoryDeadLetters};
+pub use envelope::{Envelope, TRACEPARENT};
+pub use error::{BoxError, Error};
+pub use event::Event;
+pub use handler::{BoxFuture, Handler, HandlerOptions};
+pub use retry::Backoff;
+pub use transport::InProcess;
+
+#[cfg(feature = "macros")]
+pub use eventflow_macros::{subscribe, Event};
+
+/// Re-exports for the code the macros generate. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::handler::Registration;
+    pub use inventory;
+    pub use serde;
+
+    /// Compile-time check that an event type has serde impls; spanned on the type.
+    pub const fn assert_serde<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+
+    /// Compile-time check that a handler argument is an extractor; spanned on the argument.
+    pub const fn assert_extractor<T: crate::FromContext>() {}
+
+    /// Compile-time check that a handler's first argument is an event.
+    pub const fn assert_event<T: crate::Event>() {}
+
+    /// Converts a handler's error into the boxed error the bus handles.
+    pub fn box_error<E: Into<crate::BoxError>>(error: E) -> crate::BoxError {
+        error.into()
+    }
+}

@@ -1,0 +1,499 @@
+//! The in-process transport: Kafka's partition and consumer-group semantics inside one
+//! process, with bounded memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{partition_for_key, Consumer, Record, Transport};
+use crate::{Envelope, Error};
+
+/// The default transport: topics, partitions and consumer groups in memory.
+///
+/// - Each topic has a fixed number of partitions (8 unless configured); an event's key
+///   picks its partition as Kafka's default partitioner does, events without key go round
+///   robin.
+/// - Every consumer group that subscribed to a topic reads every event published after it
+///   subscribed; the members of a group share the partitions and each partition is read in
+///   order by one member at a time.
+/// - An event stays in memory until every group has committed it. A partition holds at
+///   most `capacity` uncommitted events (1024 unless configured); `publish` waits for room,
+///   so a slow group slows publishers down instead of growing memory. A group keeps its
+///   place when its last member leaves, so events published meanwhile wait for it (and
+///   fill the partition); events of a topic no group has subscribed to are dropped.
+///
+/// Clones share the same topics: give one clone to several buses to run several instances
+/// of a group in one process.
+#[derive(Clone, Debug)]
+pub struct InProcess {
+    inner: Arc<Inner>,
+}
+
+/// Configures an [`InProcess`] transport.
+#[derive(Clone, Debug)]
+pub struct InProcessBuilder {
+    partitions: u32,
+    topic_partitions: HashMap<String, u32>,
+    capacity: usize,
+    max_batch: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: InProcessBuilder,
+    topics: Mutex<HashMap<Arc<str>, Arc<Topic>>>,
+    next_member: AtomicU64,
+    progress: Notify,
+}
+
+#[derive(Debug)]
+struct Topic {
+    name: Arc<str>,
+    partitions: Box<[Partition]>,
+    round_robin: AtomicU32,
+    groups: Mutex<HashMap<Arc<str>, GroupState>>,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    members: Vec<Arc<Member>>,
+    /// Partitions owned by each member, by member id.
+    assignment: HashMap<u64, Vec<u32>>,
+    generation: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct Member {
+    id: u64,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Partition {
+    log: Mutex<Log>,
+    space: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// Offset of `entries[0]`.
+    base: u64,
+    entries: VecDeque<Arc<Envelope>>,
+    cursors: Vec<Cursor>,
+}
+
+#[derive(Debug)]
+struct Cursor {
+    group: Arc<str>,
+    committed: u64,
+    owner: Option<Arc<Member>>,
+}
+
+impl Log {
+    fn end(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+
+    fn cursor(&mut self, group: &str) -> Option<&mut Cursor> {
+        self.cursors.iter_mut().find(|c| &*c.group == group)
+    }
+
+    /// Drops the entries every group has committed. Returns whether any were dropped.
+    fn trim(&mut self) -> bool {
+        let Some(low) = self.cursors.iter().map(|c| c.committed).min() else {
+            return false;
+        };
+        let drop = low.saturating_sub(self.base).min(self.entries.len() as u64) as usize;
+        self.entries.drain(..drop);
+        self.base += drop as u64;
+        drop > 0
+    }
+}
+
+impl Default for InProcessBuilder {
+    fn default() -> Self {
+        InProcessBuilder {
+            partitions: 8,
+            topic_partitions: HashMap::new(),
+            capacity: 1024,
+            max_batch: 256,
+        }
+    }
+}
+
+impl InProcessBuilder {
+    /// Partitions of every topic not configured with [`topic`](Self::topic). Default 8.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions.max(1);
+        self
+    }
+
+    /// Partitions of one topic.
+    pub fn topic(mut self, topic: impl Into<String>, partitions: u32) -> Self {
+        self.topic_partitions
+            .insert(topic.into(), partitions.max(1));
+        self
+    }
+
+    /// Uncommitted events one partition holds before `publish` waits. Default 1024.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity.max(1);
+        self
+    }
+
+    /// Most records one poll returns. Default 256.
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// Builds the transport.
+    pub fn build(self) -> InProcess {
+        InProcess {
+            inner: Arc::new(Inner {
+                config: self,
+                topics: Mutex::default(),
+                next_member: AtomicU64::new(1),
+                progress: Notify::new(),
+            }),
+        }
+    }
+}
+
+impl Default for InProcess {
+    fn default() -> Self {
+        InProcess::builder().build()
+    }
+}
+
+impl InProcess {
+    /// A transport with default settings.
+    pub fn new() -> Self {
+        InProcess::default()
+    }
+
+    /// Configures a transport.
+    pub fn builder() -> InProcessBuilder {
+        InProcessBuilder::default()
+    }
+
+    /// Waits until every group has committed every event published so far: the moment
+    /// a test can check the handlers' effects.
+    pub async fn wait_idle(&self) {
+        loop {
+            let mut progress = pin!(self.inner.progress.notified());
+            progress.as_mut().enable();
+            if self.is_idle() {
+                return;
+            }
+            progress.await;
+        }
+    }
+
+    /// Whether every group has committed every event published so far.
+    pub fn is_idle(&self) -> bool {
+        let topics: Vec<_> = lock(&self.inner.topics).values().cloned().collect();
+        topics.iter().flat_map(|t| t.partitions.iter()).all(|p| {
+            let log = lock(&p.log);
+            log.cursors.iter().all(|c| c.committed >= log.end())
+        })
+    }
+
+    /// Events published to `topic` that `group` has not committed yet.
+    pub fn lag(&self, topic: &str, group: &str) -> u64 {
+        let Some(topic) = lock(&self.inner.topics).get(topic).cloned() else {
+            return 0;
+        };
+        let lag = topic.partitions.iter().map(|p| {
+            let mut log = lock(&p.log);
+            let end = log.end();
+            log.cursor(group).map_or(0, |c| end - c.committed)
+        });
+        lag.sum()
+    }
+
+    fn topic(&self, name: &str) -> Arc<Topic> {
+        let mut topics = lock(&self.inner.topics);
+        if let Some(topic) = topics.get(name) {
+            return topic.clone();
+        }
+        let config = &self.inner.config;
+        let count = config
+            .topic_partitions
+            .get(name)
+            .copied()
+            .unwrap_or(config.partitions);
+        let name: Arc<str> = name.into();
+        let topic = Arc::new(Topic {
+            name: name.clone(),
+            partitions: (0..count).map(|_| Partition::default()).collect(),
+            round_robin: AtomicU32::new(0),
+            groups: Mutex::default(),
+        });
+        topics.insert(name, topic.clone());
+        topic
+    }
+}
+
+#[async_trait]
+impl Transport for InProcess {
+    async fn publish(&self, envelope: Envelope) -> Result<(), Error> {
+        let topic = self.topic(&envelope.topic);
+        let count = topic.partitions.len() as u32;
+        let index = match &envelope.key {
+            Some(key) => partition_for_key(key.as_bytes(), count),
+            None => topic.round_robin.fetch_add(1, Ordering::Relaxed) % count,
+        };
+        let partition = &topic.partitions[index as usize];
+        let envelope = Arc::new(envelope);
+        loop {
+            let mut space = pin!(partition.space.notified());
+            space.as_mut().enable();
+            {
+                let mut log = lock(&partition.log);
+                if log.cursors.is_empty() {
+                    // Nobody listens: the offset is used, the event goes nowhere.
+                    log.base += 1;
+                    return Ok(());
+                }
+                if log.entries.len() < self.inner.config.capacity {
+                    log.entries.push_back(envelope);
+                    for owner in log.cursors.iter().filter_map(|c| c.owner.as_ref()) {
+                        owner.wake.notify_one();
+                    }
+                    return Ok(());
+                }
+            }
+            space.await;
+        }
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, Error> {
+        let member = Arc::new(Member {
+            id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
+            wake: Notify::new(),
+        });
+        let group: Arc<str> = group.into();
+        let mut subscriptions = Vec::with_capacity(topics.len());
+        for name in topics {
+            let topic = self.topic(name);
+            let generation = topic.join(&group, &member);
+            subscriptions.push(Subscription {
+                topic,
+                generation,
+                seen: u64::MAX,
+                owned: Vec::new(),
+            });
+        }
+        Ok(Box::new(InProcessConsumer {
+            inner: self.inner.clone(),
+            group,
+            member,
+            subscriptions,
+            next: 0,
+        }))
+    }
+}
+
+impl Topic {
+    fn join(&self, group: &Arc<str>, member: &Arc<Member>) -> Arc<AtomicU64> {
+        let mut groups = lock(&self.groups);
+        let state = groups.entry(group.clone()).or_insert_with(|| {
+            // A new group starts at the end of each partition, as Kafka's
+            // `auto.offset.reset=latest`.
+            for partition in self.partitions.iter() {
+                let mut log = lock(&partition.log);
+                let committed = log.end();
+                log.cursors.push(Cursor {
+                    group: group.clone(),
+                    committed,
+                    owner: None,
+                });
+            }
+            GroupState::default()
+        });
+        state.members.push(member.clone());
+        self.rebalance(group, state);
+        state.generation.clone()
+    }
+
+    fn leave(&self, group: &str, member: &Member) {
+        let mut groups = lock(&self.groups);
+        if let Some(state) = groups.get_mut(group) {
+            state.members.retain(|m| m.id != member.id);
+            self.rebalance(group, state);
+        }
+    }
+
+    /// Spreads the partitions over the members round robin and tells every member.
+    fn rebalance(&self, group: &str, state: &mut GroupState) {
+        state.assignment.clear();
+        for (index, partition) in self.partitions.iter().enumerate() {
+            let owner = (!state.members.is_empty())
+                .then(|| state.members[index % state.members.len()].clone());
+            if let Some(owner) = &owner {
+                state
+                    .assignment
+                    .entry(owner.id)
+                    .or_default()
+                    .push(index as u32);
+            }
+            if let Some(cursor) = lock(&partition.log).cursor(group) {
+                cursor.owner = owner;
+            }
+        }
+        state.generation.fetch_add(1, Ordering::AcqRel);
+        for member in &state.members {
+            member.wake.notify_one();
+        }
+    }
+}
+
+struct Subscription {
+    topic: Arc<Topic>,
+    generation: Arc<AtomicU64>,
+    seen: u64,
+    /// Owned partitions and the next offset to read from each.
+    owned: Vec<(u32, u64)>,
+}
+
+struct InProcessConsumer {
+    inner: Arc<Inner>,
+    group: Arc<str>,
+    member: Arc<Member>,
+    subscriptions: Vec<Subscription>,
+    /// Where the next poll starts, so no partition starves the others.
+    next: usize,
+}
+
+impl InProcessConsumer {
+    /// Picks up a new assignment; every owned partition restarts from its committed offset.
+    fn refresh(&mut self) {
+        for sub in &mut self.subscriptions {
+            let generation = sub.generation.load(Ordering::Acquire);
+            if generation == sub.seen {
+                continue;
+            }
+            sub.seen = generation;
+            let groups = lock(&sub.topic.groups);
+            let owned = groups
+                .get(&*self.group)
+                .and_then(|g| g.assignment.get(&self.member.id));
+            sub.owned = owned
+                .into_iter()
+                .flatten()
+                .map(|&p| {
+                    let mut log = lock(&sub.topic.partitions[p as usize].log);
+                    (p, log.cursor(&self.group).map_or(0, |c| c.committed))
+                })
+                .collect();
+        }
+    }
+
+    fn fetch(&mut self) -> Vec<Record> {
+        let max = self.inner.config.max_batch;
+        let mut records = Vec::new();
+        let slots: Vec<(usize, usize)> = self
+            .subscriptions
+            .iter()
+            .enumerate()
+            .flat_map(|(s, sub)| (0..sub.owned.len()).map(move |o| (s, o)))
+            .collect();
+        if slots.is_empty() {
+            return records;
+        }
+        for i in 0..slots.len() {
+            let (s, o) = slots[(self.next + i) % slots.len()];
+            let sub = &mut self.subscriptions[s];
+            let (partition, position) = &mut sub.owned[o];
+            let log = lock(&sub.topic.partitions[*partition as usize].log);
+            let start = (*position).max(log.base);
+            let available = (log.end() - start) as usize;
+            let take = available.min(max - records.len());
+            let from = (start - log.base) as usize;
+            records.extend(log.entries.range(from..from + take).enumerate().map(
+                |(i, envelope)| Record {
+                    topic: sub.topic.name.clone(),
+                    partition: *partition,
+                    offset: start + i as u64,
+                    envelope: envelope.clone(),
+                },
+            ));
+            *position = start + take as u64;
+            if records.len() == max {
+                break;
+            }
+        }
+        self.next = (self.next + 1) % slots.len();
+        records
+    }
+}
+
+#[async_trait]
+impl Consumer for InProcessConsumer {
+    async fn poll(&mut self) -> Result<Vec<Record>, Error> {
+        let member = self.member.clone();
+        loop {
+            let mut wake = pin!(member.wake.notified());
+            wake.as_mut().enable();
+            self.refresh();
+            let records = self.fetch();
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            wake.await;
+        }
+    }
+
+    async fn commit(&mut self, records: &[Record]) -> Result<(), Error> {
+        let mut done: Vec<(&str, u32, u64)> = Vec::new();
+        for record in records {
+            let next = record.offset + 1;
+            match done
+                .iter_mut()
+                .find(|(t, p, _)| *t == &*record.topic && *p == record.partition)
+            {
+                Some(entry) => entry.2 = entry.2.max(next),
+                None => done.push((&record.topic, record.partition, next)),
+            }
+        }
+        for (topic, partition, next) in done {
+            let Some(sub) = self.subscriptions.iter().find(|s| &*s.topic.name == topic) else {
+                continue;
+            };
+            let partition = &sub.topic.partitions[partition as usize];
+            let trimmed = {
+                let mut log = lock(&partition.log);
+                if let Some(cursor) = log.cursor(&self.group) {
+                    cursor.committed = cursor.committed.max(next);
+                }
+                log.trim()
+            };
+            if trimmed {
+                partition.space.notify_waiters();
+            }
+        }
+        self.inner.progress.notify_waiters();
+        Ok(())
+    }
+}
+
+impl Drop for InProcessConsumer {
+    fn drop(&mut self) {
+        for sub in &self.subscriptions {
+            sub.topic.leave(&self.group, &self.member);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves the data consistent (every update is
+    // a single assignment or push), so poisoning is ignored.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

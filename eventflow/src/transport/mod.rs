@@ -1,0 +1,73 @@
+//! Moving envelopes from publishers to consumer groups: the [`Transport`] and [`Consumer`]
+//! traits, and the default [`InProcess`] transport.
+//!
+//! The model is Kafka's: a topic is split into partitions, an event's key picks its
+//! partition, every consumer group reads every event, the members of one group share the
+//! partitions, and a member commits what it has handled so that a member that takes a
+//! partition over resumes after the last commit.
+
+mod in_process;
+mod partitioner;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use in_process::{InProcess, InProcessBuilder};
+pub use partitioner::partition_for_key;
+
+use crate::{Envelope, Error};
+
+/// An event read from a partition.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// The topic it was read from.
+    pub topic: Arc<str>,
+    /// The partition it was read from.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// The event.
+    pub envelope: Arc<Envelope>,
+}
+
+/// Carries envelopes to consumer groups.
+///
+/// Implemented by [`InProcess`] here and by `eventflow_kafka::Kafka`; implement it to plug in
+/// another broker, and prove the implementation with the transport conformance tests.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Publishes one envelope to `envelope.topic`, on the partition its key selects.
+    /// Returns once the transport has accepted it (for a broker: acknowledged it). May wait
+    /// while the transport applies backpressure.
+    async fn publish(&self, envelope: Envelope) -> Result<(), Error>;
+
+    /// Publishes several envelopes, keeping their order per key.
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), Error> {
+        for envelope in envelopes {
+            self.publish(envelope).await?;
+        }
+        Ok(())
+    }
+
+    /// Joins `group` as a new member that consumes `topics`. The group's partitions are
+    /// rebalanced over its members.
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, Error>;
+}
+
+/// One member of a consumer group. Dropping it leaves the group; its uncommitted records
+/// are delivered again to the member that takes its partitions.
+#[async_trait]
+pub trait Consumer: Send + 'static {
+    /// Waits for the next records of the partitions this member owns, in offset order per
+    /// partition. Must be cancel-safe: dropping the future loses no record.
+    async fn poll(&mut self) -> Result<Vec<Record>, Error>;
+
+    /// Marks `records` as handled: the group will not see them again.
+    async fn commit(&mut self, records: &[Record]) -> Result<(), Error>;
+
+    /// Leaves the group after committing what was committed.
+    async fn close(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+}
