@@ -62,9 +62,7 @@ fn parse_options(errors: &Errors, args: TokenStream) -> Options {
         errors.push(error);
     }
     Options {
-        krate: krate
-            .get()
-            .unwrap_or_else(|| syn::parse_quote!(::eventflow)),
+        krate: krate.get().unwrap_or_else(|| syn::parse_quote!(::eventflow)),
         group: group.get(),
         retries: retries.get(),
     }
@@ -81,13 +79,13 @@ fn check_signature(errors: &Errors, sig: &syn::Signature) {
         );
     }
     if let Some(receiver) = sig.receiver() {
-        errors.spanned(
-            receiver,
-            "a subscribed handler is a free function, not a method",
-        );
+        errors.spanned(receiver, "a subscribed handler is a free function, not a method");
     }
     if sig.inputs.is_empty() {
-        errors.spanned(&sig.ident, "a subscribed handler takes the event as its first argument: `async fn handle(event: OrderPaid)`");
+        errors.spanned(
+            &sig.ident,
+            "a subscribed handler takes the event as its first argument: `async fn handle(event: OrderPaid)`",
+        );
     }
     if let syn::ReturnType::Default = sig.output {
         errors.spanned(
@@ -123,12 +121,10 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
     inner.sig.ident = format_ident!("__eventflow_handler");
     inner.vis = syn::Visibility::Inherited;
     let event_check = quote_spanned!(event.span()=> #krate::__private::assert_event::<#event>(););
-    let extractor_checks = extractors.iter().map(|ty| {
-        quote_spanned!(ty.span()=> const _: () = #krate::__private::assert_extractor::<#ty>();)
-    });
-    let args: Vec<_> = (0..extractors.len())
-        .map(|i| format_ident!("__arg{i}"))
-        .collect();
+    let extractor_checks = extractors
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> const _: () = #krate::__private::assert_extractor::<#ty>();));
+    let args: Vec<_> = (0..extractors.len()).map(|i| format_ident!("__arg{i}")).collect();
     let group = match &options.group {
         Some(group) => quote!(#group),
         None => quote!(::core::concat!(

@@ -49,9 +49,7 @@ pub trait Codec: Send + Sync + 'static {
     fn decode<'de>(
         &self,
         bytes: &'de [u8],
-        visit: &mut dyn FnMut(
-            &mut dyn erased_serde::Deserializer<'de>,
-        ) -> Result<(), erased_serde::Error>,
+        visit: &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'de>) -> Result<(), erased_serde::Error>,
     ) -> Result<(), CodecError>;
 }
 
@@ -73,9 +71,7 @@ impl Codec for Json {
     fn decode<'de>(
         &self,
         bytes: &'de [u8],
-        visit: &mut dyn FnMut(
-            &mut dyn erased_serde::Deserializer<'de>,
-        ) -> Result<(), erased_serde::Error>,
+        visit: &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'de>) -> Result<(), erased_serde::Error>,
     ) -> Result<(), CodecError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         visit(&mut <dyn erased_serde::Deserializer>::erase(&mut de)).map_err(CodecError::new)?;
@@ -84,10 +80,7 @@ impl Codec for Json {
 }
 
 /// Encodes `value` with `codec`.
-pub(crate) fn encode<T: serde::Serialize>(
-    codec: &dyn Codec,
-    value: &T,
-) -> Result<Bytes, CodecError> {
+pub(crate) fn encode<T: serde::Serialize>(codec: &dyn Codec, value: &T) -> Result<Bytes, CodecError> {
     codec.encode(value).map(Bytes::from)
 }
 

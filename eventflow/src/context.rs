@@ -24,12 +24,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub(crate) fn new(
-        envelope: Arc<Envelope>,
-        group: Arc<str>,
-        attempt: u32,
-        publisher: Publisher,
-    ) -> Self {
+    pub(crate) fn new(envelope: Arc<Envelope>, group: Arc<str>, attempt: u32, publisher: Publisher) -> Self {
         Context {
             envelope,
             group,
@@ -177,8 +172,6 @@ impl StateMap {
 
 impl fmt::Debug for StateMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StateMap")
-            .field("len", &self.0.len())
-            .finish()
+        f.debug_struct("StateMap").field("len", &self.0.len()).finish()
     }
 }

@@ -62,9 +62,6 @@ impl DeadLetterStore for MemoryDeadLetters {
 
     async fn take(&self, id: Uuid) -> Result<Option<DeadLetter>, Error> {
         let mut letters = self.0.lock().unwrap();
-        Ok(letters
-            .iter()
-            .position(|l| l.id == id)
-            .map(|i| letters.remove(i)))
+        Ok(letters.iter().position(|l| l.id == id).map(|i| letters.remove(i)))
     }
 }

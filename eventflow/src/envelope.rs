@@ -52,10 +52,7 @@ impl Envelope {
     ) -> Self {
         let id = Uuid::now_v7();
         let mut headers = BTreeMap::new();
-        headers.insert(
-            TRACEPARENT.to_owned(),
-            traceparent(id.as_u128(), new_span_id()),
-        );
+        headers.insert(TRACEPARENT.to_owned(), traceparent(id.as_u128(), new_span_id()));
         Envelope {
             id,
             name: name.into(),
@@ -90,8 +87,7 @@ impl Envelope {
         let value = self.headers.get(TRACEPARENT)?;
         let mut parts = value.split('-');
         let (_version, trace_id) = (parts.next()?, parts.next()?);
-        (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then_some(trace_id)
+        (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
     }
 }
 

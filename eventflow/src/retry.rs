@@ -73,8 +73,7 @@ mod tests {
 
     #[test]
     fn grows_then_caps() {
-        let b = Backoff::exponential(Duration::from_millis(10), Duration::from_millis(50))
-            .jitter(false);
+        let b = Backoff::exponential(Duration::from_millis(10), Duration::from_millis(50)).jitter(false);
         assert_eq!(b.delay(1), Duration::from_millis(10));
         assert_eq!(b.delay(2), Duration::from_millis(20));
         assert_eq!(b.delay(3), Duration::from_millis(40));

@@ -89,9 +89,7 @@ impl EventInput {
         };
 
         let parsed = EventInput {
-            krate: krate
-                .get()
-                .unwrap_or_else(|| syn::parse_quote!(::eventflow)),
+            krate: krate.get().unwrap_or_else(|| syn::parse_quote!(::eventflow)),
             name: name.get(),
             version: version.get().unwrap_or(1),
             topic: topic.get(),
@@ -137,10 +135,7 @@ fn key_field(errors: &Errors, fields: &syn::Fields) -> Option<(syn::Member, Span
 
 fn reject_event_attrs(errors: &Errors, attrs: &[syn::Attribute], what: &str) {
     for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
-        errors.spanned(
-            attr,
-            format_args!("`#[event(...)]` has no options on {what}"),
-        );
+        errors.spanned(attr, format_args!("`#[event(...)]` has no options on {what}"));
     }
 }
 
@@ -151,7 +146,9 @@ fn check_name(errors: &Errors, lit: &syn::LitStr, what: &str) {
     if value.is_empty() || value.len() > 249 || !value.chars().all(valid) {
         errors.spanned(
             lit,
-            format_args!("invalid event {what} {value:?}: use 1 to 249 ASCII letters, digits, '.', '_' or '-'"),
+            format_args!(
+                "invalid event {what} {value:?}: use 1 to 249 ASCII letters, digits, '.', '_' or '-'"
+            ),
         );
     }
 }

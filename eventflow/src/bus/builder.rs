@@ -149,12 +149,7 @@ impl EventBusBuilder {
         let workers = consumers
             .into_iter()
             .map(|(group, consumer)| {
-                tokio::spawn(worker::run(
-                    shared.clone(),
-                    group,
-                    consumer,
-                    shutdown.subscribe(),
-                ))
+                tokio::spawn(worker::run(shared.clone(), group, consumer, shutdown.subscribe()))
             })
             .collect();
         let running = Arc::new(Running {
@@ -174,11 +169,7 @@ impl EventBusBuilder {
             }
             let name: Arc<str> = options.group.as_ref().into();
             let group = groups.entry(name.clone()).or_insert_with(|| Group {
-                workers: self
-                    .group_workers
-                    .get(&*name)
-                    .copied()
-                    .unwrap_or(self.workers),
+                workers: self.group_workers.get(&*name).copied().unwrap_or(self.workers),
                 name,
                 routes: HashMap::new(),
                 topics: Vec::new(),
@@ -221,11 +212,7 @@ impl std::fmt::Debug for EventBusBuilder {
         f.debug_struct("EventBusBuilder")
             .field(
                 "handlers",
-                &self
-                    .routes
-                    .iter()
-                    .map(|r| r.options().name)
-                    .collect::<Vec<_>>(),
+                &self.routes.iter().map(|r| r.options().name).collect::<Vec<_>>(),
             )
             .field("retries", &self.retries)
             .field("workers", &self.workers)

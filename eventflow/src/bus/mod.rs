@@ -116,16 +116,12 @@ impl EventBus {
             .into_iter()
             .find(|l| l.id == id)
             .ok_or(Error::DeadLetterNotFound(id))?;
-        let group = self
-            .shared
-            .groups
-            .get(letter.group.as_str())
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "dead letter {id} belongs to group `{}`, which has no handler on this bus",
-                    letter.group
-                ))
-            })?;
+        let group = self.shared.groups.get(letter.group.as_str()).ok_or_else(|| {
+            Error::Config(format!(
+                "dead letter {id} belongs to group `{}`, which has no handler on this bus",
+                letter.group
+            ))
+        })?;
         worker::replay(&self.shared, group, letter).await
     }
 
@@ -163,13 +159,7 @@ impl Shared {
             name: E::NAME,
             source,
         })?;
-        let mut envelope = Envelope::new(
-            E::NAME,
-            E::VERSION,
-            E::TOPIC,
-            self.codec.content_type(),
-            payload,
-        );
+        let mut envelope = Envelope::new(E::NAME, E::VERSION, E::TOPIC, self.codec.content_type(), payload);
         envelope.key = event.partition_key();
         Ok(match cause {
             Some(cause) => envelope.caused_by(cause),
@@ -177,11 +167,7 @@ impl Shared {
         })
     }
 
-    async fn publish_caused_by<E: Event>(
-        &self,
-        event: &E,
-        cause: Option<&Envelope>,
-    ) -> Result<Uuid, Error> {
+    async fn publish_caused_by<E: Event>(&self, event: &E, cause: Option<&Envelope>) -> Result<Uuid, Error> {
         let envelope = self.envelope(event, cause)?;
         self.publish_envelope(envelope).await
     }

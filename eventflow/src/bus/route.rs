@@ -64,13 +64,11 @@ impl<H: Handler> Route for Typed<H> {
         ctx: Context,
         codec: &dyn Codec,
     ) -> Result<BoxFuture<'static, Result<(), BoxError>>, Error> {
-        let event = codec::decode::<H::Event>(codec, &envelope.payload).map_err(|source| {
-            Error::Decode {
-                id: envelope.id,
-                name: envelope.name.to_string(),
-                version: envelope.version,
-                source,
-            }
+        let event = codec::decode::<H::Event>(codec, &envelope.payload).map_err(|source| Error::Decode {
+            id: envelope.id,
+            name: envelope.name.to_string(),
+            version: envelope.version,
+            source,
         })?;
         Ok(self.handler.call(event, ctx))
     }

@@ -44,10 +44,7 @@ pub(super) async fn run(
             }
             Err(error) => {
                 failures += 1;
-                let wait = shared
-                    .backoff
-                    .delay(failures)
-                    .max(Duration::from_millis(10));
+                let wait = shared.backoff.delay(failures).max(Duration::from_millis(10));
                 tracing::error!(group = %group.name, %error, ?wait, "polling the transport failed; retrying");
                 if sleep_unless_stopped(wait, &mut shutdown).await {
                     break;
@@ -131,11 +128,7 @@ async fn deliver(
     }
 }
 
-pub(super) async fn replay(
-    shared: &Arc<Shared>,
-    group: &Group,
-    mut letter: DeadLetter,
-) -> Result<(), Error> {
+pub(super) async fn replay(shared: &Arc<Shared>, group: &Group, mut letter: DeadLetter) -> Result<(), Error> {
     let route = group.routes.get(&*letter.envelope.name).ok_or_else(|| {
         Error::Config(format!(
             "group `{}` has no handler for `{}` on this bus; register it before replaying",
@@ -238,11 +231,7 @@ async fn attempt_all(
 
 /// Stores a dead letter, retrying until the store takes it: an event is committed only
 /// once it is handled or safely dead-lettered.
-async fn dead_letter(
-    shared: &Shared,
-    letter: DeadLetter,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Outcome {
+async fn dead_letter(shared: &Shared, letter: DeadLetter, shutdown: &mut watch::Receiver<bool>) -> Outcome {
     let mut failures = 0;
     loop {
         match shared.dead_letters.put(letter.clone()).await {

@@ -134,8 +134,7 @@ impl InProcessBuilder {
 
     /// Partitions of one topic.
     pub fn topic(mut self, topic: impl Into<String>, partitions: u32) -> Self {
-        self.topic_partitions
-            .insert(topic.into(), partitions.max(1));
+        self.topic_partitions.insert(topic.into(), partitions.max(1));
         self
     }
 
@@ -333,14 +332,10 @@ impl Topic {
     fn rebalance(&self, group: &str, state: &mut GroupState) {
         state.assignment.clear();
         for (index, partition) in self.partitions.iter().enumerate() {
-            let owner = (!state.members.is_empty())
-                .then(|| state.members[index % state.members.len()].clone());
+            let owner =
+                (!state.members.is_empty()).then(|| state.members[index % state.members.len()].clone());
             if let Some(owner) = &owner {
-                state
-                    .assignment
-                    .entry(owner.id)
-                    .or_default()
-                    .push(index as u32);
+                state.assignment.entry(owner.id).or_default().push(index as u32);
             }
             if let Some(cursor) = lock(&partition.log).cursor(group) {
                 cursor.owner = owner;
@@ -415,14 +410,17 @@ impl InProcessConsumer {
             let available = (log.end() - start) as usize;
             let take = available.min(max - records.len());
             let from = (start - log.base) as usize;
-            records.extend(log.entries.range(from..from + take).enumerate().map(
-                |(i, envelope)| Record {
-                    topic: sub.topic.name.clone(),
-                    partition: *partition,
-                    offset: start + i as u64,
-                    envelope: envelope.clone(),
-                },
-            ));
+            records.extend(
+                log.entries
+                    .range(from..from + take)
+                    .enumerate()
+                    .map(|(i, envelope)| Record {
+                        topic: sub.topic.name.clone(),
+                        partition: *partition,
+                        offset: start + i as u64,
+                        envelope: envelope.clone(),
+                    }),
+            );
             *position = start + take as u64;
             if records.len() == max {
                 break;
@@ -493,7 +491,5 @@ impl Drop for InProcessConsumer {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves the data consistent (every update is
     // a single assignment or push), so poisoning is ignored.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
