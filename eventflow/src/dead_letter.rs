@@ -30,7 +30,7 @@ pub struct DeadLetter {
 /// Where dead letters are kept until someone replays or discards them.
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync + 'static {
-    /// Stores a dead letter.
+    /// Stores a dead letter, replacing the one with the same id if there is one.
     async fn put(&self, letter: DeadLetter) -> Result<(), Error>;
 
     /// Lists dead letters, oldest first; only `group`'s if given.
@@ -47,7 +47,11 @@ pub struct MemoryDeadLetters(Mutex<Vec<DeadLetter>>);
 #[async_trait]
 impl DeadLetterStore for MemoryDeadLetters {
     async fn put(&self, letter: DeadLetter) -> Result<(), Error> {
-        self.0.lock().unwrap().push(letter);
+        let mut letters = self.0.lock().unwrap();
+        match letters.iter_mut().find(|l| l.id == letter.id) {
+            Some(existing) => *existing = letter,
+            None => letters.push(letter),
+        }
         Ok(())
     }
 

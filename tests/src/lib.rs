@@ -1,1 +1,62 @@
-//! Shared helpers for the behaviour tests.
+//! Shared helpers for the behaviour tests: events, a recorder of what handlers saw, and a
+//! timeout that turns a hang into a clear failure.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventflow::Event;
+use serde::{Deserialize, Serialize};
+
+/// A keyed event with a sequence number, to check order and completeness.
+#[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "order.paid", version = 1, topic = "orders")]
+pub struct OrderPaid {
+    #[event(key)]
+    pub order_id: String,
+    pub seq: u64,
+}
+
+/// What handlers saw, by group: `(key, seq)` in handling order.
+#[derive(Clone, Default)]
+pub struct Recorder(Arc<Mutex<HashMap<String, Vec<(String, u64)>>>>);
+
+impl Recorder {
+    pub fn record(&self, group: &str, event: &OrderPaid) {
+        let mut seen = self.0.lock().unwrap();
+        seen.entry(group.to_owned())
+            .or_default()
+            .push((event.order_id.clone(), event.seq));
+    }
+
+    /// What `group` saw, in handling order.
+    pub fn seen(&self, group: &str) -> Vec<(String, u64)> {
+        self.0.lock().unwrap().get(group).cloned().unwrap_or_default()
+    }
+
+    /// The sequence numbers `group` saw, sorted.
+    pub fn sorted_seqs(&self, group: &str) -> Vec<u64> {
+        let mut seqs: Vec<u64> = self.seen(group).into_iter().map(|(_, s)| s).collect();
+        seqs.sort_unstable();
+        seqs
+    }
+}
+
+/// Awaits `future`, failing the test with `what` if it takes longer than `secs` seconds.
+pub async fn within<T>(secs: u64, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {secs}s waiting for {what}"),
+    }
+}
+
+/// Waits until `check` holds, polling every 10 ms, for at most `secs` seconds.
+pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    within(secs, what, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
