@@ -18,9 +18,12 @@ pub struct OrderPaid {
     pub seq: u64,
 }
 
-/// What handlers saw, by group: `(key, seq)` in handling order.
+/// `(key, seq)` of each event a group handled, in handling order.
+type Handled = Vec<(String, u64)>;
+
+/// What handlers saw, by group.
 #[derive(Clone, Default)]
-pub struct Recorder(Arc<Mutex<HashMap<String, Vec<(String, u64)>>>>);
+pub struct Recorder(Arc<Mutex<HashMap<String, Handled>>>);
 
 impl Recorder {
     pub fn record(&self, group: &str, event: &OrderPaid) {

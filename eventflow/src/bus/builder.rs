@@ -55,7 +55,7 @@ impl EventBusBuilder {
 
     /// Registers a handler, usually a `#[subscribe]` function by name.
     pub fn handler<H: Handler>(mut self, handler: H) -> Self {
-        self.routes.push(Typed::new(handler));
+        self.routes.push(Typed::erase(handler));
         self
     }
 

@@ -31,7 +31,7 @@ pub(crate) struct Typed<H> {
 }
 
 impl<H: Handler> Typed<H> {
-    pub(crate) fn new(handler: H) -> Arc<dyn Route> {
+    pub(crate) fn erase(handler: H) -> Arc<dyn Route> {
         let options = handler.options();
         Arc::new(Typed { handler, options })
     }
