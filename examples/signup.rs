@@ -45,7 +45,11 @@ async fn count_signup(user: UserSignedUp) -> Result<(), std::io::Error> {
 #[subscribe(group = "crm", retries = 2)]
 async fn create_contact(user: UserSignedUp, ctx: Context, State(crm): State<Crm>) -> Result<(), String> {
     if !crm.up.load(Ordering::SeqCst) {
-        println!("  [crm]       attempt {} for {} failed: CRM unreachable", ctx.attempt(), user.user_id);
+        println!(
+            "  [crm]       attempt {} for {} failed: CRM unreachable",
+            ctx.attempt(),
+            user.user_id
+        );
         return Err("CRM unreachable: connection refused".into());
     }
     println!("  [crm]       contact created for {}", user.user_id);
@@ -60,7 +64,10 @@ async fn main() -> Result<(), eventflow::Error> {
     let bus = EventBus::builder()
         .transport(transport.clone())
         .state(crm.clone())
-        .backoff(Backoff::exponential(Duration::from_millis(20), Duration::from_millis(200)))
+        .backoff(Backoff::exponential(
+            Duration::from_millis(20),
+            Duration::from_millis(200),
+        ))
         .handler(send_welcome)
         .handler(count_signup)
         .handler(create_contact)
@@ -68,7 +75,11 @@ async fn main() -> Result<(), eventflow::Error> {
         .await?;
 
     for (user_id, email) in [("u-1", "ada@example.com"), ("u-2", "linus@example.com")] {
-        bus.publish(&UserSignedUp { user_id: user_id.into(), email: email.into() }).await?;
+        bus.publish(&UserSignedUp {
+            user_id: user_id.into(),
+            email: email.into(),
+        })
+        .await?;
     }
     transport.wait_idle().await;
 
