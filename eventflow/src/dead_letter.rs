@@ -1,6 +1,5 @@
 //! Events a group gave up on: [`DeadLetter`] and where they are kept, [`DeadLetterStore`].
 
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -38,34 +37,4 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 
     /// Removes a dead letter and returns it.
     async fn take(&self, id: Uuid) -> Result<Option<DeadLetter>, Error>;
-}
-
-/// Dead letters in memory, lost when the process ends.
-#[derive(Debug, Default)]
-pub struct MemoryDeadLetters(Mutex<Vec<DeadLetter>>);
-
-#[async_trait]
-impl DeadLetterStore for MemoryDeadLetters {
-    async fn put(&self, letter: DeadLetter) -> Result<(), Error> {
-        let mut letters = self.0.lock().unwrap();
-        match letters.iter_mut().find(|l| l.id == letter.id) {
-            Some(existing) => *existing = letter,
-            None => letters.push(letter),
-        }
-        Ok(())
-    }
-
-    async fn list(&self, group: Option<&str>) -> Result<Vec<DeadLetter>, Error> {
-        let letters = self.0.lock().unwrap();
-        Ok(letters
-            .iter()
-            .filter(|l| group.is_none_or(|g| l.group == g))
-            .cloned()
-            .collect())
-    }
-
-    async fn take(&self, id: Uuid) -> Result<Option<DeadLetter>, Error> {
-        let mut letters = self.0.lock().unwrap();
-        Ok(letters.iter().position(|l| l.id == id).map(|i| letters.remove(i)))
-    }
 }

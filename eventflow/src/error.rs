@@ -56,6 +56,30 @@ pub enum Error {
         group: String,
     },
 
+    /// An append found the stream at another version than expected: someone else wrote
+    /// to it since it was read. Reload and decide again.
+    #[error(
+        "stream `{stream}` is at version {actual}, not {expected:?} as expected: another writer \
+         appended to it since it was read; reload the aggregate and retry the command"
+    )]
+    Conflict {
+        /// The stream.
+        stream: String,
+        /// What the append expected.
+        expected: crate::store::ExpectedVersion,
+        /// The version found.
+        actual: u64,
+    },
+
+    /// The inbox already holds a marker for this event and group: it was processed.
+    #[error("event {event_id} was already processed by group `{group}`")]
+    AlreadyProcessed {
+        /// The consumer group.
+        group: String,
+        /// The event id.
+        event_id: Uuid,
+    },
+
     /// The bus was configured in a way that cannot work.
     #[error("invalid event bus configuration: {0}")]
     Config(String),

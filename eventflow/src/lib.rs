@@ -94,16 +94,18 @@ mod error;
 mod event;
 mod handler;
 mod retry;
+pub mod store;
 pub mod transport;
 
 pub use bus::{EventBus, EventBusBuilder};
 pub use context::{Context, FromContext, State, StateMap};
-pub use dead_letter::{DeadLetter, DeadLetterStore, MemoryDeadLetters};
+pub use dead_letter::{DeadLetter, DeadLetterStore};
 pub use envelope::{Envelope, TRACEPARENT};
 pub use error::{BoxError, Error};
 pub use event::Event;
 pub use handler::{BoxFuture, Handler, HandlerOptions};
 pub use retry::Backoff;
+pub use store::{MemoryStore, Storage};
 pub use transport::InProcess;
 
 #[cfg(feature = "macros")]

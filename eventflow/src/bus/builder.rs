@@ -8,9 +8,10 @@ use super::route::{Route, Typed};
 use super::{worker, EventBus, Group, GroupRoute, Running, Shared};
 use crate::codec::{Codec, Json};
 use crate::context::StateMap;
-use crate::dead_letter::{DeadLetterStore, MemoryDeadLetters};
+use crate::dead_letter::DeadLetterStore;
 use crate::handler::{Handler, Registration};
 use crate::retry::Backoff;
+use crate::store::MemoryStore;
 use crate::transport::{InProcess, Transport};
 use crate::Error;
 
@@ -44,7 +45,7 @@ impl EventBusBuilder {
             transport: None,
             codec: Arc::new(Json),
             state: StateMap::default(),
-            dead_letters: Arc::new(MemoryDeadLetters::default()),
+            dead_letters: Arc::new(MemoryStore::new()),
             backoff: Backoff::default(),
             retries: 3,
             workers: 1,

@@ -1,0 +1,308 @@
+//! [`MemoryStore`]: the storage traits in memory, for tests and quick starts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{ExpectedVersion, OutboxEntry, Storage, StoredEvent, Transaction};
+use crate::dead_letter::{DeadLetter, DeadLetterStore};
+use crate::{Envelope, Error};
+
+/// Storage in memory: the same semantics as the durable backends, lost when the process
+/// ends. Clones share the same data.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    data: Mutex<Data>,
+    commits: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    events: Vec<StoredEvent>,
+    /// Stream name → its current version.
+    streams: HashMap<String, u64>,
+    outbox: BTreeMap<u64, Envelope>,
+    next_sequence: u64,
+    lease: Option<(String, Instant)>,
+    inbox: HashSet<(String, Uuid)>,
+    dead_letters: Vec<DeadLetter>,
+    checkpoints: HashMap<String, String>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                data: Mutex::default(),
+                commits: watch::channel(0).0,
+            }),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn data(&self) -> MutexGuard<'_, Data> {
+        self.inner
+            .data
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A unit of work on a [`MemoryStore`]: writes are buffered and applied at commit, after
+/// checking that no other commit invalidated them.
+#[derive(Debug)]
+pub struct MemoryTransaction {
+    store: MemoryStore,
+    appends: Vec<(String, ExpectedVersion, Vec<Envelope>)>,
+    outbox: Vec<Envelope>,
+    markers: Vec<(String, Uuid)>,
+}
+
+impl MemoryTransaction {
+    fn pending_version(&self, data: &Data, stream: &str) -> u64 {
+        let committed = data.streams.get(stream).copied().unwrap_or(0);
+        let pending: usize = self
+            .appends
+            .iter()
+            .filter(|(s, ..)| s == stream)
+            .map(|(.., e)| e.len())
+            .sum();
+        committed + pending as u64
+    }
+}
+
+#[async_trait]
+impl Transaction for MemoryTransaction {
+    async fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[Envelope],
+    ) -> Result<u64, Error> {
+        let current = self.pending_version(&self.store.data(), stream);
+        if !expected.matches(current) {
+            return Err(Error::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                actual: current,
+            });
+        }
+        // At commit, the stream must still be where this append found it.
+        let found = if current == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(current)
+        };
+        self.appends.push((stream.to_owned(), found, events.to_vec()));
+        Ok(current + events.len() as u64)
+    }
+
+    async fn enqueue(&mut self, events: &[Envelope]) -> Result<(), Error> {
+        self.outbox.extend_from_slice(events);
+        Ok(())
+    }
+
+    async fn mark_processed(&mut self, group: &str, event_id: Uuid) -> Result<bool, Error> {
+        let marker = (group.to_owned(), event_id);
+        if self.markers.contains(&marker) || self.store.data().inbox.contains(&marker) {
+            return Ok(false);
+        }
+        self.markers.push(marker);
+        Ok(true)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), Error> {
+        let this = *self;
+        let enqueued = !this.outbox.is_empty();
+        {
+            let mut data = this.store.data();
+            // Check everything before writing anything, so a failed commit leaves no trace.
+            let mut versions: HashMap<&str, u64> = HashMap::new();
+            for (stream, expected, events) in &this.appends {
+                let current = *versions
+                    .entry(stream)
+                    .or_insert_with(|| data.streams.get(stream.as_str()).copied().unwrap_or(0));
+                if !expected.matches(current) {
+                    return Err(Error::Conflict {
+                        stream: stream.clone(),
+                        expected: *expected,
+                        actual: current,
+                    });
+                }
+                versions.insert(stream, current + events.len() as u64);
+            }
+            if let Some((group, event_id)) = this.markers.iter().find(|m| data.inbox.contains(*m)) {
+                return Err(Error::AlreadyProcessed {
+                    group: group.clone(),
+                    event_id: *event_id,
+                });
+            }
+
+            for (stream, _, events) in this.appends {
+                for envelope in events {
+                    let version = data.streams.get(&stream).copied().unwrap_or(0) + 1;
+                    data.streams.insert(stream.clone(), version);
+                    let position = data.events.len() as u64 + 1;
+                    data.events.push(StoredEvent {
+                        stream: stream.clone(),
+                        version,
+                        position,
+                        envelope,
+                    });
+                }
+            }
+            for envelope in this.outbox {
+                data.next_sequence += 1;
+                let sequence = data.next_sequence;
+                data.outbox.insert(sequence, envelope);
+            }
+            data.inbox.extend(this.markers);
+        }
+        if enqueued {
+            this.store.inner.commits.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStore {
+    async fn begin(&self) -> Result<Box<dyn Transaction>, Error> {
+        Ok(Box::new(MemoryTransaction {
+            store: self.clone(),
+            appends: Vec::new(),
+            outbox: Vec::new(),
+            markers: Vec::new(),
+        }))
+    }
+
+    async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<StoredEvent>, Error> {
+        let data = self.data();
+        Ok(data
+            .events
+            .iter()
+            .filter(|e| e.stream == stream && e.version >= from_version)
+            .cloned()
+            .collect())
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, Error> {
+        let data = self.data();
+        Ok(data
+            .events
+            .iter()
+            .skip(after as usize)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn claim_outbox(
+        &self,
+        relay: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, Error> {
+        let mut data = self.data();
+        let now = Instant::now();
+        match &data.lease {
+            Some((holder, expires)) if holder != relay && *expires > now => return Ok(Vec::new()),
+            _ => data.lease = Some((relay.to_owned(), now + lease)),
+        }
+        let entries = data.outbox.iter().take(limit);
+        Ok(entries
+            .map(|(&sequence, envelope)| OutboxEntry {
+                sequence,
+                envelope: envelope.clone(),
+            })
+            .collect())
+    }
+
+    async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error> {
+        let mut data = self.data();
+        if data.lease.as_ref().is_some_and(|(holder, _)| holder != relay) {
+            return Err(Error::backend(format!(
+                "relay `{relay}` lost the outbox lease before marking entries delivered; they will be delivered again"
+            )));
+        }
+        for sequence in sequences {
+            data.outbox.remove(sequence);
+        }
+        Ok(())
+    }
+
+    async fn release_outbox(&self, relay: &str) -> Result<(), Error> {
+        let mut data = self.data();
+        if data.lease.as_ref().is_some_and(|(holder, _)| holder == relay) {
+            data.lease = None;
+        }
+        Ok(())
+    }
+
+    fn commit_signal(&self) -> watch::Receiver<u64> {
+        self.inner.commits.subscribe()
+    }
+
+    async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error> {
+        Ok(self.data().inbox.contains(&(group.to_owned(), event_id)))
+    }
+
+    async fn mark_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error> {
+        Ok(self.data().inbox.insert((group.to_owned(), event_id)))
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {
+        Ok(self.data().checkpoints.get(name).cloned())
+    }
+
+    async fn save_checkpoint(&self, name: &str, value: &str) -> Result<(), Error> {
+        self.data().checkpoints.insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for MemoryStore {
+    async fn put(&self, letter: DeadLetter) -> Result<(), Error> {
+        let mut data = self.data();
+        match data.dead_letters.iter_mut().find(|l| l.id == letter.id) {
+            Some(existing) => *existing = letter,
+            None => data.dead_letters.push(letter),
+        }
+        Ok(())
+    }
+
+    async fn list(&self, group: Option<&str>) -> Result<Vec<DeadLetter>, Error> {
+        let data = self.data();
+        Ok(data
+            .dead_letters
+            .iter()
+            .filter(|l| group.is_none_or(|g| l.group == g))
+            .cloned()
+            .collect())
+    }
+
+    async fn take(&self, id: Uuid) -> Result<Option<DeadLetter>, Error> {
+        let mut data = self.data();
+        Ok(data
+            .dead_letters
+            .iter()
+            .position(|l| l.id == id)
+            .map(|i| data.dead_letters.remove(i)))
+    }
+}

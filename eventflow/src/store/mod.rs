@@ -1,0 +1,158 @@
+//! Storage: the event store, the transactional outbox, the idempotency inbox, dead letters
+//! and checkpoints, behind one [`Storage`] trait with a [`Transaction`] for units of work.
+//!
+//! A backend implements both traits on its own types (as sqlx drivers implement
+//! `Database`) and proves itself with the conformance suite in [`conformance`]:
+//! [`MemoryStore`] here, `SqliteStore`, and `eventflow_mongo::MongoStore`.
+//!
+//! The design follows what every backend can do in one transaction: insert rows or
+//! documents, fail an insert on a unique key (stream + version for the event store,
+//! group + event id for the inbox), and update a lease.
+
+pub mod conformance;
+mod memory;
+
+use std::any::Any;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub use memory::MemoryStore;
+
+use crate::dead_letter::DeadLetterStore;
+use crate::{Envelope, Error};
+
+/// What an append expects the stream's current version to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the version is.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have this version (the first event is version 1).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `current` (0 = no stream) satisfies the expectation.
+    pub fn matches(self, current: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::Exact(version) => current == version,
+        }
+    }
+}
+
+/// An event as the event store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The stream it belongs to, e.g. `order-XYZ-123`.
+    pub stream: String,
+    /// Its version in the stream, from 1.
+    pub version: u64,
+    /// Its position in the whole store, increasing in commit order, from 1.
+    pub position: u64,
+    /// The event.
+    pub envelope: Envelope,
+}
+
+/// An event waiting in the outbox for the relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Its sequence number, increasing in commit order.
+    pub sequence: u64,
+    /// The event.
+    pub envelope: Envelope,
+}
+
+/// A storage backend.
+///
+/// Everything a business change writes goes through a [`Transaction`] from
+/// [`begin`](Storage::begin); the rest are reads and the relay's and consumers'
+/// bookkeeping.
+#[async_trait]
+pub trait Storage: DeadLetterStore {
+    /// Starts a unit of work. Dropping it without [`Transaction::commit`] leaves no trace.
+    async fn begin(&self) -> Result<Box<dyn Transaction>, Error>;
+
+    /// The events of `stream` with a version of at least `from_version`, in order.
+    async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<StoredEvent>, Error>;
+
+    /// Up to `limit` events of every stream with a position after `after`, in order: what a
+    /// projection reads, from its own checkpoint.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, Error>;
+
+    /// Claims up to `limit` undelivered outbox entries for relay `relay`, oldest first.
+    ///
+    /// One relay at a time holds the outbox, under a lease of `lease` that each claim
+    /// renews; a relay that dies loses it when it expires and another takes over. Returns
+    /// nothing while another relay holds an unexpired lease.
+    async fn claim_outbox(
+        &self,
+        relay: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, Error>;
+
+    /// Marks outbox entries delivered, once the transport confirmed them.
+    async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error>;
+
+    /// Gives the outbox lease up, so another relay can take over at once.
+    async fn release_outbox(&self, relay: &str) -> Result<(), Error>;
+
+    /// A signal bumped each time a transaction that enqueued events commits through this
+    /// store (or, for backends that can watch the database, anywhere): the relay's
+    /// wake-up. Commits it cannot see are found by the relay's fallback polling.
+    fn commit_signal(&self) -> watch::Receiver<u64>;
+
+    /// Whether `group` has processed event `event_id`.
+    async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error>;
+
+    /// Records that `group` processed `event_id`, outside any transaction. Returns false
+    /// if it was recorded already.
+    async fn mark_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error>;
+
+    /// A saved checkpoint (a projection's position, a change stream's resume token).
+    async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error>;
+
+    /// Saves a checkpoint.
+    async fn save_checkpoint(&self, name: &str, value: &str) -> Result<(), Error>;
+}
+
+/// One unit of work: appends, outbox entries, inbox markers and the application's own
+/// writes, committed together.
+///
+/// The application reaches its backend's own transaction (a SQLite connection inside
+/// `BEGIN`, a MongoDB session) through the backend's type, with
+/// [`downcast_mut`](dyn Transaction::downcast_mut).
+#[async_trait]
+pub trait Transaction: Send + Any {
+    /// Appends events to `stream` if its version matches `expected`; returns the new
+    /// version. A mismatch is [`Error::Conflict`] and writes nothing.
+    async fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[Envelope],
+    ) -> Result<u64, Error>;
+
+    /// Puts events in the outbox; the relay delivers them after the commit.
+    async fn enqueue(&mut self, events: &[Envelope]) -> Result<(), Error>;
+
+    /// Records that `group` processed `event_id`. Returns false, and records nothing, if
+    /// it was recorded already: the caller then abandons the transaction.
+    async fn mark_processed(&mut self, group: &str, event_id: Uuid) -> Result<bool, Error>;
+
+    /// Makes everything written in this unit of work durable at once.
+    async fn commit(self: Box<Self>) -> Result<(), Error>;
+}
+
+impl dyn Transaction {
+    /// The backend's own transaction type, for the application's writes.
+    pub fn downcast_mut<T: Transaction>(&mut self) -> Option<&mut T> {
+        (self as &mut dyn Any).downcast_mut::<T>()
+    }
+}

@@ -1,0 +1,3 @@
+//! The storage conformance suite on the in-memory store.
+
+eventflow::storage_conformance!(async { eventflow::MemoryStore::new() });
