@@ -10,8 +10,9 @@ use crate::codec::{Codec, Json};
 use crate::context::StateMap;
 use crate::dead_letter::DeadLetterStore;
 use crate::handler::{Handler, Registration};
+use crate::relay::Relay;
 use crate::retry::Backoff;
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, Storage};
 use crate::transport::{InProcess, Transport};
 use crate::Error;
 
@@ -31,7 +32,8 @@ pub struct EventBusBuilder {
     transport: Option<Arc<dyn Transport>>,
     codec: Arc<dyn Codec>,
     state: StateMap,
-    dead_letters: Arc<dyn DeadLetterStore>,
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
+    storage: Option<Arc<dyn Storage>>,
     backoff: Backoff,
     retries: u32,
     workers: usize,
@@ -45,7 +47,8 @@ impl EventBusBuilder {
             transport: None,
             codec: Arc::new(Json),
             state: StateMap::default(),
-            dead_letters: Arc::new(MemoryStore::new()),
+            dead_letters: None,
+            storage: None,
             backoff: Backoff::default(),
             retries: 3,
             workers: 1,
@@ -89,9 +92,20 @@ impl EventBusBuilder {
         self
     }
 
-    /// Where events that exhausted their retries go. Default: in memory.
+    /// Where events that exhausted their retries go. Default: the
+    /// [`storage`](Self::storage) if there is one, else memory.
     pub fn dead_letters(mut self, store: impl DeadLetterStore) -> Self {
-        self.dead_letters = Arc::new(store);
+        self.dead_letters = Some(Arc::new(store));
+        self
+    }
+
+    /// The storage for units of work ([`EventBus::begin`]), the outbox, the inbox and dead
+    /// letters. With it, the bus runs an outbox [`Relay`] to its transport, and every
+    /// handler invocation is guarded by the inbox: an event a group already processed is
+    /// skipped, and a processed-event marker is recorded after each success (at least
+    /// once, duplicates suppressed).
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Some(Arc::new(storage));
         self
     }
 
@@ -137,22 +151,32 @@ impl EventBusBuilder {
                 ));
             }
         }
+        let dead_letters = match (self.dead_letters, &self.storage) {
+            (Some(explicit), _) => explicit,
+            (None, Some(storage)) => storage.clone() as Arc<dyn DeadLetterStore>,
+            (None, None) => Arc::new(MemoryStore::new()),
+        };
         let shared = Arc::new(Shared {
             transport,
             codec: self.codec,
             state: self.state,
-            dead_letters: self.dead_letters,
+            dead_letters,
+            storage: self.storage,
             backoff: self.backoff,
             groups,
             closed: AtomicBool::new(false),
         });
         let (shutdown, _) = watch::channel(false);
-        let workers = consumers
+        let mut workers: Vec<_> = consumers
             .into_iter()
             .map(|(group, consumer)| {
                 tokio::spawn(worker::run(shared.clone(), group, consumer, shutdown.subscribe()))
             })
             .collect();
+        if let Some(storage) = &shared.storage {
+            let relay = Relay::new(storage.clone(), shared.transport.clone());
+            workers.push(tokio::spawn(relay.run(shutdown.subscribe())));
+        }
         let running = Arc::new(Running {
             shutdown,
             workers: Mutex::new(workers),

@@ -2,6 +2,7 @@
 
 mod builder;
 mod route;
+mod unit_of_work;
 mod worker;
 
 use std::collections::HashMap;
@@ -14,11 +15,13 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use builder::EventBusBuilder;
+pub use unit_of_work::UnitOfWork;
 
 use crate::codec::{self, Codec};
 use crate::context::StateMap;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::retry::Backoff;
+use crate::store::Storage;
 use crate::transport::Transport;
 use crate::{Envelope, Error, Event};
 use route::Route;
@@ -43,6 +46,7 @@ pub(crate) struct Shared {
     codec: Arc<dyn Codec>,
     state: StateMap,
     dead_letters: Arc<dyn DeadLetterStore>,
+    storage: Option<Arc<dyn Storage>>,
     backoff: Backoff,
     groups: HashMap<Arc<str>, Arc<Group>>,
     closed: AtomicBool,
@@ -100,6 +104,16 @@ impl EventBus {
     /// Builds the envelope `publish` would send, without sending it.
     pub fn envelope<E: Event>(&self, event: &E) -> Result<Envelope, Error> {
         self.shared.envelope(event, None)
+    }
+
+    /// Starts a unit of work on the bus's storage: the application's writes and the
+    /// events it publishes commit together. Fails if the bus has no
+    /// [`storage`](EventBusBuilder::storage).
+    pub async fn begin(&self) -> Result<UnitOfWork, Error> {
+        let storage = self.shared.storage.as_ref().ok_or_else(|| {
+            Error::Config("this bus has no storage for units of work; add one with `EventBus::builder().storage(store)`".into())
+        })?;
+        Ok(UnitOfWork::new(storage.begin().await?, self.shared.clone()))
     }
 
     /// The dead letters of every group, or of one, oldest first.

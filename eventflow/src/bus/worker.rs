@@ -111,8 +111,35 @@ async fn deliver(
     let Some(route) = group.routes.get(&*envelope.name) else {
         return Outcome::Done;
     };
+    if let Some(storage) = &shared.storage {
+        let checked = with_retries(shared, shutdown, "checking the inbox", || {
+            storage.is_processed(&group.name, envelope.id)
+        });
+        match checked.await {
+            Some(true) => {
+                tracing::debug!(group = %group.name, event.id = %envelope.id, "event already processed by this group; skipped");
+                return Outcome::Done;
+            }
+            Some(false) => {}
+            None => return Outcome::Interrupted,
+        }
+    }
     match attempt_all(shared, group, route, envelope, shutdown).await {
-        Ok(_) => Outcome::Done,
+        Ok(_) => match &shared.storage {
+            Some(storage) => {
+                let marked = with_retries(
+                    shared,
+                    shutdown,
+                    "recording the processed event in the inbox",
+                    || storage.mark_processed(&group.name, envelope.id),
+                );
+                match marked.await {
+                    Some(_) => Outcome::Done,
+                    None => Outcome::Interrupted,
+                }
+            }
+            None => Outcome::Done,
+        },
         Err(Failure::Interrupted) => Outcome::Interrupted,
         Err(Failure::Failed { error, attempts }) => {
             let letter = DeadLetter {
@@ -139,6 +166,9 @@ pub(super) async fn replay(shared: &Arc<Shared>, group: &Group, mut letter: Dead
     let envelope = Arc::new(letter.envelope.clone());
     match attempt_all(shared, group, route, &envelope, &mut never).await {
         Ok(_) => {
+            if let Some(storage) = &shared.storage {
+                storage.mark_processed(&group.name, letter.envelope.id).await?;
+            }
             shared.dead_letters.take(letter.id).await?;
             Ok(())
         }
@@ -232,15 +262,36 @@ async fn attempt_all(
 /// Stores a dead letter, retrying until the store takes it: an event is committed only
 /// once it is handled or safely dead-lettered.
 async fn dead_letter(shared: &Shared, letter: DeadLetter, shutdown: &mut watch::Receiver<bool>) -> Outcome {
+    match with_retries(shared, shutdown, "storing a dead letter", || {
+        shared.dead_letters.put(letter.clone())
+    })
+    .await
+    {
+        Some(()) => Outcome::Done,
+        None => Outcome::Interrupted,
+    }
+}
+
+/// Runs a storage operation until it succeeds, backing off between failures; `None` if
+/// shutdown came first. Storage trouble must not turn into dead letters or lost events.
+async fn with_retries<T, F>(
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &str,
+    mut operation: impl FnMut() -> F,
+) -> Option<T>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
     let mut failures = 0;
     loop {
-        match shared.dead_letters.put(letter.clone()).await {
-            Ok(()) => return Outcome::Done,
+        match operation().await {
+            Ok(value) => return Some(value),
             Err(error) => {
                 failures += 1;
-                tracing::error!(group = %letter.group, event.id = %letter.envelope.id, %error, "storing a dead letter failed; retrying");
+                tracing::error!(%error, "{what} failed; retrying");
                 if sleep_unless_stopped(shared.backoff.delay(failures), shutdown).await {
-                    return Outcome::Interrupted;
+                    return None;
                 }
             }
         }

@@ -1,0 +1,125 @@
+//! The outbox [`Relay`]: delivers committed outbox entries to the transport.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::retry::Backoff;
+use crate::store::Storage;
+use crate::transport::Transport;
+use crate::Error;
+
+/// Moves events from a store's outbox to a transport, in commit order, in batches.
+///
+/// It wakes when a unit of work that enqueued events commits through the same store
+/// handle; commits by other processes are found by polling every
+/// [`poll_interval`](Relay::poll_interval). Entries are marked delivered only after the
+/// transport accepted them, so a crash in between delivers them again (consumers' inbox
+/// absorbs the duplicate). Several relays on one store take turns through the store's
+/// outbox lease: one delivers, the others wait for its lease to expire.
+///
+/// [`EventBusBuilder::storage`](crate::EventBusBuilder::storage) runs one for you.
+pub struct Relay {
+    storage: Arc<dyn Storage>,
+    transport: Arc<dyn Transport>,
+    id: String,
+    batch: usize,
+    lease: Duration,
+    poll_interval: Duration,
+    backoff: Backoff,
+}
+
+impl Relay {
+    /// A relay from `storage`'s outbox to `transport`, with a unique id.
+    pub fn new(storage: Arc<dyn Storage>, transport: Arc<dyn Transport>) -> Self {
+        Relay {
+            storage,
+            transport,
+            id: format!("relay-{}", Uuid::now_v7()),
+            batch: 512,
+            lease: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(500),
+            backoff: Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10)),
+        }
+    }
+
+    /// Most entries delivered per batch. Default 512.
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// How long the outbox stays this relay's after its last claim. Default 10 s: a relay
+    /// that dies holds deliveries up for at most that long.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often to look for commits made by other processes. Default 500 ms.
+    pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// Delivers one batch; returns how many entries it delivered.
+    pub async fn deliver_batch(&self) -> Result<usize, Error> {
+        let entries = self
+            .storage
+            .claim_outbox(&self.id, self.lease, self.batch)
+            .await?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let sequences: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
+        let envelopes = entries.into_iter().map(|e| e.envelope).collect();
+        self.transport.publish_batch(envelopes).await?;
+        self.storage.mark_delivered(&self.id, &sequences).await?;
+        Ok(sequences.len())
+    }
+
+    /// Delivers until `shutdown` turns true, then gives the lease up.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut commits = self.storage.commit_signal();
+        let mut failures = 0;
+        while !*shutdown.borrow() {
+            commits.borrow_and_update();
+            match self.deliver_batch().await {
+                Ok(delivered) => {
+                    failures = 0;
+                    if delivered == self.batch {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                        _ = commits.changed() => {}
+                        _ = tokio::time::sleep(self.poll_interval) => {}
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    let wait = self.backoff.delay(failures);
+                    tracing::error!(relay = %self.id, %error, ?wait, "relaying the outbox failed; entries stay in the outbox and will be retried");
+                    tokio::select! {
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        if let Err(error) = self.storage.release_outbox(&self.id).await {
+            tracing::warn!(relay = %self.id, %error, "releasing the outbox lease failed; another relay takes over when it expires");
+        }
+    }
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("id", &self.id)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
