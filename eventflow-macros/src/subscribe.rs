@@ -5,7 +5,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::parse::Parser;
 use syn::spanned::Spanned;
 
-use crate::attr::{Errors, Once};
+use crate::attr::{path_text, skip_value, Errors, Once};
 
 struct Options {
     krate: syn::Path,
@@ -24,11 +24,17 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     check_signature(&errors, &function.sig);
-    let generated = generate(&options, &function);
-    let errors = errors.finish();
-    quote! {
-        #errors
-        #generated
+    match errors.finish() {
+        None => generate(&options, &function),
+        // A stub instead of the real impl, so the user sees the error above and not what
+        // the real impl would make of a signature it cannot handle.
+        Some(errors) => {
+            let fallback = fallback(&options, &function);
+            quote! {
+                #errors
+                #fallback
+            }
+        }
     }
 }
 
@@ -46,15 +52,22 @@ fn parse_options(errors: &Errors, args: TokenStream) -> Options {
             group.set(errors, &path, lit);
         } else if path.is_ident("retries") {
             let lit: syn::LitInt = meta.value()?.parse()?;
-            retries.set(errors, &path, lit.base10_parse::<u32>()?);
+            match lit.base10_parse::<u32>() {
+                Ok(n) => retries.set(errors, &path, n),
+                Err(error) => errors.push(error),
+            }
         } else if path.is_ident("crate") {
             let lit: syn::LitStr = meta.value()?.parse()?;
             krate.set(errors, &path, lit.parse::<syn::Path>()?);
         } else {
-            let text = quote!(#path).to_string().replace(' ', "");
-            return Err(meta.error(format_args!(
-                "unknown subscribe option `{text}`; expected `group`, `retries` or `crate`"
-            )));
+            errors.spanned(
+                &path,
+                format_args!(
+                    "unknown subscribe option `{}`; expected `group`, `retries` or `crate`",
+                    path_text(&path)
+                ),
+            );
+            skip_value(&meta)?;
         }
         Ok(())
     });
@@ -95,36 +108,59 @@ fn check_signature(errors: &Errors, sig: &syn::Signature) {
     }
 }
 
-fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
-    let krate = &options.krate;
-    let vis = &function.vis;
-    let name = &function.sig.ident;
-    let docs: Vec<_> = function
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("doc"))
-        .collect();
-    let types: Vec<&syn::Type> = function
-        .sig
-        .inputs
+/// The argument types: the event, then the extractors.
+fn argument_types(sig: &syn::Signature) -> Vec<&syn::Type> {
+    sig.inputs
         .iter()
         .filter_map(|arg| match arg {
             syn::FnArg::Typed(pat) => Some(&*pat.ty),
             syn::FnArg::Receiver(_) => None,
         })
-        .collect();
-    let Some((event, extractors)) = types.split_first() else {
-        return quote!(#vis struct #name;);
-    };
+        .collect()
+}
 
+/// The unit struct named after the function, which stands for the handler.
+fn handler_struct(function: &syn::ItemFn) -> TokenStream {
+    let vis = &function.vis;
+    let name = &function.sig.ident;
+    let docs = function.attrs.iter().filter(|a| a.path().is_ident("doc"));
+    quote! {
+        #(#docs)*
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, Default)]
+        #vis struct #name;
+    }
+}
+
+/// The user's function, renamed and made a private associated function of the struct.
+fn inner_function(function: &syn::ItemFn) -> syn::ItemFn {
     let mut inner = function.clone();
     inner.sig.ident = format_ident!("__eventflow_handler");
     inner.vis = syn::Visibility::Inherited;
-    let event_check = quote_spanned!(event.span()=> #krate::__private::assert_event::<#event>(););
-    let extractor_checks = extractors
+    inner
+}
+
+fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
+    let krate = &options.krate;
+    let name = &function.sig.ident;
+    let types = argument_types(&function.sig);
+    let (event, extractors) = types
+        .split_first()
+        .expect("check_signature rejects a handler without arguments");
+    let inner = inner_function(function);
+    let handler_struct = handler_struct(function);
+
+    // Each use of a user's type is spanned on that type, so an argument that is not an
+    // event or not an extractor is reported there, once (rustc merges the identical
+    // errors of `check` and `call`), instead of on the attribute.
+    let event_type = quote_spanned!(event.span()=> type Event = #event;);
+    let checks = extractors
         .iter()
-        .map(|ty| quote_spanned!(ty.span()=> const _: () = #krate::__private::assert_extractor::<#ty>();));
+        .map(|ty| quote_spanned!(ty.span()=> <#ty as #krate::FromContext>::check(state)?;));
     let args: Vec<_> = (0..extractors.len()).map(|i| format_ident!("__arg{i}")).collect();
+    let extractions = extractors.iter().zip(&args).map(
+        |(ty, arg)| quote_spanned!(ty.span()=> let #arg = <#ty as #krate::FromContext>::from_context(&ctx)?;),
+    );
     let group = match &options.group {
         Some(group) => quote!(#group),
         None => quote!(::core::concat!(
@@ -141,22 +177,16 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
     let map_error = quote_spanned!(output_span=> .map_err(#krate::__private::box_error));
 
     quote! {
-        #(#docs)*
-        #[allow(non_camel_case_types)]
-        #[derive(Clone, Copy, Debug, Default)]
-        #vis struct #name;
+        #handler_struct
 
         #[allow(unused_qualifications, non_snake_case)]
         const _: () = {
-            const _: () = #event_check
-            #(#extractor_checks)*
-
             impl #name {
                 #inner
             }
 
             impl #krate::Handler for #name {
-                type Event = #event;
+                #event_type
 
                 fn options(&self) -> #krate::HandlerOptions {
                     #krate::HandlerOptions::new(
@@ -166,8 +196,12 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
                 }
 
                 fn check(&self, state: &#krate::StateMap) -> ::core::result::Result<(), ::std::string::String> {
-                    #( <#extractors as #krate::FromContext>::check(state)?; )*
+                    #(#checks)*
                     ::core::result::Result::Ok(())
+                }
+
+                fn transactional(&self) -> bool {
+                    false #( || <#extractors as #krate::FromContext>::TRANSACTIONAL )*
                 }
 
                 fn call(
@@ -176,7 +210,7 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
                     ctx: #krate::Context,
                 ) -> #krate::BoxFuture<'static, ::core::result::Result<(), #krate::BoxError>> {
                     ::std::boxed::Box::pin(async move {
-                        #( let #args = <#extractors as #krate::FromContext>::from_context(&ctx)?; )*
+                        #(#extractions)*
                         let _ = &ctx;
                         #name::__eventflow_handler(event, #(#args),*).await #map_error
                     })
@@ -186,6 +220,53 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
             #krate::__private::inventory::submit! {
                 #krate::__private::Registration::new::<#name>()
             }
+        };
+    }
+}
+
+/// What is emitted beside the errors of an invalid handler: the struct, so that uses of
+/// the handler's name resolve; the function, so that its body is still checked; and,
+/// when the event type is known, a `Handler` impl that is never called, so that
+/// `.handler(name)` does not add an error of its own.
+fn fallback(options: &Options, function: &syn::ItemFn) -> TokenStream {
+    let krate = &options.krate;
+    let name = &function.sig.ident;
+    let handler_struct = handler_struct(function);
+    let inner = inner_function(function);
+    let event = argument_types(&function.sig).first().copied();
+    let handler_impl = match event {
+        Some(event) if function.sig.generics.params.is_empty() => {
+            let event_type = quote_spanned!(event.span()=> type Event = #event;);
+            quote! {
+                impl #krate::Handler for #name {
+                    #event_type
+
+                    fn options(&self) -> #krate::HandlerOptions {
+                        ::core::unreachable!()
+                    }
+
+                    fn call(
+                        &self,
+                        _: #event,
+                        _: #krate::Context,
+                    ) -> #krate::BoxFuture<'static, ::core::result::Result<(), #krate::BoxError>> {
+                        ::core::unreachable!()
+                    }
+                }
+            }
+        }
+        _ => TokenStream::new(),
+    };
+    quote! {
+        #handler_struct
+
+        #[allow(unused_qualifications, non_snake_case, dead_code)]
+        const _: () = {
+            impl #name {
+                #inner
+            }
+
+            #handler_impl
         };
     }
 }

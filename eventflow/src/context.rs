@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use uuid::Uuid;
 
 use crate::bus::Publisher;
-use crate::{Envelope, Error, Event};
+use crate::{Envelope, Error, Event, Tx};
 
 /// The metadata of the event being handled, and a way to publish its follow-ups.
 ///
@@ -21,6 +21,7 @@ pub struct Context {
     group: Arc<str>,
     attempt: u32,
     publisher: Publisher,
+    pub(crate) transaction: Option<Tx>,
 }
 
 impl Context {
@@ -30,6 +31,7 @@ impl Context {
             group,
             attempt,
             publisher,
+            transaction: None,
         }
     }
 
@@ -103,6 +105,10 @@ impl fmt::Debug for Context {
 /// `#[subscribe]` checks every argument after the event against this trait, so a wrong
 /// argument type is a compile error on that argument.
 pub trait FromContext: Sized + Send + 'static {
+    /// Whether a handler taking this runs in a unit of work shared with its inbox marker,
+    /// as [`Tx`] does.
+    const TRANSACTIONAL: bool = false;
+
     /// Extracts the value for one handler invocation.
     fn from_context(ctx: &Context) -> Result<Self, String>;
 

@@ -28,6 +28,12 @@ pub trait Handler: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether the handler takes a [`Tx`](crate::Tx), so it runs in a unit of work that
+    /// commits its writes with its inbox marker.
+    fn transactional(&self) -> bool {
+        false
+    }
+
     /// Handles one event.
     fn call(&self, event: Self::Event, ctx: Context) -> BoxFuture<'static, Result<(), BoxError>>;
 }

@@ -97,6 +97,7 @@ mod relay;
 mod retry;
 pub mod store;
 pub mod transport;
+mod tx;
 
 pub use bus::{EventBus, EventBusBuilder, UnitOfWork};
 pub use context::{Context, FromContext, State, StateMap};
@@ -109,6 +110,7 @@ pub use relay::Relay;
 pub use retry::Backoff;
 pub use store::{MemoryStore, Storage};
 pub use transport::InProcess;
+pub use tx::{Tx, TxGuard};
 
 #[cfg(feature = "macros")]
 pub use eventflow_macros::{subscribe, Event};

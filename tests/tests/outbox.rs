@@ -170,3 +170,67 @@ async fn dead_letters_go_to_the_storage() {
     assert_eq!(bus.dead_letters(Some("crm")).await.unwrap(), [letter]);
     bus.shutdown().await;
 }
+
+#[derive(Clone, Default)]
+struct FailOnce(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+#[subscribe(group = "ledger", retries = 3)]
+async fn ledger(event: OrderPaid, tx: eventflow::Tx, State(fail): State<FailOnce>) -> Result<(), String> {
+    let mut tx = tx.lock().await;
+    let entry = eventflow::Envelope::new("ledger.booked", 1, "ledger", "application/json", "{}");
+    let stream = format!("ledger-{}", event.seq);
+    tx.append(&stream, eventflow::store::ExpectedVersion::Any, &[entry])
+        .await
+        .map_err(|e| e.to_string())?;
+    if !fail.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err("crash after the write, before the commit".into());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_transactional_handler_s_writes_and_marker_commit_together() {
+    use eventflow::Storage;
+    let transport = InProcess::new();
+    let store = MemoryStore::new();
+    let bus = EventBus::builder()
+        .transport(transport.clone())
+        .storage(store.clone())
+        .state(FailOnce::default())
+        .backoff(eventflow::Backoff::none())
+        .handler(ledger)
+        .start()
+        .await
+        .unwrap();
+
+    let envelope = bus.envelope(&paid(5)).unwrap();
+    bus.publish_envelope(envelope.clone()).await.unwrap();
+    bus.publish_envelope(envelope.clone()).await.unwrap();
+    within(5, "the ledger to finish", transport.wait_idle()).await;
+
+    let booked = store.read_stream("ledger-5", 1).await.unwrap();
+    assert_eq!(
+        booked.len(),
+        1,
+        "the failed attempt's write was kept, or the duplicate wrote again"
+    );
+    assert!(store.is_processed("ledger", envelope.id).await.unwrap());
+    assert!(bus.dead_letters(None).await.unwrap().is_empty());
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_transactional_handler_needs_storage() {
+    let error = EventBus::builder()
+        .state(FailOnce::default())
+        .handler(ledger)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("takes `Tx` but the bus has no storage"),
+        "{error}"
+    );
+}

@@ -192,6 +192,12 @@ impl EventBusBuilder {
             if let Err(reason) = route.check(&self.state) {
                 problems.push(format!("handler `{}`: {reason}", options.name));
             }
+            if route.transactional() && self.storage.is_none() {
+                problems.push(format!(
+                    "handler `{}` takes `Tx` but the bus has no storage; add one with `.storage(store)`",
+                    options.name
+                ));
+            }
             let name: Arc<str> = options.group.as_ref().into();
             let group = groups.entry(name.clone()).or_insert_with(|| Group {
                 workers: self.group_workers.get(&*name).copied().unwrap_or(self.workers),

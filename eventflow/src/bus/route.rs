@@ -14,6 +14,7 @@ pub(crate) trait Route: Send + Sync + 'static {
     fn event_version(&self) -> u32;
     fn topic(&self) -> &'static str;
     fn check(&self, state: &StateMap) -> Result<(), String>;
+    fn transactional(&self) -> bool;
 
     /// Decodes the payload and starts the handler; a payload that does not decode is an
     /// error before any attempt.
@@ -56,6 +57,10 @@ impl<H: Handler> Route for Typed<H> {
 
     fn check(&self, state: &StateMap) -> Result<(), String> {
         self.handler.check(state)
+    }
+
+    fn transactional(&self) -> bool {
+        self.handler.transactional()
     }
 
     fn invoke(

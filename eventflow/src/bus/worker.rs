@@ -13,8 +13,9 @@ use uuid::Uuid;
 
 use super::{Group, GroupRoute, Publisher, Shared};
 use crate::dead_letter::DeadLetter;
+use crate::store::Storage;
 use crate::transport::{Consumer, Record};
-use crate::{BoxError, Context, Envelope, Error};
+use crate::{BoxError, Context, Envelope, Error, Tx};
 
 /// How handling one record ended.
 enum Outcome {
@@ -111,7 +112,8 @@ async fn deliver(
     let Some(route) = group.routes.get(&*envelope.name) else {
         return Outcome::Done;
     };
-    if let Some(storage) = &shared.storage {
+    let transactional = route.route.transactional();
+    if let Some(storage) = shared.storage.as_ref().filter(|_| !transactional) {
         let checked = with_retries(shared, shutdown, "checking the inbox", || {
             storage.is_processed(&group.name, envelope.id)
         });
@@ -125,7 +127,7 @@ async fn deliver(
         }
     }
     match attempt_all(shared, group, route, envelope, shutdown).await {
-        Ok(_) => match &shared.storage {
+        Ok(_) => match shared.storage.as_ref().filter(|_| !transactional) {
             Some(storage) => {
                 let marked = with_retries(
                     shared,
@@ -209,8 +211,9 @@ async fn attempt_all(
         });
     }
     let mut attempt = 1;
+    let transactional = route.route.transactional();
     loop {
-        let ctx = Context::new(
+        let mut ctx = Context::new(
             envelope.clone(),
             group.name.clone(),
             attempt,
@@ -224,25 +227,34 @@ async fn attempt_all(
             handler = route.route.options().name,
             attempt,
         );
-        let started = match route.route.invoke(envelope, ctx, &*shared.codec) {
-            Ok(future) => future,
-            Err(error) => {
-                tracing::error!(parent: &span, %error, "dead-lettering event");
-                return Err(Failure::Failed {
-                    error: error.to_string(),
-                    attempts: 0,
-                });
+        let mut tx = None;
+        let mut begin_error: Option<BoxError> = None;
+        if let (Some(storage), true) = (&shared.storage, transactional) {
+            match begin_marked(storage, &group.name, envelope.id).await {
+                Ok(Some(started)) => tx = Some(started),
+                Ok(None) => {
+                    tracing::debug!(parent: &span, "event already processed by this group; skipped");
+                    return Ok(attempt);
+                }
+                Err(error) => {
+                    begin_error = Some(format!("could not start the handler's unit of work: {error}").into())
+                }
             }
+        }
+        ctx.transaction = tx.clone();
+        let error = match begin_error {
+            Some(error) => Some(error),
+            None => handle_once(route, envelope, ctx, shared, &span, tx)
+                .await
+                .map_err(|undecodable| {
+                    tracing::error!(parent: &span, error = %undecodable, "dead-lettering event");
+                    Failure::Failed {
+                        error: undecodable.to_string(),
+                        attempts: 0,
+                    }
+                })?,
         };
-        let error = match AssertUnwindSafe(started)
-            .catch_unwind()
-            .instrument(span.clone())
-            .await
-        {
-            Ok(Ok(())) => return Ok(attempt),
-            Ok(Err(error)) => error,
-            Err(panic) => panic_error(panic),
-        };
+        let Some(error) = error else { return Ok(attempt) };
         if attempt > route.retries {
             tracing::error!(parent: &span, error = %error, attempts = attempt, "handler failed; dead-lettering event");
             return Err(Failure::Failed {
@@ -269,6 +281,55 @@ async fn dead_letter(shared: &Shared, letter: DeadLetter, shutdown: &mut watch::
     {
         Some(()) => Outcome::Done,
         None => Outcome::Interrupted,
+    }
+}
+
+/// Runs the handler once and commits its unit of work if it has one. `Ok(None)` when it
+/// succeeded, `Ok(Some(error))` when it failed (to retry), `Err` when the payload does
+/// not decode (not worth retrying).
+async fn handle_once(
+    route: &GroupRoute,
+    envelope: &Envelope,
+    ctx: Context,
+    shared: &Shared,
+    span: &tracing::Span,
+    tx: Option<Tx>,
+) -> Result<Option<BoxError>, Error> {
+    let started = route.route.invoke(envelope, ctx, &*shared.codec)?;
+    Ok(
+        match AssertUnwindSafe(started)
+            .catch_unwind()
+            .instrument(span.clone())
+            .await
+        {
+            Ok(Ok(())) => match tx {
+                None => None,
+                Some(tx) => commit(&tx).await.err().map(Into::into),
+            },
+            Ok(Err(error)) => Some(error),
+            Err(panic) => Some(panic_error(panic)),
+        },
+    )
+}
+
+/// Starts a handler's unit of work with its inbox marker; `None` if the group already
+/// processed the event.
+async fn begin_marked(storage: &Arc<dyn Storage>, group: &str, event_id: Uuid) -> Result<Option<Tx>, Error> {
+    let mut tx = storage.begin().await?;
+    Ok(tx.mark_processed(group, event_id).await?.then(|| Tx::new(tx)))
+}
+
+/// Commits a handler's unit of work. A concurrent duplicate that committed first makes
+/// this one a no-op, not a failure.
+async fn commit(tx: &Tx) -> Result<(), Error> {
+    let Some(tx) = tx.take().await else {
+        return Err(Error::Config(
+            "the handler's unit of work was already taken".into(),
+        ));
+    };
+    match tx.commit().await {
+        Ok(()) | Err(Error::AlreadyProcessed { .. }) => Ok(()),
+        Err(error) => Err(error),
     }
 }
 
