@@ -11,6 +11,8 @@
 
 pub mod conformance;
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::any::Any;
 use std::time::Duration;
@@ -20,6 +22,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{rusqlite, SqliteStore, SqliteStoreBuilder, SqliteTransaction};
 
 use crate::dead_letter::DeadLetterStore;
 use crate::{Envelope, Error};
