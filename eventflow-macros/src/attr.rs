@@ -52,3 +52,20 @@ impl<T> Once<T> {
         self.value
     }
 }
+
+/// Consumes the value of an option that was reported as unknown, so the options after it
+/// are still read and checked.
+pub fn skip_value(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<syn::Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let _content;
+        syn::parenthesized!(_content in meta.input);
+    }
+    Ok(())
+}
+
+/// An option's path as the user wrote it, for messages.
+pub fn path_text(path: &syn::Path) -> String {
+    quote::quote!(#path).to_string().replace(' ', "")
+}

@@ -161,6 +161,9 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
     let extractions = extractors.iter().zip(&args).map(
         |(ty, arg)| quote_spanned!(ty.span()=> let #arg = <#ty as #krate::FromContext>::from_context(&ctx)?;),
     );
+    let transactional = extractors
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> || <#ty as #krate::FromContext>::TRANSACTIONAL));
     let group = match &options.group {
         Some(group) => quote!(#group),
         None => quote!(::core::concat!(
@@ -170,11 +173,17 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
         )),
     };
     let retries = options.retries.map(|n| quote!(.retries(#n)));
+    // Spanned on the return type, and the boxing of the error on the error type, so a
+    // return type that is not `Result<(), E>`, or an `E` that does not convert into a
+    // boxed error, is reported there.
     let output_span = match &function.sig.output {
         syn::ReturnType::Type(_, ty) => ty.span(),
         syn::ReturnType::Default => name.span(),
     };
-    let map_error = quote_spanned!(output_span=> .map_err(#krate::__private::box_error));
+    let ok = quote_spanned!(output_span=> ::core::result::Result::Ok(()));
+    let err = quote_spanned!(output_span=> ::core::result::Result::Err(error));
+    let box_error =
+        quote_spanned!(error_type_span(&function.sig.output)=> #krate::__private::box_error(error));
 
     quote! {
         #handler_struct
@@ -201,7 +210,7 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
                 }
 
                 fn transactional(&self) -> bool {
-                    false #( || <#extractors as #krate::FromContext>::TRANSACTIONAL )*
+                    false #(#transactional)*
                 }
 
                 fn call(
@@ -212,7 +221,10 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
                     ::std::boxed::Box::pin(async move {
                         #(#extractions)*
                         let _ = &ctx;
-                        #name::__eventflow_handler(event, #(#args),*).await #map_error
+                        match #name::__eventflow_handler(event, #(#args),*).await {
+                            #ok => ::core::result::Result::Ok(()),
+                            #err => ::core::result::Result::Err(#box_error),
+                        }
                     })
                 }
             }
@@ -221,6 +233,25 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
                 #krate::__private::Registration::new::<#name>()
             }
         };
+    }
+}
+
+/// The span of `E` in a return type written `Result<(), E>`, else of the whole type
+/// (`anyhow::Result<()>`, `io::Result<()>`).
+fn error_type_span(output: &syn::ReturnType) -> proc_macro2::Span {
+    let syn::ReturnType::Type(_, ty) = output else {
+        return proc_macro2::Span::call_site();
+    };
+    let error_type = match &**ty {
+        syn::Type::Path(path) => match path.path.segments.last().map(|s| &s.arguments) {
+            Some(syn::PathArguments::AngleBracketed(args)) if args.args.len() == 2 => args.args.last(),
+            _ => None,
+        },
+        _ => None,
+    };
+    match error_type {
+        Some(error_type) => error_type.span(),
+        None => ty.span(),
     }
 }
 

@@ -4,14 +4,20 @@ mod parse;
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 
-use parse::{EventInput, Key};
+use parse::{EventInput, Key, KeyField};
 
 pub fn expand(input: syn::DeriveInput) -> TokenStream {
     let (parsed, errors) = EventInput::parse(&input);
     // On invalid input the impl is still generated, with defaults, so the user sees the
-    // attribute error and not a cascade of "does not implement Event" errors.
-    let implementation = generate(&input, &parsed);
+    // attribute error and not a cascade of "does not implement Event" errors. A union is
+    // the exception: it can never have the serde impls `Event` requires, so an impl would
+    // only add errors about those.
+    let implementation = match input.data {
+        syn::Data::Union(_) => TokenStream::new(),
+        _ => generate(&input, &parsed),
+    };
     quote! {
         #errors
         #implementation
@@ -22,6 +28,23 @@ fn generate(input: &syn::DeriveInput, parsed: &EventInput) -> TokenStream {
     let krate = &parsed.krate;
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    // A generic type is an event wherever its serde derives apply (they add their own
+    // bounds on the type parameters), so the impl asks for exactly what `Event` needs.
+    // A concrete type gets no such bound: a missing serde impl must be an error on the
+    // type, not a trivially false `where` clause.
+    let mut where_clause = where_clause.cloned();
+    if !input.generics.params.is_empty() {
+        where_clause
+            .get_or_insert_with(|| syn::parse_quote!(where))
+            .predicates
+            .push(syn::parse_quote! {
+                #ident #ty_generics: #krate::__private::serde::Serialize
+                    + #krate::__private::serde::de::DeserializeOwned
+                    + ::core::marker::Send
+                    + ::core::marker::Sync
+                    + 'static
+            });
+    }
     let name = parsed.name.clone().unwrap_or_else(|| ident.to_string());
     let version = parsed.version;
     let topic = match &parsed.topic {
@@ -48,19 +71,34 @@ fn generate(input: &syn::DeriveInput, parsed: &EventInput) -> TokenStream {
 }
 
 fn partition_key(parsed: &EventInput) -> TokenStream {
-    let to_key = |value: TokenStream, span| quote_spanned!(span=> ::core::option::Option::Some(::std::string::ToString::to_string(#value)));
+    // Through the field's own type tokens, so a key type without `Display` is reported on
+    // the field's type.
+    let to_key = |value: TokenStream, key: &KeyField| {
+        let ty = &key.ty;
+        quote_spanned!(ty.span()=> ::core::option::Option::Some(<#ty as ::std::string::ToString>::to_string(#value)))
+    };
     match &parsed.key {
         Key::Struct(None) => quote!(::core::option::Option::None),
-        Key::Struct(Some((member, span))) => to_key(quote!(&self.#member), *span),
+        Key::Struct(Some(key)) => {
+            let member = &key.member;
+            to_key(quote!(&self.#member), key)
+        }
         Key::Enum(variants) => {
             let arms = variants.iter().map(|(variant, key)| match key {
-                Some((member, span)) => {
-                    let value = to_key(quote!(__key), *span);
+                Some(key) => {
+                    let member = &key.member;
+                    let value = to_key(quote!(__key), key);
                     quote!(Self::#variant { #member: __key, .. } => #value,)
                 }
                 None => quote!(Self::#variant { .. } => ::core::option::Option::None,),
             });
-            quote_spanned!(parsed.ident_span=> match self { #(#arms)* })
+            // `match self {}` is rejected for a reference to an empty enum; `*self` is not.
+            let scrutinee = if variants.is_empty() {
+                quote!(*self)
+            } else {
+                quote!(self)
+            };
+            quote_spanned!(parsed.ident_span=> match #scrutinee { #(#arms)* })
         }
     }
 }

@@ -1,10 +1,9 @@
 //! Reads and checks `#[event(...)]` attributes.
 
 use proc_macro2::{Span, TokenStream};
-use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 
-use crate::attr::{Errors, Once};
+use crate::attr::{path_text, skip_value, Errors, Once};
 
 pub struct EventInput {
     pub krate: syn::Path,
@@ -17,8 +16,14 @@ pub struct EventInput {
 
 /// The partition key field: of the struct, or of each enum variant.
 pub enum Key {
-    Struct(Option<(syn::Member, Span)>),
-    Enum(Vec<(syn::Ident, Option<(syn::Member, Span)>)>),
+    Struct(Option<KeyField>),
+    Enum(Vec<(syn::Ident, Option<KeyField>)>),
+}
+
+/// The field marked `#[event(key)]`, and its type, on which a missing `Display` is reported.
+pub struct KeyField {
+    pub member: syn::Member,
+    pub ty: Box<syn::Type>,
 }
 
 impl EventInput {
@@ -101,8 +106,8 @@ impl EventInput {
 }
 
 /// Finds the one field marked `#[event(key)]`.
-fn key_field(errors: &Errors, fields: &syn::Fields) -> Option<(syn::Member, Span)> {
-    let mut key: Option<(syn::Member, Span)> = None;
+fn key_field(errors: &Errors, fields: &syn::Fields) -> Option<KeyField> {
+    let mut key: Option<KeyField> = None;
     for (index, field) in fields.iter().enumerate() {
         for attr in field.attrs.iter().filter(|a| a.path().is_ident("event")) {
             let parsed = attr.parse_nested_meta(|meta| {
@@ -114,7 +119,7 @@ fn key_field(errors: &Errors, fields: &syn::Fields) -> Option<(syn::Member, Span
                             Some(ident) => syn::Member::Named(ident.clone()),
                             None => syn::Member::Unnamed(syn::Index { index: index as u32, span: field.span() }),
                         };
-                        key = Some((member, field.ty.span()));
+                        key = Some(KeyField { member, ty: Box::new(field.ty.clone()) });
                     }
                 } else {
                     errors.spanned(
@@ -151,18 +156,4 @@ fn check_name(errors: &Errors, lit: &syn::LitStr, what: &str) {
             ),
         );
     }
-}
-
-fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
-    if meta.input.peek(syn::Token![=]) {
-        meta.value()?.parse::<syn::Expr>()?;
-    } else if meta.input.peek(syn::token::Paren) {
-        let _content;
-        syn::parenthesized!(_content in meta.input);
-    }
-    Ok(())
-}
-
-fn path_text(path: &syn::Path) -> String {
-    quote::quote!(#path).to_string().replace(' ', "")
 }

@@ -1,0 +1,9 @@
+use eventflow::Event;
+
+#[derive(Event)]
+union Amount {
+    cents: u64,
+    units: f64,
+}
+
+fn main() {}
