@@ -122,15 +122,6 @@ pub mod __private {
     pub use inventory;
     pub use serde;
 
-    /// Compile-time check that an event type has serde impls; spanned on the type.
-    pub const fn assert_serde<T: serde::Serialize + serde::de::DeserializeOwned>() {}
-
-    /// Compile-time check that a handler argument is an extractor; spanned on the argument.
-    pub const fn assert_extractor<T: crate::FromContext>() {}
-
-    /// Compile-time check that a handler's first argument is an event.
-    pub const fn assert_event<T: crate::Event>() {}
-
     /// Converts a handler's error into the boxed error the bus handles.
     pub fn box_error<E: Into<crate::BoxError>>(error: E) -> crate::BoxError {
         error.into()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eventflow::store::{ExpectedVersion, SqliteStore, SqliteTransaction, Storage};
+use eventflow::store::{ExpectedVersion, SqliteStore, SqliteTransaction, Storage, Transaction};
 use eventflow::Envelope;
 
 /// A database file no other test or test run uses.
@@ -130,14 +130,7 @@ async fn the_applications_writes_commit_and_roll_back_with_the_unit_of_work() {
     tx.commit().await.unwrap();
 
     let mut tx = store.begin().await.unwrap();
-    tx.downcast_mut::<SqliteTransaction>()
-        .unwrap()
-        .connection()
-        .execute(
-            "INSERT INTO orders (id, total) VALUES (?1, ?2)",
-            eventflow::store::rusqlite::params!["order-1", 42],
-        )
-        .unwrap();
+    insert_order(&mut *tx);
     tx.enqueue(&[event(1)]).await.unwrap();
     drop(tx);
     assert_eq!(
@@ -152,14 +145,7 @@ async fn the_applications_writes_commit_and_roll_back_with_the_unit_of_work() {
         .is_empty());
 
     let mut tx = store.begin().await.unwrap();
-    tx.downcast_mut::<SqliteTransaction>()
-        .unwrap()
-        .connection()
-        .execute(
-            "INSERT INTO orders (id, total) VALUES (?1, ?2)",
-            eventflow::store::rusqlite::params!["order-1", 42],
-        )
-        .unwrap();
+    insert_order(&mut *tx);
     tx.enqueue(&[event(1)]).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(orders(store.clone()).await, 1);
@@ -253,4 +239,16 @@ async fn two_stores_on_one_file_serialize_writes_and_share_the_outbox_lease() {
     assert_eq!(b.claim_outbox("relay-b", lease, 100).await.unwrap().len(), 40);
     drop((a, b));
     remove_db(&path);
+}
+
+/// The application's own write inside a unit of work.
+fn insert_order(tx: &mut dyn Transaction) {
+    tx.downcast_mut::<SqliteTransaction>()
+        .unwrap()
+        .connection()
+        .execute(
+            "INSERT INTO orders (id, total) VALUES (?1, ?2)",
+            eventflow::store::rusqlite::params!["order-1", 42],
+        )
+        .unwrap();
 }

@@ -95,13 +95,7 @@ impl Transaction for MemoryTransaction {
         events: &[Envelope],
     ) -> Result<u64, Error> {
         let current = self.pending_version(&self.store.data(), stream);
-        if !expected.matches(current) {
-            return Err(Error::Conflict {
-                stream: stream.to_owned(),
-                expected,
-                actual: current,
-            });
-        }
+        expected.check(stream, current)?;
         // At commit, the stream must still be where this append found it.
         let found = if current == 0 {
             ExpectedVersion::NoStream
@@ -137,13 +131,7 @@ impl Transaction for MemoryTransaction {
                 let current = *versions
                     .entry(stream)
                     .or_insert_with(|| data.streams.get(stream.as_str()).copied().unwrap_or(0));
-                if !expected.matches(current) {
-                    return Err(Error::Conflict {
-                        stream: stream.clone(),
-                        expected: *expected,
-                        actual: current,
-                    });
-                }
+                expected.check(stream, current)?;
                 versions.insert(stream, current + events.len() as u64);
             }
             if let Some((group, event_id)) = this.markers.iter().find(|m| data.inbox.contains(*m)) {

@@ -48,6 +48,20 @@ impl ExpectedVersion {
             ExpectedVersion::Exact(version) => current == version,
         }
     }
+
+    /// [`Error::Conflict`] unless a stream `stream` at `current` satisfies the
+    /// expectation: the check every backend's [`Transaction::append`] makes.
+    pub fn check(self, stream: &str, current: u64) -> Result<(), Error> {
+        if self.matches(current) {
+            Ok(())
+        } else {
+            Err(Error::Conflict {
+                stream: stream.to_owned(),
+                expected: self,
+                actual: current,
+            })
+        }
+    }
 }
 
 /// An event as the event store keeps it.

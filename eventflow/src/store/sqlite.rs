@@ -511,13 +511,7 @@ impl Transaction for SqliteTransaction {
     ) -> Result<u64, Error> {
         let current =
             stream_version(&self.writer.0, stream).map_err(|e| self.fail("reading a stream's version", e))?;
-        if !expected.matches(current) {
-            return Err(Error::Conflict {
-                stream: stream.to_owned(),
-                expected,
-                actual: current,
-            });
-        }
+        expected.check(stream, current)?;
         if events.is_empty() {
             return Ok(current);
         }
