@@ -105,6 +105,16 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     out.ok_or_else(|| CodecError::new("the codec did not deserialize a value"))
 }
 
+/// Checks that `payload` is well-formed for `content_type`, where eventflow knows the
+/// format (JSON); other content types pass, and their consumers' decoding judges them.
+pub(crate) fn check_payload(content_type: &str, payload: &[u8]) -> Result<(), CodecError> {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        serde_json::from_slice::<serde::de::IgnoredAny>(payload).map_err(CodecError::new)?;
+    }
+    Ok(())
+}
+
 /// Whether `codec` is the default [`Json`]: its work is then done by the typed serde_json
 /// functions, without the type erasure that costs ~3.5x per decode.
 fn is_json(codec: &dyn Codec) -> bool {

@@ -38,6 +38,16 @@ pub enum Error {
         source: CodecError,
     },
 
+    /// An outbox entry cannot be delivered as it is: a payload that is not well-formed for
+    /// its content type, or a row the store cannot read.
+    #[error("event {id} cannot be delivered: {reason}")]
+    Undeliverable {
+        /// The event id (nil if the store could not read it).
+        id: Uuid,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
+
     /// An envelope carries a version of its event that no handler of the group knows.
     #[error(
         "event {id} is `{name}` v{found}, but the handler in group `{group}` expects v{expected}; \

@@ -1,13 +1,15 @@
 //! The outbox [`Relay`]: delivers committed outbox entries to the transport.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::codec;
+use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::retry::Backoff;
-use crate::store::Storage;
+use crate::store::{OutboxEntry, Storage};
 use crate::transport::Transport;
 use crate::Error;
 
@@ -20,9 +22,16 @@ use crate::Error;
 /// absorbs the duplicate). Several relays on one store take turns through the store's
 /// outbox lease: one delivers, the others wait for its lease to expire.
 ///
+/// An entry that cannot be delivered as it is (a row the store cannot read, a JSON payload
+/// that does not parse) is not sent: it becomes a dead letter of the group
+/// [`Relay::DEAD_LETTER_GROUP`] with the reason, and the relay goes on with the next.
+/// [`EventBus::replay_dead_letter`](crate::EventBus::replay_dead_letter) publishes it once
+/// it has been repaired.
+///
 /// [`EventBusBuilder::storage`](crate::EventBusBuilder::storage) runs one for you.
 pub struct Relay {
     storage: Arc<dyn Storage>,
+    dead_letters: Arc<dyn DeadLetterStore>,
     transport: Arc<dyn Transport>,
     id: String,
     batch: usize,
@@ -32,9 +41,13 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// The group name of the dead letters the relay writes for entries it cannot deliver.
+    pub const DEAD_LETTER_GROUP: &'static str = "eventflow.outbox";
+
     /// A relay from `storage`'s outbox to `transport`, with a unique id.
     pub fn new(storage: Arc<dyn Storage>, transport: Arc<dyn Transport>) -> Self {
         Relay {
+            dead_letters: storage.clone(),
             storage,
             transport,
             id: format!("relay-{}", Uuid::now_v7()),
@@ -43,6 +56,12 @@ impl Relay {
             poll_interval: Duration::from_millis(500),
             backoff: Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10)),
         }
+    }
+
+    /// Where entries that cannot be delivered go. Default: the storage itself.
+    pub fn dead_letters(mut self, dead_letters: Arc<dyn DeadLetterStore>) -> Self {
+        self.dead_letters = dead_letters;
+        self
     }
 
     /// Most entries delivered per batch. Default 512.
@@ -74,10 +93,40 @@ impl Relay {
             return Ok(0);
         }
         let sequences: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
-        let envelopes = entries.into_iter().map(|e| e.envelope).collect();
-        self.transport.publish_batch(envelopes).await?;
+        let mut envelopes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match undeliverable(&entry) {
+                None => envelopes.push(entry.envelope),
+                Some(error) => self.dead_letter(entry, error).await?,
+            }
+        }
+        let delivered = envelopes.len();
+        if delivered > 0 {
+            self.transport.publish_batch(envelopes).await?;
+        }
         self.storage.mark_delivered(&self.id, &sequences).await?;
-        Ok(sequences.len())
+        Ok(delivered)
+    }
+
+    /// Sets an entry aside as a dead letter. Its id is the event's (the outbox holds an
+    /// event once), or the sequence's when the event id is unreadable, so writing it again
+    /// after a crash replaces it instead of adding a second one.
+    async fn dead_letter(&self, entry: OutboxEntry, error: String) -> Result<(), Error> {
+        tracing::error!(relay = %self.id, sequence = entry.sequence, event.id = %entry.envelope.id, %error,
+            "an outbox entry cannot be delivered; it is now a dead letter of group `{}`", Self::DEAD_LETTER_GROUP);
+        let id = match entry.envelope.id {
+            id if id.is_nil() => Uuid::from_u64_pair(0, entry.sequence),
+            id => id,
+        };
+        let letter = DeadLetter {
+            id,
+            group: Self::DEAD_LETTER_GROUP.to_owned(),
+            envelope: entry.envelope,
+            error,
+            attempts: 0,
+            failed_at: SystemTime::now(),
+        };
+        self.dead_letters.put(letter).await
     }
 
     /// Delivers until `shutdown` turns true, then gives the lease up.
@@ -113,6 +162,23 @@ impl Relay {
             tracing::warn!(relay = %self.id, %error, "releasing the outbox lease failed; another relay takes over when it expires");
         }
     }
+}
+
+/// Why `entry` cannot be delivered as it is, if it cannot.
+fn undeliverable(entry: &OutboxEntry) -> Option<String> {
+    if let Some(corrupt) = &entry.corrupt {
+        return Some(format!("{corrupt}; repair the row and replay this dead letter"));
+    }
+    let envelope = &entry.envelope;
+    codec::check_payload(&envelope.content_type, &envelope.payload)
+        .err()
+        .map(|error| {
+            format!(
+                "outbox entry {} (event {} `{}` v{}) has a payload that is not valid {}: {error}; \
+                 it was not delivered: repair the payload and replay this dead letter",
+                entry.sequence, envelope.id, envelope.name, envelope.version, envelope.content_type
+            )
+        })
 }
 
 impl std::fmt::Debug for Relay {

@@ -234,3 +234,94 @@ async fn a_transactional_handler_needs_storage() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_corrupt_outbox_payload_is_dead_lettered_and_the_relay_goes_on() {
+    use eventflow::{DeadLetterStore, Relay};
+    let transport = InProcess::new();
+    let store = MemoryStore::new();
+    let rec = Recorder::default();
+    let bus = EventBus::builder()
+        .transport(transport.clone())
+        .storage(store.clone())
+        .state(rec.clone())
+        .handler(inventory)
+        .start()
+        .await
+        .unwrap();
+
+    let mut broken = bus.envelope(&paid(2)).unwrap();
+    broken.payload = "{\"order_id\": \"order-2\", \"seq\": ".into();
+    let mut work = bus.begin().await.unwrap();
+    work.publish(&paid(1)).await.unwrap();
+    work.transaction().enqueue(&[broken.clone()]).await.unwrap();
+    work.publish(&paid(3)).await.unwrap();
+    work.commit().await.unwrap();
+
+    eventually(5, "the sound events", || rec.seen("inventory").len() == 2).await;
+    assert_eq!(rec.sorted_seqs("inventory"), [1, 3]);
+    let letters = bus.dead_letters(Some(Relay::DEAD_LETTER_GROUP)).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.envelope.id, broken.id);
+    assert!(
+        letter.error.contains("not valid application/json") && letter.error.contains(&broken.id.to_string()),
+        "the error does not say what is wrong with which event: {}",
+        letter.error
+    );
+
+    // Replaying it as it is fails and keeps it; repaired, it reaches the handlers.
+    let error = bus.replay_dead_letter(letter.id).await.unwrap_err();
+    assert!(error.to_string().contains("repair it"), "{error}");
+    let mut repaired = letter.clone();
+    repaired.envelope.payload = "{\"order_id\": \"order-2\", \"seq\": 2}".into();
+    store.put(repaired).await.unwrap();
+    bus.replay_dead_letter(letter.id).await.unwrap();
+    eventually(5, "the repaired event", || rec.seen("inventory").len() == 3).await;
+    assert_eq!(rec.sorted_seqs("inventory"), [1, 2, 3]);
+    assert!(bus.dead_letters(None).await.unwrap().is_empty());
+    bus.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreadable_outbox_row_is_dead_lettered_and_the_relay_goes_on() {
+    use eventflow::store::{SqliteStore, SqliteTransaction};
+    use eventflow::Relay;
+    let path = eventflow_tests::temp_db();
+    let transport = InProcess::new();
+    let rec = Recorder::default();
+    let bus = EventBus::builder()
+        .transport(transport.clone())
+        .storage(SqliteStore::open(&path).await.unwrap())
+        .state(rec.clone())
+        .handler(inventory)
+        .start()
+        .await
+        .unwrap();
+
+    let mut work = bus.begin().await.unwrap();
+    let corrupt = work.publish(&paid(1)).await.unwrap();
+    work.publish(&paid(2)).await.unwrap();
+    let sqlite = work.transaction().downcast_mut::<SqliteTransaction>().unwrap();
+    sqlite
+        .connection()
+        .execute(
+            "UPDATE outbox SET headers = 'not json' WHERE sequence = (SELECT MIN(sequence) FROM outbox)",
+            [],
+        )
+        .unwrap();
+    work.commit().await.unwrap();
+
+    eventually(5, "the readable event", || rec.seen("inventory").len() == 1).await;
+    assert_eq!(rec.sorted_seqs("inventory"), [2]);
+    let letters = bus.dead_letters(Some(Relay::DEAD_LETTER_GROUP)).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].envelope.id, corrupt, "the salvaged envelope lost the event id");
+    assert!(
+        letters[0].error.contains("cannot be read") && letters[0].error.contains("replay"),
+        "{}",
+        letters[0].error
+    );
+    bus.shutdown().await;
+    eventflow_tests::remove_db(&path);
+}

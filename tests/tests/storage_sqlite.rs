@@ -1,31 +1,11 @@
 //! The storage conformance suite on SQLite, and what only a durable store can show: data
 //! survives reopening the file, and the application's own writes share the unit of work.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use eventflow::store::{ExpectedVersion, SqliteStore, SqliteTransaction, Storage, Transaction};
 use eventflow::Envelope;
-
-/// A database file no other test or test run uses.
-fn temp_db() -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    std::env::temp_dir().join(format!(
-        "eventflow-test-{}-{}-{nanos}.db",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ))
-}
-
-fn remove_db(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        let _ = std::fs::remove_file(file);
-    }
-}
+use eventflow_tests::{remove_db, temp_db};
 
 eventflow::storage_conformance!(async { SqliteStore::open(temp_db()).await.unwrap() });
 

@@ -214,10 +214,7 @@ impl Storage for MemoryStore {
         }
         let entries = data.outbox.iter().take(limit);
         Ok(entries
-            .map(|(&sequence, envelope)| OutboxEntry {
-                sequence,
-                envelope: envelope.clone(),
-            })
+            .map(|(&sequence, envelope)| OutboxEntry::new(sequence, envelope.clone()))
             .collect())
     }
 

@@ -710,9 +710,16 @@ impl Storage for SqliteStore {
                     .execute(params![relay, now.saturating_add(lease)])?;
                 let mut select = connection.prepare_cached(CLAIM_OUTBOX)?;
                 let rows = select.query_map([sql_int(limit as u64)], |row| {
-                    Ok(OutboxEntry {
-                        sequence: row.get::<_, i64>(0)? as u64,
-                        envelope: envelope_from_row(row, 1)?,
+                    let sequence = row.get::<_, i64>(0)? as u64;
+                    Ok(match envelope_from_row(row, 1) {
+                        Ok(envelope) => OutboxEntry::new(sequence, envelope),
+                        // One unreadable row must not stop the relay: it is handed over
+                        // as corrupt, for the relay to dead-letter.
+                        Err(error) => OutboxEntry {
+                            sequence,
+                            envelope: salvage_envelope(row, 1),
+                            corrupt: Some(format!("outbox entry {sequence} cannot be read: {error}")),
+                        },
                     })
                 })?;
                 rows.collect()
@@ -927,6 +934,35 @@ fn envelope_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Envelope> 
         content_type: row.get::<_, String>(first + 9)?.into(),
         payload: row.get::<_, Vec<u8>>(first + 10)?.into(),
     })
+}
+
+/// What can be read of an envelope whose row [`envelope_from_row`] rejects: each column
+/// that reads as its type, a default for the others, and the payload's raw bytes.
+fn salvage_envelope(row: &Row<'_>, first: usize) -> Envelope {
+    let text = |index: usize| row.get::<_, String>(first + index).ok();
+    let uuid = |index: usize| {
+        let value = row.get_ref(first + index).ok()?;
+        Uuid::from_slice(value.as_blob().ok()?).ok()
+    };
+    let payload = match row.get_ref(first + 10) {
+        Ok(value) => value.as_bytes().map(<[u8]>::to_vec).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    Envelope {
+        id: uuid(0).unwrap_or_else(Uuid::nil),
+        name: text(1).unwrap_or_default().into(),
+        version: row.get(first + 2).unwrap_or(0),
+        topic: text(3).unwrap_or_default().into(),
+        key: text(4),
+        timestamp: row.get(first + 5).map(from_nanos).unwrap_or(UNIX_EPOCH),
+        correlation_id: uuid(6).unwrap_or_else(Uuid::nil),
+        causation_id: uuid(7),
+        headers: text(8)
+            .and_then(|headers| serde_json::from_str(&headers).ok())
+            .unwrap_or_default(),
+        content_type: text(9).unwrap_or_default().into(),
+        payload: payload.into(),
+    }
 }
 
 fn stored_event(row: &Row<'_>) -> rusqlite::Result<StoredEvent> {
