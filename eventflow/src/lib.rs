@@ -85,6 +85,7 @@
 //! [`EventBusBuilder::handler`], so each test has its own set.
 #![warn(missing_docs)]
 
+pub mod aggregate;
 mod bus;
 pub mod codec;
 mod context;
@@ -99,6 +100,7 @@ pub mod store;
 pub mod transport;
 mod tx;
 
+pub use aggregate::{Aggregate, Loaded, Repository};
 pub use bus::{EventBus, EventBusBuilder, UnitOfWork};
 pub use context::{Context, FromContext, State, StateMap};
 pub use dead_letter::{DeadLetter, DeadLetterStore};

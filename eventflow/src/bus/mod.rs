@@ -17,6 +17,7 @@ use uuid::Uuid;
 pub use builder::EventBusBuilder;
 pub use unit_of_work::UnitOfWork;
 
+use crate::aggregate::{Aggregate, Repository};
 use crate::codec::{self, Codec};
 use crate::context::StateMap;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
@@ -117,6 +118,18 @@ impl EventBus {
         Ok(UnitOfWork::new(storage.begin().await?, self.shared.clone()))
     }
 
+    /// A repository of event-sourced aggregates of type `A` on the bus's storage. Fails if
+    /// the bus has no [`storage`](EventBusBuilder::storage).
+    pub fn repository<A: Aggregate>(&self) -> Result<Repository<A>, Error> {
+        let storage = self.shared.storage.clone().ok_or_else(|| {
+            Error::Config(format!(
+                "this bus has no storage for the `{}` aggregates; add one with `EventBus::builder().storage(store)`",
+                A::KIND
+            ))
+        })?;
+        Ok(Repository::new(self.shared.clone(), storage))
+    }
+
     /// The dead letters of every group, or of one, oldest first.
     pub async fn dead_letters(&self, group: Option<&str>) -> Result<Vec<DeadLetter>, Error> {
         self.shared.dead_letters.list(group).await
@@ -189,6 +202,10 @@ impl std::fmt::Debug for EventBus {
 }
 
 impl Shared {
+    pub(crate) fn codec(&self) -> &dyn Codec {
+        &*self.codec
+    }
+
     fn envelope<E: Event>(&self, event: &E, cause: Option<&Envelope>) -> Result<Envelope, Error> {
         let payload = codec::encode(&*self.codec, event).map_err(|source| Error::Encode {
             name: E::NAME,

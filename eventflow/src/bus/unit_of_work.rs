@@ -32,7 +32,7 @@ pub struct UnitOfWork {
 }
 
 impl UnitOfWork {
-    pub(super) fn new(tx: Box<dyn Transaction>, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(tx: Box<dyn Transaction>, shared: Arc<Shared>) -> Self {
         UnitOfWork { tx, shared }
     }
 
