@@ -274,8 +274,14 @@ async fn attempt_all(
 /// Stores a dead letter, retrying until the store takes it: an event is committed only
 /// once it is handled or safely dead-lettered.
 async fn dead_letter(shared: &Shared, letter: DeadLetter, shutdown: &mut watch::Receiver<bool>) -> Outcome {
-    match with_retries(shared, shutdown, "storing a dead letter", || {
+    let stored = with_retries(shared, shutdown, "storing a dead letter", || {
         shared.dead_letters.put(letter.clone())
+    });
+    if stored.await.is_none() {
+        return Outcome::Interrupted;
+    }
+    match with_retries(shared, shutdown, "handing a dead letter to the transport", || {
+        shared.transport.dead_letter(&letter)
     })
     .await
     {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 pub use in_process::{InProcess, InProcessBuilder};
 pub use partitioner::partition_for_key;
 
-use crate::{Envelope, Error};
+use crate::{DeadLetter, Envelope, Error};
 
 /// An event read from a partition.
 #[derive(Clone, Debug)]
@@ -53,6 +53,14 @@ pub trait Transport: Send + Sync + 'static {
     /// Joins `group` as a new member that consumes `topics`. The group's partitions are
     /// rebalanced over its members.
     async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, Error>;
+
+    /// Called when a group gives up on an event, after the bus stored the dead letter and
+    /// before the event is committed. A broker transport forwards it to a dead-letter
+    /// topic there; an error makes the bus retry with backoff. The default does nothing.
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
+        let _ = letter;
+        Ok(())
+    }
 }
 
 /// One member of a consumer group. Dropping it leaves the group; its uncommitted records

@@ -1,0 +1,205 @@
+//! [`KafkaBuilder`]: everything a [`Kafka`] transport can be configured with.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::{Error, Kafka};
+
+/// The broker address used when `KAFKA_BROKERS` is not set.
+pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+
+/// Where a consumer group that has never committed an offset starts reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartFrom {
+    /// Events published after the group's first member subscribed, as the in-process
+    /// transport does: `subscribe` commits the current end of every partition the group
+    /// has no offset for. The default.
+    #[default]
+    Latest,
+    /// Everything still in the topic: a new group (a new projection, say) catches up on
+    /// the history.
+    Earliest,
+}
+
+/// Configures a [`Kafka`] transport. Start with [`Kafka::builder`] or [`Kafka::from_env`].
+///
+/// Defaults: topics created with 8 partitions and replication factor 1 (raise it to 3 on
+/// a production cluster), idempotent producer with `acks=all` and `linger.ms=5`, 30 s
+/// delivery timeout, consumers with auto-commit off, `read_committed` isolation and up to
+/// 256 records per poll.
+#[derive(Clone, Debug)]
+pub struct KafkaBuilder {
+    pub(crate) brokers: String,
+    pub(crate) topic_prefix: String,
+    pub(crate) group_prefix: String,
+    pub(crate) partitions: i32,
+    pub(crate) topic_partitions: HashMap<String, i32>,
+    pub(crate) replication: i32,
+    pub(crate) dead_letter_topic: String,
+    pub(crate) linger: Duration,
+    pub(crate) batch_size: usize,
+    pub(crate) idempotence: bool,
+    pub(crate) delivery_timeout: Duration,
+    pub(crate) max_batch: usize,
+    pub(crate) start_from: StartFrom,
+    pub(crate) transactional_groups: HashSet<String>,
+    pub(crate) producer_config: Vec<(String, String)>,
+    pub(crate) consumer_config: Vec<(String, String)>,
+}
+
+impl KafkaBuilder {
+    pub(crate) fn new(brokers: impl Into<String>) -> Self {
+        KafkaBuilder {
+            brokers: brokers.into(),
+            topic_prefix: String::new(),
+            group_prefix: String::new(),
+            partitions: 8,
+            topic_partitions: HashMap::new(),
+            replication: 1,
+            dead_letter_topic: "{topic}.{group}.dlq".to_owned(),
+            linger: Duration::from_millis(5),
+            batch_size: 10_000,
+            idempotence: true,
+            delivery_timeout: Duration::from_secs(30),
+            max_batch: 256,
+            start_from: StartFrom::Latest,
+            transactional_groups: HashSet::new(),
+            producer_config: Vec::new(),
+            consumer_config: Vec::new(),
+        }
+    }
+
+    /// Prepended to every eventflow topic to make the Kafka topic name, e.g. `"staging."`
+    /// turns `orders` into `staging.orders`. Default: none.
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = prefix.into();
+        self
+    }
+
+    /// Prepended to every eventflow group to make the Kafka `group.id`. Default: none, so
+    /// group `inventory` is `group.id=inventory`.
+    pub fn group_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.group_prefix = prefix.into();
+        self
+    }
+
+    /// Partitions of the topics this transport creates. Default 8. Topics that exist
+    /// already are used as they are.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = clamp(partitions);
+        self
+    }
+
+    /// Partitions of one topic (the eventflow name, without prefix) if it is created here.
+    pub fn topic_partitions(mut self, topic: impl Into<String>, partitions: u32) -> Self {
+        self.topic_partitions.insert(topic.into(), clamp(partitions));
+        self
+    }
+
+    /// Replication factor of the topics this transport creates. Default 1, which suits a
+    /// single development broker; use 3 on a production cluster.
+    pub fn replication(mut self, replication: u32) -> Self {
+        self.replication = clamp(replication);
+        self
+    }
+
+    /// The name of a group's dead-letter topic, with `{topic}` standing for the Kafka
+    /// topic the event was read from and `{group}` for the eventflow group. Default
+    /// `"{topic}.{group}.dlq"`.
+    pub fn dead_letter_topic(mut self, template: impl Into<String>) -> Self {
+        self.dead_letter_topic = template.into();
+        self
+    }
+
+    /// How long the producer waits to fill a batch (`linger.ms`). Default 5 ms.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Most messages in one produce batch (`batch.num.messages`). Default 10 000.
+    pub fn batch_size(mut self, messages: usize) -> Self {
+        self.batch_size = messages.max(1);
+        self
+    }
+
+    /// Whether the producer is idempotent (`enable.idempotence`, which implies
+    /// `acks=all`): a retried send is never written twice and order per partition holds.
+    /// Default true; turn off only for a broker that does not support it.
+    pub fn idempotence(mut self, idempotence: bool) -> Self {
+        self.idempotence = idempotence;
+        self
+    }
+
+    /// How long a publish keeps retrying before it fails (`message.timeout.ms`); the
+    /// outbox relay then retries the batch with backoff. Default 30 s.
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.delivery_timeout = timeout;
+        self
+    }
+
+    /// Most records one poll of a consumer returns. Default 256.
+    pub fn max_batch(mut self, records: usize) -> Self {
+        self.max_batch = records.max(1);
+        self
+    }
+
+    /// Where a group without committed offsets starts. Default [`StartFrom::Latest`].
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.start_from = start;
+        self
+    }
+
+    /// Runs `group`'s handlers in Kafka transactions.
+    pub fn transactional_group(mut self, group: impl Into<String>) -> Self {
+        self.transactional_groups.insert(group.into());
+        self
+    }
+
+    /// Sets any librdkafka producer property, e.g. `("compression.type", "lz4")`; applied
+    /// after the settings above, so it overrides them.
+    pub fn producer_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_config.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets any librdkafka consumer property, e.g. `("session.timeout.ms", "10000")`;
+    /// applied after the settings above, so it overrides them.
+    pub fn consumer_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_config.push((key.into(), value.into()));
+        self
+    }
+
+    /// Creates the producer and the admin client. Does not contact the broker yet: a
+    /// broker that is down shows up as errors of `publish` and `subscribe`.
+    pub fn build(self) -> Result<Kafka, Error> {
+        Kafka::from_builder(self)
+    }
+
+    pub(crate) fn kafka_topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix)
+    }
+
+    pub(crate) fn group_id(&self, group: &str) -> String {
+        format!("{}{group}", self.group_prefix)
+    }
+
+    pub(crate) fn dead_letter_topic_for(&self, kafka_topic: &str, group: &str) -> String {
+        self.dead_letter_topic
+            .replace("{topic}", kafka_topic)
+            .replace("{group}", group)
+    }
+
+    pub(crate) fn partitions_of(&self, kafka_topic: &str) -> i32 {
+        kafka_topic
+            .strip_prefix(&self.topic_prefix)
+            .and_then(|topic| self.topic_partitions.get(topic))
+            .copied()
+            .unwrap_or(self.partitions)
+    }
+}
+
+fn clamp(n: u32) -> i32 {
+    i32::try_from(n.max(1)).unwrap_or(i32::MAX)
+}

@@ -1,0 +1,392 @@
+//! One member of a Kafka consumer group, as eventflow's [`Consumer`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventflow::transport::{Consumer, Record};
+use eventflow::Envelope;
+use futures_util::FutureExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::config::StartFrom;
+use crate::headers;
+use crate::transport::{base_config, Inner};
+use crate::Error;
+
+/// The name given to records that are not eventflow events. No handler has it, so the bus
+/// commits them without handling; [`KafkaConsumer::commit`] dead-letters them first.
+pub(crate) const FOREIGN: &str = "eventflow-kafka.foreign-message";
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct KafkaConsumer {
+    inner: Arc<Inner>,
+    group: String,
+    consumer: Option<Arc<StreamConsumer<Member>>>,
+    topic_names: HashMap<String, Arc<str>>,
+    /// Messages that are not eventflow events, by position, until they are dead-lettered.
+    foreign: HashMap<(Arc<str>, u32, u64), Foreign>,
+}
+
+struct Foreign {
+    reason: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+}
+
+/// Counts revocations, so a poll can tell that the records it already took belong to a
+/// partition that moved.
+#[derive(Default)]
+pub(crate) struct Member {
+    revocations: AtomicU64,
+    group: String,
+}
+
+impl ClientContext for Member {}
+
+impl ConsumerContext for Member {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(partitions) => {
+                // Every record handled so far is committed: the worker commits before it
+                // polls again, and rebalances are only served while it polls.
+                self.revocations.fetch_add(1, Ordering::AcqRel);
+                tracing::debug!(group = %self.group, partitions = partitions.count(), "partitions revoked");
+            }
+            Rebalance::Assign(partitions) => {
+                tracing::debug!(group = %self.group, partitions = partitions.count(), "partitions assigned");
+            }
+            Rebalance::Error(error) => {
+                tracing::error!(group = %self.group, %error, "consumer group rebalance failed");
+            }
+        }
+    }
+}
+
+impl KafkaConsumer {
+    /// Creates a member of `group` on `topics` (which exist) and joins the group.
+    pub(crate) async fn join(inner: Arc<Inner>, group: &str, topics: Vec<String>) -> Result<Self, Error> {
+        let config = &inner.config;
+        let group_id = config.group_id(group);
+        let mut client = base_config(config);
+        client
+            .set("group.id", &group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "false");
+        for (key, value) in &config.consumer_config {
+            client.set(key, value);
+        }
+        let member = Member {
+            revocations: AtomicU64::new(0),
+            group: group.to_owned(),
+        };
+        let consumer: StreamConsumer<Member> = client
+            .create_with_context(member)
+            .map_err(|e| inner.error(format!("creating a consumer for group `{group_id}`"), e))?;
+        let consumer = Arc::new(consumer);
+        let start_from = config.start_from;
+        let joining = consumer.clone();
+        let joined_inner = inner.clone();
+        let subscribed_topics = topics.clone();
+        tokio::task::spawn_blocking(move || {
+            if start_from == StartFrom::Latest {
+                start_new_partitions_at_end(&joined_inner, &joining, &group_id, &subscribed_topics)?;
+            }
+            let names: Vec<&str> = subscribed_topics.iter().map(String::as_str).collect();
+            joining
+                .subscribe(&names)
+                .map_err(|e| joined_inner.error(format!("subscribing group `{group_id}` to {names:?}"), e))
+        })
+        .await
+        .map_err(|panic| Error::Config(format!("joining the consumer group panicked: {panic}")))??;
+        Ok(KafkaConsumer {
+            inner,
+            group: group.to_owned(),
+            consumer: Some(consumer),
+            topic_names: topics.into_iter().map(|t| (t.clone(), t.into())).collect(),
+            foreign: HashMap::new(),
+        })
+    }
+
+    fn consumer(&self) -> &Arc<StreamConsumer<Member>> {
+        self.consumer.as_ref().expect("the consumer is only taken by close or drop")
+    }
+
+    fn record(&mut self, message: &BorrowedMessage<'_>) -> Record {
+        let kafka_topic = message.topic();
+        let topic = match self.topic_names.get(kafka_topic) {
+            Some(topic) => topic.clone(),
+            None => {
+                let topic: Arc<str> = kafka_topic.into();
+                self.topic_names.insert(kafka_topic.to_owned(), topic.clone());
+                topic
+            }
+        };
+        let event_topic = kafka_topic
+            .strip_prefix(&self.inner.config.topic_prefix)
+            .unwrap_or(kafka_topic);
+        let partition = message.partition() as u32;
+        let offset = message.offset() as u64;
+        let envelope = match headers::decode(
+            message.headers(),
+            event_topic,
+            message.key(),
+            message.payload(),
+            message.timestamp().to_millis(),
+        ) {
+            Ok(envelope) => envelope,
+            Err(reason) => {
+                tracing::error!(
+                    group = %self.group, topic = kafka_topic, partition, offset, %reason,
+                    "a message on a subscribed topic is not an eventflow event; dead-lettering it"
+                );
+                self.foreign.insert(
+                    (topic.clone(), partition, offset),
+                    Foreign {
+                        reason,
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                        headers: message.headers().map(|h| h.detach()),
+                    },
+                );
+                let mut placeholder = Envelope::new(
+                    FOREIGN,
+                    0,
+                    event_topic.to_owned(),
+                    "application/octet-stream",
+                    message.payload().unwrap_or_default().to_vec(),
+                );
+                placeholder.key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                placeholder
+            }
+        };
+        Record {
+            topic,
+            partition,
+            offset,
+            envelope: Arc::new(envelope),
+        }
+    }
+
+    /// Writes a message that is not an eventflow event to the group's dead-letter topic.
+    async fn dead_letter_foreign(&self, record: &Record, foreign: &Foreign) -> Result<(), Error> {
+        let dlq = self.inner.config.dead_letter_topic_for(&record.topic, &self.group);
+        self.inner.ensure_topic(&dlq).await?;
+        let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
+        let failed_at = headers::millis_since_epoch(std::time::SystemTime::now()).to_string();
+        let added = [
+            (headers::ERROR, foreign.reason.as_str()),
+            (headers::ATTEMPTS, "0"),
+            (headers::GROUP, self.group.as_str()),
+            (headers::ORIGIN_TOPIC, &record.topic),
+            (headers::ORIGIN_PARTITION, &partition),
+            (headers::ORIGIN_OFFSET, &offset),
+            (headers::FAILED_AT, &failed_at),
+        ];
+        let mut out = OwnedHeaders::new();
+        if let Some(original) = &foreign.headers {
+            for h in original.iter() {
+                out = out.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        for (key, value) in added {
+            out = out.insert(Header { key, value: Some(value) });
+        }
+        let delivery = self
+            .inner
+            .enqueue(
+                &dlq,
+                foreign.key.as_deref(),
+                &foreign.payload,
+                out,
+                headers::millis_since_epoch(std::time::SystemTime::now()),
+            )
+            .await?;
+        self.inner.delivered(delivery, &dlq).await
+    }
+}
+
+/// Commits the current end of every partition `group_id` has no offset for, so the group
+/// reads what is published from now on, even before the group has finished joining.
+fn start_new_partitions_at_end(
+    inner: &Inner,
+    consumer: &StreamConsumer<Member>,
+    group_id: &str,
+    topics: &[String],
+) -> Result<(), Error> {
+    let mut all = TopicPartitionList::new();
+    for topic in topics {
+        let mut partitions = 0;
+        for attempt in 0..50 {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                .map_err(|e| inner.error(format!("reading the metadata of topic `{topic}`"), e))?;
+            partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+            if partitions > 0 || attempt == 49 {
+                break;
+            }
+            // A topic created a moment ago may not have its partitions in metadata yet.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if partitions == 0 {
+            return Err(Error::Config(format!(
+                "topic `{topic}` has no partitions in the broker's metadata; check that it exists"
+            )));
+        }
+        all.add_partition_range(topic, 0, partitions as i32 - 1);
+    }
+    let committed = consumer
+        .committed_offsets(all, METADATA_TIMEOUT)
+        .map_err(|e| inner.error(format!("reading the committed offsets of group `{group_id}`"), e))?;
+    let mut start = TopicPartitionList::new();
+    for element in committed.elements() {
+        if element.offset() != Offset::Invalid {
+            continue;
+        }
+        let (_low, high) = consumer
+            .fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)
+            .map_err(|e| inner.error(format!("reading the end of topic `{}`", element.topic()), e))?;
+        start
+            .add_partition_offset(element.topic(), element.partition(), Offset::Offset(high))
+            .map_err(|e| inner.error("building an offset list", e))?;
+    }
+    if start.count() > 0 {
+        if let Err(error) = consumer.commit(&start, CommitMode::Sync) {
+            // Another member is active, so this one may not commit before joining; the
+            // partitions start at the earliest offset instead, losing nothing.
+            tracing::warn!(group = group_id, %error, "could not set the start offsets of new partitions; they are read from the beginning");
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn poll(&mut self) -> Result<Vec<Record>, eventflow::Error> {
+        let consumer = self.consumer().clone();
+        let max = self.inner.config.max_batch;
+        let mut revocations = consumer.context().revocations.load(Ordering::Acquire);
+        let mut records = Vec::new();
+        loop {
+            let message = if records.is_empty() {
+                consumer.recv().await
+            } else {
+                match consumer.recv().now_or_never() {
+                    Some(message) => message,
+                    None => return Ok(records),
+                }
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) if records.is_empty() => {
+                    return Err(self
+                        .inner
+                        .error(format!("consuming for group `{}`", self.group), error)
+                        .into())
+                }
+                Err(error) => {
+                    tracing::warn!(group = %self.group, %error, "consuming failed; handling what was read");
+                    return Ok(records);
+                }
+            };
+            let now = consumer.context().revocations.load(Ordering::Acquire);
+            if now != revocations {
+                // The records taken before the rebalance may belong to partitions this
+                // member lost: leave them to their new owner.
+                revocations = now;
+                records.clear();
+            }
+            let record = self.record(&message);
+            records.push(record);
+            if records.len() >= max {
+                return Ok(records);
+            }
+        }
+    }
+
+    async fn commit(&mut self, records: &[Record]) -> Result<(), eventflow::Error> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut next: HashMap<(&str, u32), u64> = HashMap::new();
+        let mut failed: Option<Error> = None;
+        let mut blocked: HashMap<(Arc<str>, u32), u64> = HashMap::new();
+        for record in records {
+            let position = (record.topic.clone(), record.partition, record.offset);
+            if let Some(foreign) = self.foreign.remove(&position) {
+                if blocked.contains_key(&(record.topic.clone(), record.partition)) {
+                    continue;
+                }
+                if let Err(error) = self.dead_letter_foreign(record, &foreign).await {
+                    // Not dead-lettered, so not committed: read it again from here.
+                    blocked.insert((record.topic.clone(), record.partition), record.offset);
+                    failed.get_or_insert(error);
+                    continue;
+                }
+            }
+            let key = (&*record.topic, record.partition);
+            if blocked.contains_key(&(record.topic.clone(), record.partition)) {
+                continue;
+            }
+            let entry = next.entry(key).or_insert(0);
+            *entry = (*entry).max(record.offset + 1);
+        }
+        let mut offsets = TopicPartitionList::with_capacity(next.len());
+        for ((topic, partition), offset) in next {
+            offsets
+                .add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
+                .map_err(|e| self.inner.error("building an offset list", e))?;
+        }
+        let consumer = self.consumer().clone();
+        let rewind: Vec<(Arc<str>, u32, u64)> = blocked.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+        let committed = tokio::task::spawn_blocking(move || {
+            for (topic, partition, offset) in &rewind {
+                let _ = consumer.seek(topic, *partition as i32, Offset::Offset(*offset as i64), METADATA_TIMEOUT);
+            }
+            if offsets.count() == 0 {
+                return Ok(());
+            }
+            consumer.commit(&offsets, CommitMode::Sync)
+        })
+        .await
+        .map_err(|panic| Error::Config(format!("committing offsets panicked: {panic}")))?;
+        if let Err(error) = committed {
+            return Err(self
+                .inner
+                .error(format!("committing offsets of group `{}`", self.group), error)
+                .into());
+        }
+        match failed {
+            None => Ok(()),
+            Some(error) => Err(error.into()),
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), eventflow::Error> {
+        if let Some(consumer) = self.consumer.take() {
+            // Leaving the group blocks until the broker answers.
+            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
+                Err(_) => drop(consumer),
+            }
+        }
+    }
+}

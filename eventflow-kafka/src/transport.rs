@@ -1,0 +1,296 @@
+//! The [`Kafka`] transport: publishing, topic creation, dead-letter topics.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use eventflow::transport::{Consumer, Transport};
+use eventflow::{DeadLetter, Envelope};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::{KafkaBuilder, DEFAULT_BROKERS};
+use crate::consumer::KafkaConsumer;
+use crate::{headers, Error};
+
+/// Eventflow's transport on Apache Kafka (or any broker speaking its protocol).
+///
+/// - An eventflow topic is a Kafka topic (with an optional
+///   [prefix](KafkaBuilder::topic_prefix)), created on first use with the configured
+///   partitions and replication; the event's partition key is the Kafka message key, so
+///   events of one key stay in order.
+/// - An eventflow group is a Kafka consumer group; every bus worker of the group is a
+///   member. Offsets are committed only for events handled or dead-lettered.
+/// - Envelope metadata travels in [headers](crate::headers), the payload is the codec's
+///   bytes.
+/// - A group that gives up on an event also writes it to the group's dead-letter topic,
+///   `<topic>.<group>.dlq` by default, with the error, attempts and origin in headers.
+///
+/// Cheap to clone: clones share the producer.
+#[derive(Clone)]
+pub struct Kafka {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: KafkaBuilder,
+    pub(crate) producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    known_topics: Mutex<HashSet<String>>,
+}
+
+impl Kafka {
+    /// Configures a transport on the brokers at `brokers` (`host:port`, comma-separated).
+    pub fn builder(brokers: impl Into<String>) -> KafkaBuilder {
+        KafkaBuilder::new(brokers)
+    }
+
+    /// Configures a transport on the brokers named by the `KAFKA_BROKERS` environment
+    /// variable, `127.0.0.1:9092` if it is unset.
+    pub fn from_env() -> KafkaBuilder {
+        let brokers = std::env::var("KAFKA_BROKERS")
+            .ok()
+            .filter(|b| !b.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_BROKERS.to_owned());
+        KafkaBuilder::new(brokers)
+    }
+
+    /// The broker list this transport connects to.
+    pub fn brokers(&self) -> &str {
+        &self.inner.config.brokers
+    }
+
+    /// The Kafka topic an eventflow topic maps to (the topic prefix applied).
+    pub fn kafka_topic(&self, topic: &str) -> String {
+        self.inner.config.kafka_topic(topic)
+    }
+
+    /// The Kafka `group.id` of an eventflow group (the group prefix applied).
+    pub fn group_id(&self, group: &str) -> String {
+        self.inner.config.group_id(group)
+    }
+
+    /// The dead-letter topic of `group` for events read from eventflow topic `topic`.
+    pub fn dead_letter_topic(&self, topic: &str, group: &str) -> String {
+        self.inner
+            .config
+            .dead_letter_topic_for(&self.kafka_topic(topic), group)
+    }
+
+    /// Waits until every message published so far is acknowledged, for at most `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            inner
+                .producer
+                .flush(timeout)
+                .map_err(|e| inner.error("flushing the producer", e))
+        })
+        .await
+        .unwrap_or_else(|panic| Err(Error::Config(format!("flush panicked: {panic}"))))
+    }
+
+    pub(crate) fn from_builder(config: KafkaBuilder) -> Result<Kafka, Error> {
+        if config.brokers.trim().is_empty() {
+            return Err(Error::Config(
+                "no brokers given; pass `host:port` to `Kafka::builder` or set `KAFKA_BROKERS`".into(),
+            ));
+        }
+        let mut producer = base_config(&config);
+        producer
+            .set("enable.idempotence", config.idempotence.to_string())
+            .set("acks", "all")
+            .set("linger.ms", config.linger.as_millis().to_string())
+            .set("batch.num.messages", config.batch_size.to_string())
+            .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
+            // Java clients' default partitioner, so keys land where they would from the JVM.
+            .set("partitioner", "murmur2_random");
+        for (key, value) in &config.producer_config {
+            producer.set(key, value);
+        }
+        let producer: FutureProducer = producer
+            .create()
+            .map_err(|e| Error::kafka("creating the Kafka producer", &config.brokers, e))?;
+        let admin: AdminClient<DefaultClientContext> = base_config(&config)
+            .create()
+            .map_err(|e| Error::kafka("creating the Kafka admin client", &config.brokers, e))?;
+        Ok(Kafka {
+            inner: Arc::new(Inner {
+                config,
+                producer,
+                admin,
+                known_topics: Mutex::default(),
+            }),
+        })
+    }
+}
+
+/// Settings every client of this transport shares.
+pub(crate) fn base_config(config: &KafkaBuilder) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", "eventflow");
+    client
+}
+
+impl Inner {
+    pub(crate) fn error(&self, what: impl Into<String>, source: KafkaError) -> Error {
+        Error::kafka(what, &self.config.brokers, source)
+    }
+
+    /// Creates `topic` unless this transport already knows it exists.
+    pub(crate) async fn ensure_topic(&self, topic: &str) -> Result<(), Error> {
+        if lock(&self.known_topics).contains(topic) {
+            return Ok(());
+        }
+        let partitions = self.config.partitions_of(topic);
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.config.replication));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let what = || format!("creating topic `{topic}`");
+        let results = self
+            .admin
+            .create_topics([&new], &options)
+            .await
+            .map_err(|e| self.error(what(), e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => return Err(self.error(what(), KafkaError::AdminOp(code))),
+            }
+        }
+        lock(&self.known_topics).insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Hands one message to the producer, waiting while its queue is full.
+    pub(crate) async fn enqueue(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        timestamp_ms: i64,
+    ) -> Result<DeliveryFuture, Error> {
+        let mut record = FutureRecord::to(topic)
+            .payload(payload)
+            .headers(headers)
+            .timestamp(timestamp_ms);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => return Err(self.error(format!("publishing to `{topic}`"), error)),
+            }
+        }
+    }
+
+    pub(crate) async fn enqueue_envelope(&self, envelope: &Envelope) -> Result<DeliveryFuture, Error> {
+        let topic = self.config.kafka_topic(&envelope.topic);
+        self.ensure_topic(&topic).await?;
+        self.enqueue(
+            &topic,
+            envelope.key.as_deref().map(str::as_bytes),
+            &envelope.payload,
+            headers::encode(envelope),
+            headers::millis_since_epoch(envelope.timestamp),
+        )
+        .await
+    }
+
+    /// Waits for the broker's acknowledgement of one message.
+    pub(crate) async fn delivered(&self, delivery: DeliveryFuture, topic: &str) -> Result<(), Error> {
+        match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(self.error(format!("publishing to `{topic}`"), error)),
+            Err(_canceled) => Err(self.error(
+                format!("publishing to `{topic}`"),
+                KafkaError::Canceled,
+            )),
+        }
+    }
+
+    /// Writes a dead letter to its group's dead-letter topic and waits for the broker.
+    pub(crate) async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
+        let origin = self.config.kafka_topic(&letter.envelope.topic);
+        let topic = self.config.dead_letter_topic_for(&origin, &letter.group);
+        self.ensure_topic(&topic).await?;
+        let delivery = self
+            .enqueue(
+                &topic,
+                letter.envelope.key.as_deref().map(str::as_bytes),
+                &letter.envelope.payload,
+                headers::encode_dead_letter(letter, &origin),
+                headers::millis_since_epoch(letter.envelope.timestamp),
+            )
+            .await?;
+        self.delivered(delivery, &topic).await
+    }
+}
+
+#[async_trait]
+impl Transport for Kafka {
+    async fn publish(&self, envelope: Envelope) -> Result<(), eventflow::Error> {
+        let delivery = self.inner.enqueue_envelope(&envelope).await?;
+        Ok(self.inner.delivered(delivery, &envelope.topic).await?)
+    }
+
+    /// Hands every envelope to the producer before waiting for the acknowledgements, so a
+    /// batch travels in a few produce requests; the idempotent producer keeps their order
+    /// per partition.
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), eventflow::Error> {
+        let mut pending = Vec::with_capacity(envelopes.len());
+        for envelope in &envelopes {
+            pending.push(self.inner.enqueue_envelope(envelope).await?);
+        }
+        let mut first_error = None;
+        for (delivery, envelope) in pending.into_iter().zip(&envelopes) {
+            if let Err(error) = self.inner.delivered(delivery, &envelope.topic).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(error) => Err(error.into()),
+        }
+    }
+
+    async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, eventflow::Error> {
+        let kafka_topics: Vec<String> = topics.iter().map(|t| self.kafka_topic(t)).collect();
+        for topic in &kafka_topics {
+            self.inner.ensure_topic(topic).await?;
+        }
+        Ok(Box::new(KafkaConsumer::join(self.inner.clone(), group, kafka_topics).await?))
+    }
+
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), eventflow::Error> {
+        Ok(self.inner.publish_dead_letter(letter).await?)
+    }
+}
+
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kafka")
+            .field("brokers", &self.inner.config.brokers)
+            .field("topic_prefix", &self.inner.config.topic_prefix)
+            .field("group_prefix", &self.inner.config.group_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,65 @@
+//! What the Kafka tests share: a transport on the broker from `KAFKA_BROKERS`, with topic
+//! and group names no other test or run uses, and a check that fails loudly when there is
+//! no broker.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use eventflow_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use eventflow_kafka::rdkafka::ClientConfig;
+use eventflow_kafka::{Kafka, KafkaBuilder};
+
+/// The broker list under test.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| eventflow_kafka::DEFAULT_BROKERS.to_owned())
+}
+
+/// A name no other test or test run uses, for topic and group prefixes.
+pub fn unique(test: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!(
+        "t-{test}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Fails the test with a clear message if no broker answers at `brokers`.
+pub fn require_broker(brokers: &str) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("creating a Kafka client");
+    if let Err(error) = consumer.fetch_metadata(None, Duration::from_secs(10)) {
+        panic!(
+            "no Kafka broker answers at `{brokers}` ({error}). These tests need a real \
+             Kafka-protocol broker: run `scripts/test`, which starts one, or start one yourself \
+             and set KAFKA_BROKERS=host:port"
+        );
+    }
+}
+
+/// A transport builder on the broker under test whose topics and groups belong to `test`
+/// alone; consumers notice rebalances within a second.
+pub fn builder(test: &str) -> KafkaBuilder {
+    let brokers = brokers();
+    require_broker(&brokers);
+    let name = unique(test);
+    Kafka::builder(brokers)
+        .topic_prefix(format!("{name}."))
+        .group_prefix(format!("{name}."))
+        .partitions(6)
+        .consumer_config("session.timeout.ms", "6000")
+        .consumer_config("heartbeat.interval.ms", "500")
+}
+
+/// A transport on the broker under test, private to `test`.
+pub fn kafka(test: &str) -> Kafka {
+    builder(test).build().expect("building the Kafka transport")
+}
