@@ -36,3 +36,10 @@ async fn smoke() {
     assert_eq!(rec.sorted_seqs("inventory"), (0..100).collect::<Vec<_>>());
     bus.shutdown().await;
 }
+
+/// The transport conformance suite, unchanged, on Kafka.
+mod conformance {
+    use super::kafka_common;
+
+    eventflow::transport_conformance!(async { kafka_common::kafka("conformance") });
+}

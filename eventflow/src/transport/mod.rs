@@ -6,6 +6,7 @@
 //! partitions, and a member commits what it has handled so that a member that takes a
 //! partition over resumes after the last commit.
 
+pub mod conformance;
 mod in_process;
 mod partitioner;
 
@@ -34,7 +35,7 @@ pub struct Record {
 /// Carries envelopes to consumer groups.
 ///
 /// Implemented by [`InProcess`] here and by `eventflow_kafka::Kafka`; implement it to plug in
-/// another broker, and prove the implementation with the transport conformance tests.
+/// another broker, and prove the implementation with the [`conformance`] suite.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Publishes one envelope to `envelope.topic`, on the partition its key selects.
