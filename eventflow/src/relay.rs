@@ -1,8 +1,9 @@
 //! The outbox [`Relay`]: delivers committed outbox entries to the transport.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -12,6 +13,10 @@ use crate::retry::Backoff;
 use crate::store::{OutboxEntry, Storage};
 use crate::transport::Transport;
 use crate::Error;
+
+/// Batches a relay sends ahead of the ones the groups have not finished, with a transport
+/// that is not durable.
+pub const MAX_UNSETTLED: usize = 16;
 
 /// Moves events from a store's outbox to a transport, in commit order, in batches.
 ///
@@ -83,15 +88,24 @@ impl Relay {
         self
     }
 
-    /// Delivers one batch; returns how many entries it delivered.
+    /// Delivers one batch and marks it delivered (for a transport that is not durable,
+    /// once every group has handled it); returns how many entries it delivered.
     pub async fn deliver_batch(&self) -> Result<usize, Error> {
+        let sent = self.send_batch(0).await?;
+        if let Some(handled) = self.transport.until_handled() {
+            handled.await;
+        }
+        self.storage.mark_delivered(&self.id, &sent.sequences).await?;
+        Ok(sent.delivered)
+    }
+
+    /// Claims the entries after `after`, dead-letters those that cannot be delivered and
+    /// publishes the rest.
+    async fn send_batch(&self, after: u64) -> Result<Sent, Error> {
         let entries = self
             .storage
-            .claim_outbox(&self.id, self.lease, self.batch)
+            .claim_outbox(&self.id, self.lease, after, self.batch)
             .await?;
-        if entries.is_empty() {
-            return Ok(0);
-        }
         let sequences: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
         let mut envelopes = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -104,8 +118,7 @@ impl Relay {
         if delivered > 0 {
             self.transport.publish_batch(envelopes).await?;
         }
-        self.storage.mark_delivered(&self.id, &sequences).await?;
-        Ok(delivered)
+        Ok(Sent { sequences, delivered })
     }
 
     /// Sets an entry aside as a dead letter. Its id is the event's (the outbox holds an
@@ -130,38 +143,97 @@ impl Relay {
     }
 
     /// Delivers until `shutdown` turns true, then gives the lease up.
+    ///
+    /// With a transport that is not durable, batches are marked delivered as the groups
+    /// finish them, while the relay goes on sending the next ones (up to
+    /// [`MAX_UNSETTLED`] batches ahead).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut commits = self.storage.commit_signal();
         let mut failures = 0;
+        let mut unsettled = FuturesOrdered::new();
+        // The last sequence sent and not yet marked delivered: the next claim starts after
+        // it. Back to 0 when everything sent is marked, so nothing left behind (by an
+        // error, or by a relay that lost the lease) is skipped for good.
+        let mut cursor = 0;
+        let mut last_claim = Instant::now();
         while !*shutdown.borrow() {
-            commits.borrow_and_update();
-            match self.deliver_batch().await {
-                Ok(delivered) => {
-                    failures = 0;
-                    if delivered == self.batch {
-                        continue;
+            let mut full = false;
+            let mut result = Ok(());
+            if unsettled.len() < MAX_UNSETTLED {
+                commits.borrow_and_update();
+                last_claim = Instant::now();
+                result = match self.send_batch(cursor).await {
+                    Ok(sent) => {
+                        full = sent.sequences.len() == self.batch;
+                        match (sent.sequences.last(), self.transport.until_handled()) {
+                            (None, _) => Ok(()),
+                            (Some(_), None) => self.storage.mark_delivered(&self.id, &sent.sequences).await,
+                            (Some(&last), Some(handled)) => {
+                                cursor = last;
+                                unsettled.push_back(async move {
+                                    handled.await;
+                                    sent.sequences
+                                });
+                                Ok(())
+                            }
+                        }
                     }
-                    tokio::select! {
-                        _ = shutdown.wait_for(|stop| *stop) => break,
-                        _ = commits.changed() => {}
-                        _ = tokio::time::sleep(self.poll_interval) => {}
-                    }
+                    Err(error) => Err(error),
+                };
+            } else if last_claim.elapsed() >= self.lease / 3 {
+                // Waiting for the groups: keep the lease.
+                last_claim = Instant::now();
+                result = self
+                    .storage
+                    .claim_outbox(&self.id, self.lease, u64::MAX, 0)
+                    .await
+                    .map(drop);
+            }
+            if let Err(error) = result {
+                failures += 1;
+                let wait = self.backoff.delay(failures);
+                tracing::error!(relay = %self.id, %error, ?wait, "relaying the outbox failed; entries stay in the outbox and will be retried");
+                unsettled.clear();
+                cursor = 0;
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                Err(error) => {
-                    failures += 1;
-                    let wait = self.backoff.delay(failures);
-                    tracing::error!(relay = %self.id, %error, ?wait, "relaying the outbox failed; entries stay in the outbox and will be retried");
-                    tokio::select! {
-                        _ = shutdown.wait_for(|stop| *stop) => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
+                continue;
+            }
+            failures = 0;
+            if full && unsettled.len() < MAX_UNSETTLED {
+                continue;
+            }
+            let wait = match unsettled.len() {
+                MAX_UNSETTLED.. => self.lease / 3,
+                _ => self.poll_interval,
+            };
+            let handled = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                Some(sequences) = unsettled.next(), if !unsettled.is_empty() => sequences,
+                _ = commits.changed() => continue,
+                _ = tokio::time::sleep(wait) => continue,
+            };
+            if let Err(error) = self.storage.mark_delivered(&self.id, &handled).await {
+                tracing::warn!(relay = %self.id, %error, "marking handled outbox entries delivered failed; they will be delivered again and the inbox will skip them");
+                unsettled.clear();
+            }
+            if unsettled.is_empty() {
+                cursor = 0;
             }
         }
         if let Err(error) = self.storage.release_outbox(&self.id).await {
             tracing::warn!(relay = %self.id, %error, "releasing the outbox lease failed; another relay takes over when it expires");
         }
     }
+}
+
+/// What [`Relay::send_batch`] sent: the sequences it claimed (to mark delivered) and how
+/// many it published.
+struct Sent {
+    sequences: Vec<u64>,
+    delivered: usize,
 }
 
 /// Why `entry` cannot be delivered as it is, if it cannot.

@@ -60,7 +60,7 @@ async fn committed_data_survives_reopening_the_file() {
         "committed events, exactly as written, and nothing of the dropped unit of work"
     );
     let outbox = store
-        .claim_outbox("relay", Duration::from_secs(5), 10)
+        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -119,7 +119,7 @@ async fn the_applications_writes_commit_and_roll_back_with_the_unit_of_work() {
         "a dropped unit of work kept a row"
     );
     assert!(store
-        .claim_outbox("relay", Duration::from_secs(5), 10)
+        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
         .await
         .unwrap()
         .is_empty());
@@ -131,7 +131,7 @@ async fn the_applications_writes_commit_and_roll_back_with_the_unit_of_work() {
     assert_eq!(orders(store.clone()).await, 1);
     assert_eq!(
         store
-            .claim_outbox("relay", Duration::from_secs(5), 10)
+            .claim_outbox("relay", Duration::from_secs(5), 0, 10)
             .await
             .unwrap()
             .len(),
@@ -210,13 +210,13 @@ async fn two_stores_on_one_file_serialize_writes_and_share_the_outbox_lease() {
     assert_eq!(versions, (1..=40).collect::<Vec<_>>());
 
     let lease = Duration::from_secs(30);
-    assert_eq!(a.claim_outbox("relay-a", lease, 100).await.unwrap().len(), 40);
+    assert_eq!(a.claim_outbox("relay-a", lease, 0, 100).await.unwrap().len(), 40);
     assert!(
-        b.claim_outbox("relay-b", lease, 100).await.unwrap().is_empty(),
+        b.claim_outbox("relay-b", lease, 0, 100).await.unwrap().is_empty(),
         "a relay in another process took a held lease"
     );
     a.release_outbox("relay-a").await.unwrap();
-    assert_eq!(b.claim_outbox("relay-b", lease, 100).await.unwrap().len(), 40);
+    assert_eq!(b.claim_outbox("relay-b", lease, 0, 100).await.unwrap().len(), 40);
     drop((a, b));
     remove_db(&path);
 }

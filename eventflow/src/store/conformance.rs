@@ -173,7 +173,7 @@ pub async fn a_unit_of_work_commits_everything_at_once<S: Storage>(store: &S) {
     assert_eq!(store.read_stream("order-2", 1).await.unwrap()[0].envelope, paid);
     assert!(store.is_processed("billing", handled).await.unwrap());
     let outbox = store
-        .claim_outbox("relay", Duration::from_secs(5), 10)
+        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
         .await
         .unwrap();
     assert_eq!(outbox.len(), 1);
@@ -194,7 +194,7 @@ pub async fn a_dropped_unit_of_work_leaves_no_trace<S: Storage>(store: &S) {
     assert!(store.read_stream("order-3", 1).await.unwrap().is_empty());
     assert!(store.read_all(0, 10).await.unwrap().is_empty());
     assert!(store
-        .claim_outbox("relay", Duration::from_secs(5), 10)
+        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
         .await
         .unwrap()
         .is_empty());
@@ -226,7 +226,8 @@ pub async fn read_all_follows_commit_order<S: Storage>(store: &S) {
     );
 }
 
-/// Outbox entries come out in commit order and leave once marked delivered.
+/// Outbox entries come out in commit order, from after a given sequence, and leave once
+/// marked delivered.
 pub async fn the_outbox_yields_entries_in_commit_order<S: Storage>(store: &S) {
     let mut sent = Vec::new();
     for n in 0..20 {
@@ -237,7 +238,7 @@ pub async fn the_outbox_yields_entries_in_commit_order<S: Storage>(store: &S) {
         tx.commit().await.unwrap();
     }
     let first = store
-        .claim_outbox("relay", Duration::from_secs(5), 8)
+        .claim_outbox("relay", Duration::from_secs(5), 0, 8)
         .await
         .unwrap();
     assert_eq!(first.iter().map(|e| e.envelope.id).collect::<Vec<_>>(), sent[..8]);
@@ -245,10 +246,19 @@ pub async fn the_outbox_yields_entries_in_commit_order<S: Storage>(store: &S) {
     let sequences: Vec<u64> = first.iter().map(|e| e.sequence).collect();
     store.mark_delivered("relay", &sequences).await.unwrap();
     let rest = store
-        .claim_outbox("relay", Duration::from_secs(5), 100)
+        .claim_outbox("relay", Duration::from_secs(5), 0, 100)
         .await
         .unwrap();
     assert_eq!(rest.iter().map(|e| e.envelope.id).collect::<Vec<_>>(), sent[8..]);
+    let after = store
+        .claim_outbox("relay", Duration::from_secs(5), rest[4].sequence, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.envelope.id).collect::<Vec<_>>(),
+        sent[13..16],
+        "a claim after a sequence must start past it"
+    );
 }
 
 /// While one relay holds the outbox lease, another claims nothing; when the lease expires
@@ -259,19 +269,19 @@ pub async fn only_one_relay_claims_the_outbox_until_its_lease_expires<S: Storage
     tx.commit().await.unwrap();
 
     let lease = Duration::from_millis(300);
-    assert_eq!(store.claim_outbox("relay-a", lease, 10).await.unwrap().len(), 2);
+    assert_eq!(store.claim_outbox("relay-a", lease, 0, 10).await.unwrap().len(), 2);
     assert!(
-        store.claim_outbox("relay-b", lease, 10).await.unwrap().is_empty(),
+        store.claim_outbox("relay-b", lease, 0, 10).await.unwrap().is_empty(),
         "two relays hold the outbox"
     );
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
-    let taken = store.claim_outbox("relay-b", lease, 10).await.unwrap();
+    let taken = store.claim_outbox("relay-b", lease, 0, 10).await.unwrap();
     assert_eq!(
         taken.len(),
         2,
         "after the lease expired, the second relay takes over"
     );
-    assert!(store.claim_outbox("relay-a", lease, 10).await.unwrap().is_empty());
+    assert!(store.claim_outbox("relay-a", lease, 0, 10).await.unwrap().is_empty());
     assert!(
         store
             .mark_delivered("relay-a", &[taken[0].sequence])
@@ -282,7 +292,7 @@ pub async fn only_one_relay_claims_the_outbox_until_its_lease_expires<S: Storage
 
     store.release_outbox("relay-b").await.unwrap();
     assert_eq!(
-        store.claim_outbox("relay-a", lease, 10).await.unwrap().len(),
+        store.claim_outbox("relay-a", lease, 0, 10).await.unwrap().len(),
         2,
         "a released lease is free at once"
     );

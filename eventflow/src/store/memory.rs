@@ -204,6 +204,7 @@ impl Storage for MemoryStore {
         &self,
         relay: &str,
         lease: Duration,
+        after: u64,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, Error> {
         let mut data = self.data();
@@ -212,7 +213,7 @@ impl Storage for MemoryStore {
             Some((holder, expires)) if holder != relay && *expires > now => return Ok(Vec::new()),
             _ => data.lease = Some((relay.to_owned(), now + lease)),
         }
-        let entries = data.outbox.iter().take(limit);
+        let entries = data.outbox.range(after.saturating_add(1)..).take(limit);
         Ok(entries
             .map(|(&sequence, envelope)| OutboxEntry::new(sequence, envelope.clone()))
             .collect())

@@ -118,15 +118,19 @@ pub trait Storage: DeadLetterStore {
     /// projection reads, from its own checkpoint.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, Error>;
 
-    /// Claims up to `limit` undelivered outbox entries for relay `relay`, oldest first.
+    /// Claims up to `limit` undelivered outbox entries with a sequence after `after` for
+    /// relay `relay`, oldest first.
     ///
     /// One relay at a time holds the outbox, under a lease of `lease` that each claim
-    /// renews; a relay that dies loses it when it expires and another takes over. Returns
-    /// nothing while another relay holds an unexpired lease.
+    /// renews (a claim with `limit` 0 only renews it); a relay that dies loses it when it
+    /// expires and another takes over. Returns nothing while another relay holds an
+    /// unexpired lease. `after` lets a relay go on past entries it sent and has not marked
+    /// delivered yet.
     async fn claim_outbox(
         &self,
         relay: &str,
         lease: Duration,
+        after: u64,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, Error>;
 

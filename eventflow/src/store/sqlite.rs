@@ -130,7 +130,7 @@ const INSERT_OUTBOX: &str = concat!(
 const CLAIM_OUTBOX: &str = concat!(
     "SELECT sequence, ",
     envelope_sql!(columns),
-    " FROM outbox ORDER BY sequence LIMIT ?1"
+    " FROM outbox WHERE sequence > ?1 ORDER BY sequence LIMIT ?2"
 );
 const MARK_PROCESSED: &str =
     "INSERT OR IGNORE INTO inbox (group_name, event_id, processed_at) VALUES (?1, ?2, ?3)";
@@ -686,6 +686,7 @@ impl Storage for SqliteStore {
         &self,
         relay: &str,
         lease: Duration,
+        after: u64,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, Error> {
         let relay = relay.to_owned();
@@ -709,7 +710,7 @@ impl Storage for SqliteStore {
                     )?
                     .execute(params![relay, now.saturating_add(lease)])?;
                 let mut select = connection.prepare_cached(CLAIM_OUTBOX)?;
-                let rows = select.query_map([sql_int(limit as u64)], |row| {
+                let rows = select.query_map([sql_int(after), sql_int(limit as u64)], |row| {
                     let sequence = row.get::<_, i64>(0)? as u64;
                     Ok(match envelope_from_row(row, 1) {
                         Ok(envelope) => OutboxEntry::new(sequence, envelope),

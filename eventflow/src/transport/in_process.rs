@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{partition_for_key, Consumer, Record, Transport};
-use crate::{Envelope, Error};
+use crate::{BoxFuture, Envelope, Error};
 
 /// The default transport: topics, partitions and consumer groups in memory.
 ///
@@ -202,6 +202,21 @@ impl InProcess {
         })
     }
 
+    /// The end of every partition now: what [`Transport::until_handled`] waits for.
+    fn ends(&self) -> Vec<(Arc<Topic>, u32, u64)> {
+        let topics: Vec<_> = lock(&self.inner.topics).values().cloned().collect();
+        let mut ends = Vec::new();
+        for topic in topics {
+            for (index, partition) in topic.partitions.iter().enumerate() {
+                let end = lock(&partition.log).end();
+                if end > 0 {
+                    ends.push((topic.clone(), index as u32, end));
+                }
+            }
+        }
+        ends
+    }
+
     /// Events published to `topic` that `group` has not committed yet.
     pub fn lag(&self, topic: &str, group: &str) -> u64 {
         let Some(topic) = lock(&self.inner.topics).get(topic).cloned() else {
@@ -294,6 +309,27 @@ impl Transport for InProcess {
             member,
             subscriptions,
             next: 0,
+        }))
+    }
+
+    /// Events live only in this process: resolves once every group has committed every
+    /// event published before the call.
+    fn until_handled(&self) -> Option<BoxFuture<'static, ()>> {
+        let mut ends = self.ends();
+        let inner = self.inner.clone();
+        Some(Box::pin(async move {
+            loop {
+                let mut progress = pin!(inner.progress.notified());
+                progress.as_mut().enable();
+                ends.retain(|(topic, partition, end)| {
+                    let log = lock(&topic.partitions[*partition as usize].log);
+                    log.cursors.iter().any(|c| c.committed < *end)
+                });
+                if ends.is_empty() {
+                    return;
+                }
+                progress.await;
+            }
         }))
     }
 }

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 pub use in_process::{InProcess, InProcessBuilder};
 pub use partitioner::partition_for_key;
 
-use crate::{DeadLetter, Envelope, Error};
+use crate::{BoxFuture, DeadLetter, Envelope, Error};
 
 /// An event read from a partition.
 #[derive(Clone, Debug)]
@@ -61,6 +61,17 @@ pub trait Transport: Send + Sync + 'static {
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
         let _ = letter;
         Ok(())
+    }
+
+    /// For a transport that keeps accepted events only in this process's memory (such as
+    /// [`InProcess`]): a future that resolves once every group has committed everything
+    /// published through the transport before the call. The outbox relay keeps entries
+    /// until then, so a crash between publishing and handling loses nothing.
+    ///
+    /// `None`, the default, says the transport is durable: once it accepted an event (a
+    /// broker acknowledged it), the event outlives this process.
+    fn until_handled(&self) -> Option<BoxFuture<'static, ()>> {
+        None
     }
 }
 
