@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use eventflow::transport::{Consumer, Record};
 use eventflow::Envelope;
 use futures_util::FutureExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -118,7 +120,9 @@ impl KafkaConsumer {
     }
 
     fn consumer(&self) -> &Arc<StreamConsumer<Member>> {
-        self.consumer.as_ref().expect("the consumer is only taken by close or drop")
+        self.consumer
+            .as_ref()
+            .expect("the consumer is only taken by close or drop")
     }
 
     fn record(&mut self, message: &BorrowedMessage<'_>) -> Record {
@@ -179,7 +183,10 @@ impl KafkaConsumer {
 
     /// Writes a message that is not an eventflow event to the group's dead-letter topic.
     async fn dead_letter_foreign(&self, record: &Record, foreign: &Foreign) -> Result<(), Error> {
-        let dlq = self.inner.config.dead_letter_topic_for(&record.topic, &self.group);
+        let dlq = self
+            .inner
+            .config
+            .dead_letter_topic_for(&record.topic, &self.group);
         self.inner.ensure_topic(&dlq).await?;
         let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
         let failed_at = headers::millis_since_epoch(std::time::SystemTime::now()).to_string();
@@ -195,11 +202,17 @@ impl KafkaConsumer {
         let mut out = OwnedHeaders::new();
         if let Some(original) = &foreign.headers {
             for h in original.iter() {
-                out = out.insert(Header { key: h.key, value: h.value });
+                out = out.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
             }
         }
         for (key, value) in added {
-            out = out.insert(Header { key, value: Some(value) });
+            out = out.insert(Header {
+                key,
+                value: Some(value),
+            });
         }
         let delivery = self
             .inner
@@ -350,7 +363,12 @@ impl Consumer for KafkaConsumer {
         let rewind: Vec<(Arc<str>, u32, u64)> = blocked.into_iter().map(|((t, p), o)| (t, p, o)).collect();
         let committed = tokio::task::spawn_blocking(move || {
             for (topic, partition, offset) in &rewind {
-                let _ = consumer.seek(topic, *partition as i32, Offset::Offset(*offset as i64), METADATA_TIMEOUT);
+                let _ = consumer.seek(
+                    topic,
+                    *partition as i32,
+                    Offset::Offset(*offset as i64),
+                    METADATA_TIMEOUT,
+                );
             }
             if offsets.count() == 0 {
                 return Ok(());

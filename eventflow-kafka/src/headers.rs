@@ -121,10 +121,7 @@ pub(crate) fn decode(
     let mut free = std::collections::BTreeMap::new();
     for h in headers.iter() {
         let value = h.value.unwrap_or_default();
-        let text = || {
-            std::str::from_utf8(value)
-                .map_err(|_| format!("header `{}` is not UTF-8", h.key))
-        };
+        let text = || std::str::from_utf8(value).map_err(|_| format!("header `{}` is not UTF-8", h.key));
         let uuid = || {
             text().and_then(|t| {
                 Uuid::parse_str(t).map_err(|e| format!("header `{}` is not a UUID ({e}): {t:?}", h.key))
@@ -175,9 +172,7 @@ pub(crate) fn decode(
     }
     let id = id.unwrap_or_default();
     let key = key
-        .map(|k| {
-            String::from_utf8(k.to_vec()).map_err(|_| "the message key is not UTF-8".to_owned())
-        })
+        .map(|k| String::from_utf8(k.to_vec()).map_err(|_| "the message key is not UTF-8".to_owned()))
         .transpose()?;
     let timestamp = timestamp.unwrap_or_else(|| {
         kafka_timestamp_ms
@@ -239,7 +234,10 @@ mod tests {
     fn a_foreign_message_is_refused_with_the_missing_headers() {
         let headers = OwnedHeaders::new().insert(header(ID, &Uuid::now_v7().to_string()));
         let error = decode(Some(&headers), "orders", None, Some(b"hello"), None).unwrap_err();
-        assert!(error.contains("`eventflow-name`, `eventflow-version`, `content-type`"), "{error}");
+        assert!(
+            error.contains("`eventflow-name`, `eventflow-version`, `content-type`"),
+            "{error}"
+        );
         let error = decode(None::<&OwnedHeaders>, "orders", None, Some(b"hello"), None).unwrap_err();
         assert!(error.contains("no headers"), "{error}");
     }

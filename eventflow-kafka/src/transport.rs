@@ -109,7 +109,10 @@ impl Kafka {
             .set("acks", "all")
             .set("linger.ms", config.linger.as_millis().to_string())
             .set("batch.num.messages", config.batch_size.to_string())
-            .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                config.delivery_timeout.as_millis().to_string(),
+            )
             // Java clients' default partitioner, so keys land where they would from the JVM.
             .set("partitioner", "murmur2_random");
         for (key, value) in &config.producer_config {
@@ -152,7 +155,11 @@ impl Inner {
             return Ok(());
         }
         let partitions = self.config.partitions_of(topic);
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.config.replication));
+        let new = NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(self.config.replication),
+        );
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let what = || format!("creating topic `{topic}`");
         let results = self
@@ -216,10 +223,7 @@ impl Inner {
         match delivery.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((error, _))) => Err(self.error(format!("publishing to `{topic}`"), error)),
-            Err(_canceled) => Err(self.error(
-                format!("publishing to `{topic}`"),
-                KafkaError::Canceled,
-            )),
+            Err(_canceled) => Err(self.error(format!("publishing to `{topic}`"), KafkaError::Canceled)),
         }
     }
 
@@ -273,7 +277,9 @@ impl Transport for Kafka {
         for topic in &kafka_topics {
             self.inner.ensure_topic(topic).await?;
         }
-        Ok(Box::new(KafkaConsumer::join(self.inner.clone(), group, kafka_topics).await?))
+        Ok(Box::new(
+            KafkaConsumer::join(self.inner.clone(), group, kafka_topics).await?,
+        ))
     }
 
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), eventflow::Error> {

@@ -4,9 +4,15 @@
 
 mod kafka_common;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventflow::{subscribe, EventBus, State};
+use eventflow::{subscribe, Backoff, EventBus, MemoryStore, State};
+use eventflow_kafka::rdkafka::message::Message;
+use eventflow_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use eventflow_kafka::rdkafka::ClientConfig;
+use eventflow_kafka::{headers, Kafka};
 use eventflow_tests::{eventually, OrderPaid, Recorder};
 
 type Result = std::result::Result<(), String>;
@@ -17,9 +23,56 @@ async fn inventory(event: OrderPaid, State(rec): State<Recorder>) -> Result {
     Ok(())
 }
 
+fn quick() -> Backoff {
+    Backoff::exponential(Duration::from_millis(1), Duration::from_millis(5))
+}
+
+#[subscribe(group = "crm", retries = 1)]
+async fn crm(event: OrderPaid) -> Result {
+    Err(format!("CRM rejected {}", event.order_id))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smoke() {
-    let kafka = kafka_common::kafka("smoke");
+async fn a_dead_lettered_event_lands_on_the_groups_dead_letter_topic() {
+    let kafka = kafka_common::kafka("dlq");
+    let bus = EventBus::builder()
+        .transport(kafka.clone())
+        .backoff(quick())
+        .handler(crm)
+        .start()
+        .await
+        .unwrap();
+    let paid = OrderPaid {
+        order_id: "order-7".into(),
+        seq: 7,
+    };
+    let id = bus.publish(&paid).await.unwrap();
+
+    let dlq = kafka.dead_letter_topic("orders", "crm");
+    assert_eq!(dlq, format!("{}.crm.dlq", kafka.kafka_topic("orders")));
+    let messages = kafka_common::read_topic(&dlq, 1, 30, true).await;
+    let letter = &messages[0];
+    let header = |name| kafka_common::header(letter, name);
+    assert_eq!(header(headers::ID), Some(id.to_string()));
+    assert_eq!(header(headers::NAME).as_deref(), Some("order.paid"));
+    assert_eq!(header(headers::GROUP).as_deref(), Some("crm"));
+    assert_eq!(header(headers::ATTEMPTS).as_deref(), Some("2"));
+    assert_eq!(header(headers::ORIGIN_TOPIC), Some(kafka.kafka_topic("orders")));
+    assert!(
+        header(headers::ERROR).unwrap().contains("CRM rejected order-7"),
+        "{:?}",
+        header(headers::ERROR)
+    );
+    assert_eq!(letter.key(), Some(&b"order-7"[..]), "the key is kept");
+    let payload: OrderPaid = serde_json::from_slice(letter.payload().unwrap()).unwrap();
+    assert_eq!(payload, paid, "the payload is kept");
+    assert_eq!(bus.dead_letters(Some("crm")).await.unwrap().len(), 1);
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_is_not_an_eventflow_event_is_dead_lettered_with_the_reason() {
+    let kafka = kafka_common::kafka("foreign");
     let rec = Recorder::default();
     let bus = EventBus::builder()
         .transport(kafka.clone())
@@ -28,13 +81,123 @@ async fn smoke() {
         .start()
         .await
         .unwrap();
-    for seq in 0..100 {
-        bus.publish(&OrderPaid { order_id: format!("o-{}", seq % 7), seq }).await.unwrap();
-    }
-    eventually(30, "all handled", || rec.seen("inventory").len() >= 100).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rec.sorted_seqs("inventory"), (0..100).collect::<Vec<_>>());
+    // A producer that knows nothing of eventflow writes to the topic.
+    let topic = kafka.kafka_topic("orders");
+    let foreign: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    foreign
+        .send(
+            FutureRecord::to(&topic)
+                .key("order-1")
+                .payload(&b"\xff\x00garbage"[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    bus.publish(&OrderPaid {
+        order_id: "order-1".into(),
+        seq: 1,
+    })
+    .await
+    .unwrap();
+    eventually(30, "the real event after the garbage", || {
+        rec.seen("inventory").len() == 1
+    })
+    .await;
+
+    let messages =
+        kafka_common::read_topic(&kafka.dead_letter_topic("orders", "inventory"), 1, 30, true).await;
+    let letter = &messages[0];
+    let header = |name| kafka_common::header(letter, name);
+    let error = header(headers::ERROR).unwrap();
+    assert!(error.contains("not an eventflow event"), "{error}");
+    assert!(error.contains("no headers"), "{error}");
+    assert_eq!(header(headers::ATTEMPTS).as_deref(), Some("0"));
+    assert_eq!(header(headers::ORIGIN_TOPIC), Some(topic));
+    assert!(header(headers::ORIGIN_OFFSET).is_some());
+    assert_eq!(
+        letter.payload(),
+        Some(&b"\xff\x00garbage"[..]),
+        "the bytes are kept as they were"
+    );
+    assert_eq!(rec.seen("inventory"), [("order-1".to_owned(), 1)]);
     bus.shutdown().await;
+}
+
+#[derive(Clone, Default)]
+struct Effects(Arc<Mutex<HashMap<u64, u32>>>);
+
+#[subscribe(group = "ledger")]
+async fn ledger(event: OrderPaid, State(effects): State<Effects>) -> Result {
+    *effects.0.lock().unwrap().entry(event.seq).or_default() += 1;
+    Ok(())
+}
+
+async fn ledger_instance(kafka: &Kafka, store: &MemoryStore, effects: &Effects) -> EventBus {
+    EventBus::builder()
+        .transport(kafka.clone())
+        .storage(store.clone())
+        .state(effects.clone())
+        .handler(ledger)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_a_group_from_one_to_three_instances_and_back_loses_and_doubles_nothing() {
+    let kafka = kafka_common::kafka("scaling");
+    // One database for every instance, as in production: its inbox absorbs redelivery.
+    let store = MemoryStore::new();
+    let effects = Effects::default();
+    let publisher = EventBus::builder()
+        .transport(kafka.clone())
+        .start()
+        .await
+        .unwrap();
+    let mut instances = vec![ledger_instance(&kafka, &store, &effects).await];
+    let total = 900u64;
+    let publishing = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            for seq in 0..total {
+                let paid = OrderPaid {
+                    order_id: format!("order-{}", seq % 31),
+                    seq,
+                };
+                publisher.publish(&paid).await.unwrap();
+                if seq % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+    };
+    let handled = |effects: &Effects| effects.0.lock().unwrap().len() as u64;
+    eventually(60, "a first share handled by one instance", || {
+        handled(&effects) >= 100
+    })
+    .await;
+    for _ in 0..2 {
+        instances.push(ledger_instance(&kafka, &store, &effects).await);
+    }
+    eventually(60, "more handled by three instances", || handled(&effects) >= 400).await;
+    for instance in instances.drain(1..) {
+        instance.shutdown().await;
+    }
+    publishing.await.unwrap();
+    eventually(60, "every event handled", || handled(&effects) >= total).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let effects = effects.0.lock().unwrap().clone();
+    assert_eq!(effects.len() as u64, total, "events lost");
+    let doubled: Vec<_> = effects.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(doubled.is_empty(), "effects applied more than once: {doubled:?}");
+    for instance in instances {
+        instance.shutdown().await;
+    }
+    publisher.shutdown().await;
 }
 
 /// The transport conformance suite, unchanged, on Kafka.

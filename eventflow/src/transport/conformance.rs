@@ -149,7 +149,10 @@ impl Handler for Recording {
 async fn start<T: Transport + Clone>(transport: &T, handlers: Vec<Recording>) -> EventBus {
     let mut builder = EventBus::builder()
         .transport(transport.clone())
-        .backoff(Backoff::exponential(Duration::from_millis(1), Duration::from_millis(5)));
+        .backoff(Backoff::exponential(
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+        ));
     for handler in handlers {
         builder = builder.handler(handler);
     }
@@ -269,7 +272,9 @@ pub async fn events_of_one_key_are_handled_in_publish_order<T: Transport + Clone
             tokio::spawn(async move {
                 for i in 0..50u64 {
                     let key = format!("publisher-{p}-key-{}", i % 4);
-                    bus.publish(&numbered(key, p * 1000 + i)).await.expect("publishing");
+                    bus.publish(&numbered(key, p * 1000 + i))
+                        .await
+                        .expect("publishing");
                 }
             })
         })
@@ -379,7 +384,11 @@ pub async fn uncommitted_events_are_redelivered_after_a_member_dies<T: Transport
     );
     let ids: Vec<Uuid> = redelivered.iter().map(|r| r.envelope.id).collect();
     let unique: HashSet<&Uuid> = ids.iter().collect();
-    assert_eq!(unique.len(), ids.len(), "an event was redelivered twice to one member");
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "an event was redelivered twice to one member"
+    );
     second.commit(&redelivered).await.expect("committing");
     second.close().await.expect("closing");
 }
@@ -390,7 +399,9 @@ pub async fn a_restarted_group_resumes_after_its_last_commit<T: Transport + Clon
     let log = Log::default();
     let bus = start(transport, vec![Recording::new("restarting", 0, &log)]).await;
     for n in 0..30 {
-        bus.publish(&numbered(format!("key-{}", n % 4), n)).await.expect("publishing");
+        bus.publish(&numbered(format!("key-{}", n % 4), n))
+            .await
+            .expect("publishing");
     }
     until("the group to handle 30 events", || log.entries().len() >= 30).await;
     bus.shutdown().await;
@@ -405,7 +416,10 @@ pub async fn a_restarted_group_resumes_after_its_last_commit<T: Transport + Clon
             .expect("publishing");
     }
     let bus = start(transport, vec![Recording::new("restarting", 1, &log)]).await;
-    until("the restarted group to handle 60 events", || log.entries().len() >= 60).await;
+    until("the restarted group to handle 60 events", || {
+        log.entries().len() >= 60
+    })
+    .await;
     tokio::time::sleep(SETTLE).await;
     assert_eq!(
         log.numbers(),
@@ -448,7 +462,10 @@ pub async fn a_failing_event_is_dead_lettered_and_its_partition_moves_on<T: Tran
     .await;
     let letters = within("the dead letter", async {
         loop {
-            let letters = bus.dead_letters(Some("fragile")).await.expect("listing dead letters");
+            let letters = bus
+                .dead_letters(Some("fragile"))
+                .await
+                .expect("listing dead letters");
             if !letters.is_empty() {
                 return letters;
             }
@@ -465,6 +482,10 @@ pub async fn a_failing_event_is_dead_lettered_and_its_partition_moves_on<T: Tran
         letters[0].error
     );
     let handled: Vec<u64> = log.entries().iter().map(|(_, _, n)| *n).collect();
-    assert_eq!(handled, [0, 1, 2, 4, 5, 6, 7, 8, 9], "the partition moved on, in order");
+    assert_eq!(
+        handled,
+        [0, 1, 2, 4, 5, 6, 7, 8, 9],
+        "the partition moved on, in order"
+    );
     bus.shutdown().await;
 }

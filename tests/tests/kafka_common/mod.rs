@@ -63,3 +63,63 @@ pub fn builder(test: &str) -> KafkaBuilder {
 pub fn kafka(test: &str) -> Kafka {
     builder(test).build().expect("building the Kafka transport")
 }
+
+/// Reads `topic` from the beginning until `count` messages arrived, failing after `secs`
+/// seconds. Reads uncommitted data too unless `read_committed`.
+pub async fn read_topic(
+    topic: &str,
+    count: usize,
+    secs: u64,
+    read_committed: bool,
+) -> Vec<eventflow_kafka::rdkafka::message::OwnedMessage> {
+    use eventflow_kafka::rdkafka::consumer::StreamConsumer;
+    use eventflow_kafka::rdkafka::Message;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .expect("creating a reader");
+    consumer.subscribe(&[topic]).expect("subscribing the reader");
+    let mut messages = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(secs), async {
+        while messages.len() < count {
+            match consumer.recv().await {
+                Ok(message) => messages.push(message.detach()),
+                // The topic may not exist yet.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    if read.await.is_err() {
+        panic!(
+            "read {} of {count} messages from `{topic}` in {secs}s: {:?}",
+            messages.len(),
+            messages
+                .iter()
+                .map(|m| m.payload().map(String::from_utf8_lossy))
+                .collect::<Vec<_>>()
+        );
+    }
+    messages
+}
+
+/// The value of header `name`, as text.
+pub fn header(message: &eventflow_kafka::rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use eventflow_kafka::rdkafka::message::{Headers, Message};
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
