@@ -1,0 +1,7 @@
+//! placeholder
+/// x
+pub struct ChangeCapture;
+/// x
+pub enum ChangeOperation {}
+/// x
+pub struct DocumentChange;

@@ -1,0 +1,531 @@
+//! The relay's side of the outbox: the lease, and a feed of undelivered entries that follows
+//! a change stream on the outbox collection, resumes from a saved resume token, and falls
+//! back to scanning the collection whenever the stream cannot be trusted.
+//!
+//! # Why nothing is lost
+//!
+//! Outbox sequences come from a counter incremented inside each unit of work's
+//! transaction, so committed sequences are dense (1, 2, 3, ...) and in commit order, and
+//! the change stream, which follows the oplog, yields them in that order. The feed knows
+//! the sequence it expects next: an entry below it was delivered already (skipped), an
+//! entry above it means the stream missed something (a scan follows).
+//!
+//! The saved position is a resume token with the sequence expected after it, saved in the
+//! same transaction that deletes the delivered entries, and meaning: "every entry committed
+//! before this token, and every entry below this sequence, is delivered". A relay that
+//! takes the outbox over resumes the stream from it.
+//!
+//! The scan opens a new change stream first, then reads the undelivered entries from the
+//! collection in sequence order. Entries committed before the stream opened are in the
+//! collection; entries committed after are in the stream; the expected sequence removes
+//! the overlap. It runs on first start, when the saved token cannot be resumed from (it
+//! left the oplog: `ChangeStreamHistoryLost`, or is invalid), when the stream breaks, and on
+//! a gap.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Weak;
+use std::time::Duration;
+
+use eventflow::store::OutboxEntry;
+use eventflow::Error;
+use futures_util::StreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
+use mongodb::change_stream::ChangeStream;
+use mongodb::options::ReturnDocument;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::document::{self, int, now_nanos};
+use crate::error::{backend, is_duplicate_key, is_transient};
+use crate::store::{Inner, MongoStore};
+
+/// The checkpoint holding the outbox relay's saved position: a change-stream resume token
+/// and the outbox sequence expected after it, as extended JSON.
+pub const OUTBOX_POSITION_CHECKPOINT: &str = "eventflow.outbox.position";
+
+const LEASE_ID: &str = "outbox";
+
+/// Change events the stream may read ahead of the relay.
+const READ_AHEAD: usize = 4096;
+
+/// The relay's view of the outbox, shared by the relays of one store handle; only the one
+/// holding the lease uses it.
+#[derive(Default)]
+pub(crate) struct Feed {
+    /// The relay this feed is positioned for.
+    owner: Option<String>,
+    mode: Mode,
+    stream: Option<Stream>,
+    /// Claimed and not yet marked delivered, in sequence order: claimed again until marked.
+    pending: VecDeque<Pending>,
+    /// The sequence the change stream should yield next.
+    next: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Mode {
+    /// Resume from the saved position.
+    #[default]
+    Resume,
+    /// Read undelivered entries after this sequence from the collection.
+    Scan { after: u64 },
+    /// Take entries from the change stream.
+    Stream,
+}
+
+struct Pending {
+    entry: OutboxEntry,
+    /// The position to save once this entry and everything before it are delivered.
+    position: Option<(ResumeToken, u64)>,
+}
+
+/// A change stream on the outbox, read by a task of its own so that its events wait in a
+/// channel: claiming takes what is there without waiting on the server.
+struct Stream {
+    events: mpsc::Receiver<StreamEvent>,
+    task: JoinHandle<()>,
+    /// The resume token of the stream's start.
+    start: Option<ResumeToken>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+enum StreamEvent {
+    Entry { entry: OutboxEntry, token: ResumeToken },
+    Broken(String),
+}
+
+impl Feed {
+    fn reset(&mut self, owner: Option<&str>) {
+        *self = Feed {
+            owner: owner.map(str::to_owned),
+            ..Feed::default()
+        };
+    }
+
+    fn push(&mut self, entry: OutboxEntry, position: Option<(ResumeToken, u64)>) {
+        self.pending.push_back(Pending { entry, position });
+    }
+
+    /// Scans next, from after `after`, on a new stream.
+    fn rescan(&mut self, after: u64) {
+        self.stream = None;
+        self.mode = Mode::Scan { after };
+    }
+
+    /// Fills `pending` up to `limit` entries with what is available now.
+    async fn fill(&mut self, store: &MongoStore, limit: usize) -> Result<(), Error> {
+        while self.pending.len() < limit {
+            match self.mode {
+                Mode::Resume => self.resume(store).await?,
+                Mode::Scan { after } => {
+                    if !self.scan(store, after, limit).await? {
+                        return Ok(());
+                    }
+                }
+                Mode::Stream => {
+                    let Some(stream) = self.stream.as_mut() else {
+                        self.rescan(self.next.saturating_sub(1));
+                        continue;
+                    };
+                    match stream.events.try_recv() {
+                        Ok(StreamEvent::Entry { entry, token }) => {
+                            let sequence = entry.sequence;
+                            if sequence < self.next {
+                                continue;
+                            }
+                            if sequence > self.next {
+                                tracing::warn!(
+                                    expected = self.next,
+                                    got = sequence,
+                                    "the outbox change stream skipped entries; scanning the \
+                                     outbox for undelivered entries, then streaming again"
+                                );
+                                self.rescan(self.next - 1);
+                                continue;
+                            }
+                            self.next += 1;
+                            self.push(entry, Some((token, sequence + 1)));
+                        }
+                        Ok(StreamEvent::Broken(reason)) => {
+                            tracing::warn!(
+                                error = %reason,
+                                "the outbox change stream broke; scanning the outbox for \
+                                 undelivered entries, then streaming again: nothing is lost"
+                            );
+                            self.rescan(self.next.saturating_sub(1));
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            tracing::warn!(
+                                "the outbox change stream ended; scanning the outbox for \
+                                 undelivered entries, then streaming again: nothing is lost"
+                            );
+                            self.rescan(self.next.saturating_sub(1));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Positions the feed from the saved position, or for a scan if there is none or it
+    /// cannot be resumed from.
+    async fn resume(&mut self, store: &MongoStore) -> Result<(), Error> {
+        let saved = eventflow::store::Storage::checkpoint(store, OUTBOX_POSITION_CHECKPOINT).await?;
+        let Some(saved) = saved else {
+            tracing::info!("no saved outbox relay position: scanning the outbox, then streaming");
+            self.rescan(0);
+            return Ok(());
+        };
+        let (token, next) = match parse_position(&saved) {
+            Ok(position) => position,
+            Err(reason) => {
+                tracing::warn!(
+                    checkpoint = OUTBOX_POSITION_CHECKPOINT,
+                    error = %reason,
+                    "the saved outbox relay position is unreadable; scanning the outbox for \
+                     undelivered entries, then streaming again: nothing is lost"
+                );
+                self.rescan(0);
+                return Ok(());
+            }
+        };
+        match open_stream(store, Some(token)).await {
+            Ok(stream) => {
+                tracing::debug!(
+                    next,
+                    "outbox relay resumed the change stream from its saved token"
+                );
+                self.stream = Some(stream);
+                self.next = next;
+                self.mode = Mode::Stream;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "the outbox relay cannot resume its change stream from the saved resume \
+                     token (it is no longer in the oplog, e.g. ChangeStreamHistoryLost, or it \
+                     is invalid); scanning the outbox for undelivered entries, then streaming \
+                     again: nothing is lost"
+                );
+                self.rescan(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// One scan step; returns false when `pending` is full and the scan must go on later.
+    async fn scan(&mut self, store: &MongoStore, after: u64, limit: usize) -> Result<bool, Error> {
+        let inner = &store.inner;
+        if self.stream.is_none() {
+            let stream = open_stream(store, None)
+                .await
+                .map_err(|e| backend("opening a change stream on the outbox", e))?;
+            self.stream = Some(stream);
+        }
+        // Read before the scan: every entry numbered up to here committed before it.
+        let counted = inner
+            .counters
+            .find_one(doc! { "_id": "sequences" })
+            .await
+            .map_err(|e| backend("reading the outbox counter", e))?
+            .and_then(|doc| document::get_u64(&doc, "outbox").ok())
+            .unwrap_or(0);
+        let want = limit - self.pending.len();
+        let cursor = inner
+            .outbox
+            .find(doc! { "_id": { "$gt": int(after) } })
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(want).unwrap_or(i64::MAX))
+            .await
+            .map_err(|e| backend("scanning the outbox", e))?;
+        let docs: Vec<Document> = futures_util::TryStreamExt::try_collect(cursor)
+            .await
+            .map_err(|e| backend("scanning the outbox", e))?;
+        let found = docs.len();
+        let mut after = after;
+        for doc in docs {
+            let entry =
+                entry(doc).map_err(|reason| crate::error::unreadable("an outbox entry's `_id`", reason))?;
+            after = entry.sequence;
+            self.push(entry, None);
+        }
+        if found == want {
+            self.mode = Mode::Scan { after };
+            return Ok(false);
+        }
+        // Caught up: the stream has everything from here on.
+        self.next = after.max(counted) + 1;
+        self.mode = Mode::Stream;
+        let start = self.stream.as_ref().and_then(|s| s.start.clone());
+        if let Some(start) = start {
+            let position = (start, self.next);
+            match self.pending.back_mut() {
+                Some(last) => last.position = Some(position),
+                None => save_position(store, position).await?,
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// An outbox document as an entry; `Err` only if its sequence is unreadable. An envelope
+/// that does not read whole is handed over as corrupt, for the relay to dead-letter.
+fn entry(doc: Document) -> Result<OutboxEntry, String> {
+    let sequence = document::get_u64(&doc, "_id")?;
+    Ok(match document::envelope(&doc) {
+        Ok(envelope) => OutboxEntry::new(sequence, envelope),
+        Err(reason) => OutboxEntry {
+            sequence,
+            envelope: document::salvage_envelope(&doc),
+            corrupt: Some(format!("outbox entry {sequence} cannot be read: {reason}")),
+        },
+    })
+}
+
+async fn open_stream(
+    store: &MongoStore,
+    resume: Option<ResumeToken>,
+) -> Result<Stream, mongodb::error::Error> {
+    let stream = store
+        .inner
+        .outbox
+        .watch()
+        .pipeline([doc! { "$match": { "operationType": "insert" } }])
+        .resume_after(resume)
+        .await?;
+    let start = stream.resume_token();
+    let (sender, events) = mpsc::channel(READ_AHEAD);
+    let task = tokio::spawn(follow(stream, sender, std::sync::Arc::downgrade(&store.inner)));
+    Ok(Stream { events, task, start })
+}
+
+/// Reads the change stream into the feed's channel, and wakes the relay on each entry:
+/// commits by other processes wake it too.
+async fn follow(
+    mut stream: ChangeStream<ChangeStreamEvent<Document>>,
+    sender: mpsc::Sender<StreamEvent>,
+    store: Weak<Inner>,
+) {
+    let wake = |store: &Weak<Inner>| match store.upgrade() {
+        Some(inner) => {
+            inner.commits.send_modify(|n| *n = n.wrapping_add(1));
+            true
+        }
+        None => false,
+    };
+    loop {
+        let event = match stream.next().await {
+            Some(Ok(event)) => event,
+            Some(Err(error)) => {
+                let _ = sender.send(StreamEvent::Broken(error.to_string())).await;
+                wake(&store);
+                return;
+            }
+            None => {
+                let _ = sender
+                    .send(StreamEvent::Broken("the server closed the change stream".into()))
+                    .await;
+                wake(&store);
+                return;
+            }
+        };
+        let token = event.id;
+        let read = match event.full_document {
+            Some(doc) => entry(doc).map(|entry| StreamEvent::Entry { entry, token }),
+            None => Err("an insert event came without its document".to_owned()),
+        };
+        let message = read.unwrap_or_else(StreamEvent::Broken);
+        let broken = matches!(message, StreamEvent::Broken(_));
+        if sender.send(message).await.is_err() || !wake(&store) || broken {
+            return;
+        }
+    }
+}
+
+/// Takes or renews the outbox lease for `relay`. `None` while another relay holds it;
+/// otherwise whether `relay` held it without a break since its last claim.
+async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Option<bool>, Error> {
+    let now = now_nanos();
+    let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
+    let previous = store
+        .inner
+        .leases
+        .find_one_and_update(
+            doc! {
+                "_id": LEASE_ID,
+                "$or": [ { "holder": relay }, { "expires_at": { "$lte": now } } ],
+            },
+            // Wall-clock time, because the relays sharing the lease may be in other processes.
+            doc! { "$set": { "holder": relay, "expires_at": now.saturating_add(lease) } },
+        )
+        .upsert(true)
+        .return_document(ReturnDocument::Before)
+        .await;
+    match previous {
+        Ok(None) => Ok(Some(false)),
+        Ok(Some(previous)) => Ok(Some(
+            previous.get_str("holder").is_ok_and(|holder| holder == relay)
+                && document::get_int(&previous, "expires_at").is_ok_and(|expires| expires > now),
+        )),
+        // Another relay holds it: the filter did not match, and the upsert hit its `_id`.
+        Err(error) if is_duplicate_key(&error) => Ok(None),
+        Err(error) => Err(backend("taking the outbox lease", error)),
+    }
+}
+
+pub(crate) async fn claim(
+    store: &MongoStore,
+    relay: &str,
+    lease: Duration,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<OutboxEntry>, Error> {
+    let Some(continuous) = acquire(store, relay, lease).await? else {
+        return Ok(Vec::new());
+    };
+    let mut feed = store.inner.feed.lock().await;
+    if !continuous || feed.owner.as_deref() != Some(relay) {
+        // Another relay may have delivered entries meanwhile: start from the saved position.
+        feed.reset(Some(relay));
+    }
+    // Entries up to `after` were sent and are not marked delivered yet: skip them.
+    let sent = feed
+        .pending
+        .iter()
+        .take_while(|p| p.entry.sequence <= after)
+        .count();
+    feed.fill(store, sent + limit).await?;
+    let unsent = feed.pending.iter().skip(sent);
+    Ok(unsent.take(limit).map(|p| p.entry.clone()).collect())
+}
+
+pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &[u64]) -> Result<(), Error> {
+    let mut feed = store.inner.feed.lock().await;
+    let delivered: HashSet<u64> = sequences.iter().copied().collect();
+    let position = if feed.owner.as_deref() == Some(relay) {
+        feed.pending
+            .iter()
+            .take_while(|p| delivered.contains(&p.entry.sequence))
+            .filter_map(|p| p.position.clone())
+            .last()
+    } else {
+        None
+    };
+    let mut attempt = 0;
+    loop {
+        match delete_delivered(store, relay, sequences, position.clone()).await {
+            Ok(true) => break,
+            Ok(false) => {
+                if feed.owner.as_deref() == Some(relay) {
+                    feed.reset(None);
+                }
+                return Err(Error::backend(format!(
+                    "relay `{relay}` lost the outbox lease before marking entries delivered; \
+                     they will be delivered again, so keep batches short enough to deliver \
+                     within the lease or lengthen the lease"
+                )));
+            }
+            Err(error) if is_transient(&error) && attempt < store.inner.transaction_retries => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=10))).await;
+            }
+            Err(error) => return Err(backend("marking outbox entries delivered", error)),
+        }
+    }
+    feed.pending.retain(|p| !delivered.contains(&p.entry.sequence));
+    Ok(())
+}
+
+/// In one transaction fenced by the lease: deletes the delivered entries and saves the
+/// position. `Ok(false)` if `relay` no longer holds the lease.
+async fn delete_delivered(
+    store: &MongoStore,
+    relay: &str,
+    sequences: &[u64],
+    position: Option<(ResumeToken, u64)>,
+) -> Result<bool, mongodb::error::Error> {
+    let inner = &store.inner;
+    let mut session = inner.client.start_session().await?;
+    session.start_transaction().await?;
+    // A real write to the lease document, so that a relay taking the lease over at the
+    // same time conflicts with this transaction instead of racing it.
+    let fenced = inner
+        .leases
+        .update_one(
+            doc! { "_id": LEASE_ID, "holder": relay },
+            doc! { "$inc": { "deliveries": 1_i64 } },
+        )
+        .session(&mut session)
+        .await?;
+    if fenced.matched_count == 0 {
+        session.abort_transaction().await?;
+        return Ok(false);
+    }
+    let ids: Vec<Bson> = sequences.iter().map(|&s| int(s)).collect();
+    inner
+        .outbox
+        .delete_many(doc! { "_id": { "$in": ids } })
+        .session(&mut session)
+        .await?;
+    if let Some(position) = position {
+        inner
+            .checkpoints
+            .update_one(
+                doc! { "_id": OUTBOX_POSITION_CHECKPOINT },
+                doc! { "$set": { "value": format_position(&position) } },
+            )
+            .upsert(true)
+            .session(&mut session)
+            .await?;
+    }
+    session.commit_transaction().await?;
+    Ok(true)
+}
+
+async fn save_position(store: &MongoStore, position: (ResumeToken, u64)) -> Result<(), Error> {
+    eventflow::store::Storage::save_checkpoint(store, OUTBOX_POSITION_CHECKPOINT, &format_position(&position))
+        .await
+}
+
+pub(crate) async fn release(store: &MongoStore, relay: &str) -> Result<(), Error> {
+    {
+        let mut feed = store.inner.feed.lock().await;
+        if feed.owner.as_deref() == Some(relay) {
+            feed.reset(None);
+        }
+    }
+    store
+        .inner
+        .leases
+        .delete_one(doc! { "_id": LEASE_ID, "holder": relay })
+        .await
+        .map_err(|e| backend("releasing the outbox lease", e))?;
+    Ok(())
+}
+
+/// A resume token and a sequence as extended JSON, for a checkpoint.
+pub(crate) fn format_position((token, next): &(ResumeToken, u64)) -> String {
+    let token = mongodb::bson::to_bson(token).unwrap_or(Bson::Null);
+    Bson::Document(doc! { "token": token, "next": int(*next) })
+        .into_relaxed_extjson()
+        .to_string()
+}
+
+/// Reads what [`format_position`] wrote.
+pub(crate) fn parse_position(saved: &str) -> Result<(ResumeToken, u64), String> {
+    let json: serde_json::Value = serde_json::from_str(saved).map_err(|e| e.to_string())?;
+    let Bson::Document(doc) = Bson::try_from(json).map_err(|e| e.to_string())? else {
+        return Err("not a document".into());
+    };
+    let token = doc.get("token").cloned().ok_or("`token` is missing")?;
+    let token: ResumeToken = mongodb::bson::from_bson(token).map_err(|e| e.to_string())?;
+    Ok((token, document::get_u64(&doc, "next")?))
+}
