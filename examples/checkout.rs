@@ -1,16 +1,27 @@
-//! The checkout: one `OrderPaid` fact, four independent consumers.
+//! The checkout: orders are paid and saved with their `OrderPaid` fact in one unit of
+//! work; four independent consumers react.
 //!
 //! ```text
-//! cargo run --example checkout
+//! cargo run --example checkout                   # SQLite in ./eventflow-checkout.db
+//! cargo run --example checkout -- --orders 50    # more orders: time to press Ctrl-C
+//! cargo run --example checkout -- --store memory # nothing kept between runs
 //! ```
 //!
-//! Inventory reserves stock, Notification sends the confirmation mail, Shipping books a
-//! courier and Loyalty adds points. None of them knows about the others; each is its own
-//! consumer group and receives every order.
+//! Inventory reserves stock, Shipping books a courier and Loyalty adds points: each writes
+//! its effect in the transaction that records the event as processed for its group
+//! (exactly once). Notification sends the confirmation mail, which no transaction can take
+//! back: the inbox records the event after the mail went out, so a redelivered event is
+//! skipped (at least once, duplicates suppressed). None of them knows about the others.
+//!
+//! The data lives in a SQLite file. Run the example twice: the second run finds the
+//! orders paid and delivers nothing again. Kill it mid-run (Ctrl-C) and run it again: the
+//! outbox delivers what was committed and not yet handled, and every consumer's effect is
+//! there exactly once. Delete the file to start over.
 
 use std::time::Duration;
 
-use eventflow::{subscribe, Context, Event, EventBus, InProcess};
+use eventflow::store::{rusqlite, SqliteStore, SqliteTransaction};
+use eventflow::{subscribe, Aggregate, Context, Event, EventBus, InProcess, MemoryStore, Tx};
 use serde::{Deserialize, Serialize};
 
 /// An order was paid.
@@ -23,56 +34,74 @@ struct OrderPaid {
     total_amount: u64,
 }
 
-type Result = std::result::Result<(), std::io::Error>;
-
-#[subscribe(group = "inventory")]
-async fn reserve_stock(order: OrderPaid, ctx: Context) -> Result {
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    say(
-        "inventory",
-        format!("reserved stock for {}", order.order_id),
-        &ctx,
-    );
-    Ok(())
+/// An order, event-sourced: its state is what its events add up to.
+#[derive(Default)]
+struct Order {
+    paid: bool,
 }
 
-#[subscribe(group = "notification")]
+impl Aggregate for Order {
+    type Event = OrderPaid;
+    const KIND: &'static str = "order";
+
+    fn apply(&mut self, _paid: &OrderPaid) {
+        self.paid = true;
+    }
+}
+
+type Result = std::result::Result<(), eventflow::Error>;
+
+#[subscribe(group = "inventory")]
+async fn reserve_stock(order: OrderPaid, tx: Tx, ctx: Context) -> Result {
+    let what = format!("reserved stock for {}", order.order_id);
+    record_effect(&tx, &ctx, &order, &what).await
+}
+
+#[subscribe(group = "notification", retries = 5)]
 async fn send_confirmation(order: OrderPaid, ctx: Context) -> Result {
+    // A mail server round trip.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     say(
-        "notification",
-        format!("mailed {} about {}", order.user_id, order.order_id),
         &ctx,
+        &format!("mailed {} about {}", order.user_id, order.order_id),
     );
     Ok(())
 }
 
 #[subscribe(group = "shipping")]
-async fn book_courier(order: OrderPaid, ctx: Context) -> Result {
-    tokio::time::sleep(Duration::from_millis(2)).await;
-    say(
-        "shipping",
-        format!("booked a courier for {}", order.order_id),
-        &ctx,
-    );
-    Ok(())
+async fn book_courier(order: OrderPaid, tx: Tx, ctx: Context) -> Result {
+    let what = format!("booked a courier for {}", order.order_id);
+    record_effect(&tx, &ctx, &order, &what).await
 }
 
 #[subscribe(group = "loyalty", retries = 5)]
-async fn add_points(order: OrderPaid, ctx: Context) -> Result {
-    let points = order.total_amount / 100;
-    say(
-        "loyalty",
-        format!("{} earned {points} points", order.user_id),
-        &ctx,
-    );
+async fn add_points(order: OrderPaid, tx: Tx, ctx: Context) -> Result {
+    let what = format!("{} earned {} points", order.user_id, order.total_amount / 100);
+    record_effect(&tx, &ctx, &order, &what).await
+}
+
+/// Writes a consumer's effect in its transaction, through the backend's own transaction
+/// type: the effect and the group's processed-event marker commit together.
+async fn record_effect(tx: &Tx, ctx: &Context, order: &OrderPaid, what: &str) -> Result {
+    let mut tx = tx.lock().await;
+    if let Some(sqlite) = tx.downcast_mut::<SqliteTransaction>() {
+        sqlite
+            .connection()
+            .execute(
+                "INSERT INTO effects (grp, order_id, what) VALUES (?1, ?2, ?3)",
+                (ctx.group(), &order.order_id, what),
+            )
+            .map_err(|e| eventflow::Error::backend(format!("recording the effect: {e}")))?;
+    }
+    say(ctx, what);
     Ok(())
 }
 
 /// Prints one line of the trace: who reacted to which event.
-fn say(group: &str, what: String, ctx: &Context) {
+fn say(ctx: &Context, what: &str) {
     println!(
         "  {:<14} {what:<34} event …{}",
-        format!("[{group}]"),
+        format!("[{}]", ctx.group()),
         short(ctx.event_id())
     );
 }
@@ -82,35 +111,143 @@ fn short(id: uuid::Uuid) -> String {
     id.simple().to_string()[24..].to_owned()
 }
 
+/// Command-line options: `--orders N`, `--store sqlite|memory`, `--db PATH`.
+struct Options {
+    orders: u64,
+    store: String,
+    db: String,
+}
+
+impl Options {
+    fn parse() -> std::result::Result<Options, String> {
+        let mut options = Options {
+            orders: 3,
+            store: std::env::var("EVENTFLOW_STORE").unwrap_or_else(|_| "sqlite".into()),
+            db: std::env::var("EVENTFLOW_DB").unwrap_or_else(|_| "eventflow-checkout.db".into()),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--orders" => {
+                    options.orders = value()?
+                        .parse()
+                        .map_err(|_| "--orders needs a number".to_owned())?
+                }
+                "--store" => options.store = value()?,
+                "--db" => options.db = value()?,
+                other => {
+                    return Err(format!(
+                        "unknown option `{other}`; use --orders N, --store sqlite|memory, --db PATH"
+                    ))
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
 #[tokio::main]
-async fn main() -> std::result::Result<(), eventflow::Error> {
+async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     eventflow_examples::init_tracing();
+    let options = Options::parse()?;
     let transport = InProcess::new();
-    let bus = EventBus::builder()
+    let builder = EventBus::builder()
         .transport(transport.clone())
-        .discovered_handlers()
-        .start()
-        .await?;
+        .discovered_handlers();
+    let bus = match options.store.as_str() {
+        "sqlite" => {
+            let sql = rusqlite::Connection::open(&options.db)?;
+            sql.execute_batch(
+                "CREATE TABLE IF NOT EXISTS effects (grp TEXT NOT NULL, order_id TEXT NOT NULL, what TEXT NOT NULL)",
+            )?;
+            println!("store: SQLite in {} (delete it to start over)", options.db);
+            builder
+                .storage(SqliteStore::open(&options.db).await?)
+                .start()
+                .await?
+        }
+        "memory" => {
+            println!("store: in memory (nothing is kept)");
+            builder.storage(MemoryStore::new()).start().await?
+        }
+        other => return Err(format!("unknown store `{other}`; use sqlite or memory").into()),
+    };
     let mut groups: Vec<&str> = bus.groups().collect();
     groups.sort_unstable();
     println!("consumer groups: {}", groups.join(", "));
 
-    for (order_id, user_id, total_amount) in [
-        ("XYZ-123", "alice", 4_200),
-        ("XYZ-124", "bob", 12_900),
-        ("XYZ-125", "carol", 999),
-    ] {
-        let order = OrderPaid {
-            order_id: order_id.into(),
-            user_id: user_id.into(),
-            total_amount,
-        };
-        let id = bus.publish(&order).await?;
-        println!("published order.paid for {order_id:<25} event …{}", short(id));
+    let orders = bus.repository::<Order>()?;
+    let customers = ["alice", "bob", "carol", "dave"];
+    for n in 0..options.orders {
+        let order_id = format!("XYZ-{}", 123 + n);
+        let mut order = orders.load(&order_id).await?;
+        if order.paid {
+            println!("order {order_id} was paid in an earlier run");
+            continue;
+        }
+        order.record(OrderPaid {
+            order_id: order_id.clone(),
+            user_id: customers[n as usize % customers.len()].into(),
+            total_amount: 999 + 1_000 * n,
+        });
+        // The order's new state and the event announcing it commit together; the relay
+        // delivers the event after the commit.
+        let mut work = bus.begin().await?;
+        work.save(&mut order).await?;
+        work.commit().await?;
+        println!("paid order {order_id}: saved with its order.paid event");
     }
 
-    transport.wait_idle().await;
+    // Wait for the outbox to drain (including what an earlier, killed run left) and for
+    // every group to handle it.
+    let store = Summary::open(&options)?;
+    while store.as_ref().is_some_and(|s| s.outbox_len() > 0) || !transport.is_idle() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!("every consumer handled every order");
+    if let Some(store) = store {
+        store.summary(options.orders)?;
+    }
     bus.shutdown().await;
     Ok(())
+}
+
+/// A second look at the SQLite file: the outbox backlog and the consumers' effects.
+struct Summary(rusqlite::Connection);
+
+impl Summary {
+    fn open(options: &Options) -> std::result::Result<Option<Summary>, rusqlite::Error> {
+        if options.store != "sqlite" {
+            return Ok(None);
+        }
+        rusqlite::Connection::open(&options.db).map(|c| Some(Summary(c)))
+    }
+
+    fn outbox_len(&self) -> i64 {
+        self.0
+            .query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))
+            .unwrap_or(0)
+    }
+
+    /// Each transactional consumer's effects: one per order, however often the example ran
+    /// or was killed.
+    fn summary(&self, orders: u64) -> std::result::Result<(), rusqlite::Error> {
+        let mut select = self.0.prepare(
+            "SELECT grp, COUNT(*), COUNT(DISTINCT order_id) FROM effects GROUP BY grp ORDER BY grp",
+        )?;
+        let rows = select.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        println!("effects in the store (orders placed so far: at least {orders}):");
+        for row in rows {
+            let (group, effects, distinct) = row?;
+            println!("  {group:<10} {effects} effects for {distinct} orders");
+        }
+        Ok(())
+    }
 }

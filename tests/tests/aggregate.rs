@@ -52,11 +52,19 @@ fn added(cart: &str, item: &str, by: u32) -> CartEvent {
 
 #[tokio::test]
 async fn an_aggregate_is_rebuilt_from_the_events_it_saved() {
-    let bus = EventBus::builder().storage(MemoryStore::new()).start().await.unwrap();
+    let bus = EventBus::builder()
+        .storage(MemoryStore::new())
+        .start()
+        .await
+        .unwrap();
     let carts = bus.repository::<Cart>().unwrap();
 
     let mut cart = carts.load("c-1").await.unwrap();
-    assert_eq!((cart.version(), cart.items.len()), (0, 0), "a new aggregate is the default");
+    assert_eq!(
+        (cart.version(), cart.items.len()),
+        (0, 0),
+        "a new aggregate is the default"
+    );
     cart.record(added("c-1", "book", 0));
     cart.record(added("c-1", "pen", 0));
     assert_eq!(cart.items, ["book", "pen"], "recording applies at once");
@@ -92,7 +100,11 @@ async fn saving_from_a_stale_version_is_a_conflict_and_writes_nothing() {
         matches!(&error, Error::Conflict { stream, actual: 2, .. } if stream == "cart-c-2"),
         "{error:?}"
     );
-    assert_eq!(second.pending().len(), 1, "a failed save must keep the recorded events");
+    assert_eq!(
+        second.pending().len(),
+        1,
+        "a failed save must keep the recorded events"
+    );
 
     let stored = store.read_stream("cart-c-2", 1).await.unwrap();
     assert_eq!(stored.len(), 2);
@@ -194,10 +206,21 @@ async fn writers_race_on_one_stream(bus: EventBus, storage: Arc<dyn Storage>) {
     let total = (WRITERS * ITEMS) as u64;
     assert_eq!(stored.len() as u64, total, "an event was lost or doubled");
     let versions: Vec<u64> = stored.iter().map(|e| e.version).collect();
-    assert_eq!(versions, (1..=total).collect::<Vec<_>>(), "versions have gaps or repeats");
+    assert_eq!(
+        versions,
+        (1..=total).collect::<Vec<_>>(),
+        "versions have gaps or repeats"
+    );
     let items: BTreeSet<String> = carts.load("race").await.unwrap().items.iter().cloned().collect();
-    assert_eq!(items.len() as u64, total, "an item is missing or was written twice");
-    assert!(conflicts > 0, "{WRITERS} racing writers never conflicted: the race did not happen");
+    assert_eq!(
+        items.len() as u64,
+        total,
+        "an item is missing or was written twice"
+    );
+    assert!(
+        conflicts > 0,
+        "{WRITERS} racing writers never conflicted: the race did not happen"
+    );
     println!("{total} appends by {WRITERS} writers, {conflicts} conflicts detected and retried");
     bus.shutdown().await;
 }

@@ -34,7 +34,10 @@ fn killed_at_random_points_every_committed_event_takes_effect_exactly_once() {
         let started = Instant::now();
         loop {
             if let Some(status) = process.try_wait().unwrap() {
-                assert!(status.success(), "run {run}: the child failed on its own: {status}");
+                assert!(
+                    status.success(),
+                    "run {run}: the child failed on its own: {status}"
+                );
                 finished += 1;
                 break;
             }
@@ -65,10 +68,15 @@ fn killed_at_random_points_every_committed_event_takes_effect_exactly_once() {
         .unwrap();
     let mut effects: HashMap<(String, String), u32> = HashMap::new();
     let mut select = sql.prepare("SELECT grp, order_id FROM effects").unwrap();
-    for row in select.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap() {
+    for row in select
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+    {
         *effects.entry(row.unwrap()).or_default() += 1;
     }
-    let backlog: i64 = sql.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    let backlog: i64 = sql
+        .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
 
     let mut lost = 0;
     for order in &orders {
@@ -80,7 +88,10 @@ fn killed_at_random_points_every_committed_event_takes_effect_exactly_once() {
     }
     let doubled = effects.values().filter(|&&n| n > 1).count();
     let committed: std::collections::HashSet<&String> = orders.iter().collect();
-    let phantom = effects.keys().filter(|(_, order)| !committed.contains(order)).count();
+    let phantom = effects
+        .keys()
+        .filter(|(_, order)| !committed.contains(order))
+        .count();
     println!(
         "crash test: {RUNS} runs ({killed} killed with SIGKILL, {finished} finished), {} orders \
          committed, {} effects in {} groups: {lost} lost, {doubled} doubled, {phantom} without a \
@@ -89,7 +100,10 @@ fn killed_at_random_points_every_committed_event_takes_effect_exactly_once() {
         effects.values().sum::<u32>(),
         GROUPS.len()
     );
-    assert!(killed >= RUNS / 2, "only {killed} of {RUNS} runs were killed mid-way: the kill points are not random enough");
+    assert!(
+        killed >= RUNS / 2,
+        "only {killed} of {RUNS} runs were killed mid-way: the kill points are not random enough"
+    );
     assert!(!orders.is_empty());
     assert_eq!((lost, doubled, phantom, backlog), (0, 0, 0, 0));
     remove_db(&db);

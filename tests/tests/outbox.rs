@@ -316,7 +316,10 @@ async fn an_unreadable_outbox_row_is_dead_lettered_and_the_relay_goes_on() {
     assert_eq!(rec.sorted_seqs("inventory"), [2]);
     let letters = bus.dead_letters(Some(Relay::DEAD_LETTER_GROUP)).await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0].envelope.id, corrupt, "the salvaged envelope lost the event id");
+    assert_eq!(
+        letters[0].envelope.id, corrupt,
+        "the salvaged envelope lost the event id"
+    );
     assert!(
         letters[0].error.contains("cannot be read") && letters[0].error.contains("replay"),
         "{}",
