@@ -98,15 +98,24 @@ impl Default for CollectionNames {
 /// Event positions ([`read_all`](Storage::read_all)) and outbox sequences must increase in
 /// commit order, with no gaps a reader could skip. A unit of work that appends or enqueues
 /// takes its numbers from one counter document, incremented inside its transaction, just
-/// before the commit. Two such units of work that overlap therefore conflict on that
-/// document: MongoDB aborts one with a `WriteConflict` (a `TransientTransactionError`).
-/// eventflow then runs its own writes again in a new transaction (up to
-/// [`transaction_retries`](MongoStoreBuilder::transaction_retries) times), so this is
-/// invisible unless the application also wrote through the
-/// [session](MongoTransaction::session): those writes cannot be replayed by eventflow, and
-/// the commit fails with an error saying to run the unit of work again. Units of work that
-/// only record inbox markers (handlers with [`Tx`](eventflow::Tx) that publish nothing) do
-/// not touch the counter and do not conflict with each other.
+/// before the commit, so such units of work commit one at a time:
+///
+/// - In one process they queue for a lock around their commit, and do not conflict.
+/// - Across processes, two that overlap conflict on the counter: MongoDB aborts one with a
+///   `WriteConflict` (a `TransientTransactionError`), and eventflow runs its own writes
+///   again in a new transaction (up to
+///   [`transaction_retries`](MongoStoreBuilder::transaction_retries) times, with a random
+///   backoff).
+/// - A unit of work in which the application wrote through the
+///   [session](MongoTransaction::session) holds a snapshot from its first write: if another
+///   unit of work took numbers since, its own counter update conflicts, and since eventflow
+///   cannot replay the application's writes, the commit fails with an error saying to run
+///   the unit of work again (a handler with [`Tx`](eventflow::Tx) is retried by the bus).
+///   Keep such units of work short, or retry them.
+///
+/// Units of work that only record inbox markers and the application's writes (handlers
+/// with [`Tx`](eventflow::Tx) that publish nothing through it) do not touch the counter and
+/// do not conflict with each other.
 #[derive(Clone)]
 pub struct MongoStore {
     pub(crate) inner: Arc<Inner>,
@@ -125,6 +134,10 @@ pub(crate) struct Inner {
     pub(crate) counters: Collection<Document>,
     pub(crate) commits: watch::Sender<u64>,
     pub(crate) feed: tokio::sync::Mutex<Feed>,
+    /// Taken by this process's units of work while they write numbered documents and
+    /// commit: they would conflict on the counter anyway, and queueing here is cheaper and
+    /// fairer than aborting on the server.
+    pub(crate) numbering: tokio::sync::Mutex<()>,
     pub(crate) transaction_retries: u32,
 }
 
@@ -171,6 +184,7 @@ impl MongoStoreBuilder {
             names: self.names,
             commits: watch::channel(0).0,
             feed: tokio::sync::Mutex::new(Feed::default()),
+            numbering: tokio::sync::Mutex::new(()),
             transaction_retries: self.transaction_retries,
         };
         let store = MongoStore {

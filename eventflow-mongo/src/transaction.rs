@@ -308,7 +308,7 @@ async fn start(session: &mut ClientSession) -> Result<(), Error> {
 /// A random wait before running an aborted transaction again, growing with the attempt, so
 /// that units of work that conflicted do not conflict again at once.
 fn backoff(attempt: u32) -> Duration {
-    let ceiling = 1u64 << attempt.min(6);
+    let ceiling = (1u64 << attempt.min(7)).min(100);
     Duration::from_millis(fastrand::u64(1..=ceiling))
 }
 
@@ -351,6 +351,12 @@ impl Transaction for MongoTransaction {
 
     async fn commit(mut self: Box<Self>) -> Result<(), Error> {
         let enqueued = !self.outbox.is_empty();
+        let numbered = enqueued || self.appends.iter().any(|a| !a.events.is_empty());
+        let inner = self.store.inner.clone();
+        let _queued = match numbered {
+            true => Some(inner.numbering.lock().await),
+            false => None,
+        };
         let mut attempt = 0;
         loop {
             let error = match self.write_and_commit().await {
