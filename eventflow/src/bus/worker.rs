@@ -1,6 +1,7 @@
 //! One member of a consumer group: polls its partitions, runs handlers with retries,
 //! dead-letters what keeps failing, commits what is done.
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,8 +20,11 @@ use crate::{BoxError, Context, Envelope, Error, Tx};
 
 /// How handling one record ended.
 enum Outcome {
-    /// Handled, skipped (no handler in this group) or dead-lettered: commit it.
+    /// Skipped (no handler in this group, or processed before), handled by a transactional
+    /// handler (its marker is committed) or dead-lettered: commit it.
     Done,
+    /// Handled by a handler without a transaction: record it in the inbox, then commit it.
+    Handled,
     /// Shutdown came first: leave it uncommitted, to be handled again later.
     Interrupted,
 }
@@ -68,37 +72,97 @@ pub(super) async fn run(
 
 /// Handles a batch, partitions concurrently and each partition in order. Returns the
 /// records to commit: per partition, the ones handled before a shutdown interrupted it.
+///
+/// With storage, the inbox guards handlers without a transaction in two round trips per
+/// batch: one query for the events processed before (skipped), one write recording the
+/// ones handled now, before the commit. A crash in between leaves the batch uncommitted,
+/// so it is handled again: at least once, as without the inbox.
 async fn handle_batch(
     shared: &Arc<Shared>,
     group: &Arc<Group>,
     records: &[Record],
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<Record> {
-    let mut lanes: Vec<Vec<&Record>> = Vec::new();
+    let guarded = |record: &Record| {
+        shared.storage.is_some()
+            && group
+                .routes
+                .get(&*record.envelope.name)
+                .is_some_and(|route| !route.route.transactional())
+    };
+    let mut skip = HashSet::new();
+    if let Some(storage) = &shared.storage {
+        let ids: Vec<Uuid> = records
+            .iter()
+            .filter(|r| guarded(r))
+            .map(|r| r.envelope.id)
+            .collect();
+        if !ids.is_empty() {
+            let mut shutdown = shutdown.clone();
+            let checked = with_retries(shared, &mut shutdown, "checking the inbox", || {
+                storage.processed(&group.name, &ids)
+            });
+            match checked.await {
+                Some(processed) => skip = processed,
+                None => return Vec::new(),
+            }
+        }
+    }
+    let mut lanes: Vec<Vec<(&Record, bool)>> = Vec::new();
+    let mut seen = HashSet::new();
     for record in records {
+        let id = record.envelope.id;
+        // Processed before, or a second copy in this batch.
+        let skipped = guarded(record) && (skip.contains(&id) || !seen.insert(id));
+        if skipped {
+            tracing::debug!(group = %group.name, event.id = %id, "event already processed by this group; skipped");
+        }
         match lanes
             .iter_mut()
-            .find(|lane| lane[0].partition == record.partition && lane[0].topic == record.topic)
+            .find(|lane| lane[0].0.partition == record.partition && lane[0].0.topic == record.topic)
         {
-            Some(lane) => lane.push(record),
-            None => lanes.push(vec![record]),
+            Some(lane) => lane.push((record, skipped)),
+            None => lanes.push(vec![(record, skipped)]),
         }
     }
     let lanes = lanes.into_iter().map(|lane| async move {
         let mut shutdown = shutdown.clone();
         let mut done = Vec::with_capacity(lane.len());
-        for record in lane {
+        let mut handled = Vec::new();
+        for (record, skipped) in lane {
             if *shutdown.borrow() {
                 break;
             }
+            if skipped {
+                done.push(record.clone());
+                continue;
+            }
             match deliver(shared, group, &record.envelope, &mut shutdown).await {
                 Outcome::Done => done.push(record.clone()),
+                Outcome::Handled => {
+                    handled.push(record.envelope.id);
+                    done.push(record.clone());
+                }
                 Outcome::Interrupted => break,
             }
         }
-        done
+        (done, handled)
     });
-    join_all(lanes).await.into_iter().flatten().collect()
+    let (done, handled): (Vec<_>, Vec<_>) = join_all(lanes).await.into_iter().unzip();
+    let handled: Vec<Uuid> = handled.into_iter().flatten().collect();
+    if let (Some(storage), false) = (&shared.storage, handled.is_empty()) {
+        let mut shutdown = shutdown.clone();
+        let marked = with_retries(
+            shared,
+            &mut shutdown,
+            "recording processed events in the inbox",
+            || storage.mark_all_processed(&group.name, &handled),
+        );
+        if marked.await.is_none() {
+            return Vec::new();
+        }
+    }
+    done.into_iter().flatten().collect()
 }
 
 /// Runs the group's handler for one event with its retry budget, dead-lettering it if the
@@ -112,36 +176,10 @@ async fn deliver(
     let Some(route) = group.routes.get(&*envelope.name) else {
         return Outcome::Done;
     };
-    let transactional = route.route.transactional();
-    if let Some(storage) = shared.storage.as_ref().filter(|_| !transactional) {
-        let checked = with_retries(shared, shutdown, "checking the inbox", || {
-            storage.is_processed(&group.name, envelope.id)
-        });
-        match checked.await {
-            Some(true) => {
-                tracing::debug!(group = %group.name, event.id = %envelope.id, "event already processed by this group; skipped");
-                return Outcome::Done;
-            }
-            Some(false) => {}
-            None => return Outcome::Interrupted,
-        }
-    }
+    let guarded = shared.storage.is_some() && !route.route.transactional();
     match attempt_all(shared, group, route, envelope, shutdown).await {
-        Ok(_) => match shared.storage.as_ref().filter(|_| !transactional) {
-            Some(storage) => {
-                let marked = with_retries(
-                    shared,
-                    shutdown,
-                    "recording the processed event in the inbox",
-                    || storage.mark_processed(&group.name, envelope.id),
-                );
-                match marked.await {
-                    Some(_) => Outcome::Done,
-                    None => Outcome::Interrupted,
-                }
-            }
-            None => Outcome::Done,
-        },
+        Ok(_) if guarded => Outcome::Handled,
+        Ok(_) => Outcome::Done,
         Err(Failure::Interrupted) => Outcome::Interrupted,
         Err(Failure::Failed { error, attempts }) => {
             let letter = DeadLetter {

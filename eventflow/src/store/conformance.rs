@@ -269,9 +269,16 @@ pub async fn only_one_relay_claims_the_outbox_until_its_lease_expires<S: Storage
     tx.commit().await.unwrap();
 
     let lease = Duration::from_millis(300);
-    assert_eq!(store.claim_outbox("relay-a", lease, 0, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store.claim_outbox("relay-a", lease, 0, 10).await.unwrap().len(),
+        2
+    );
     assert!(
-        store.claim_outbox("relay-b", lease, 0, 10).await.unwrap().is_empty(),
+        store
+            .claim_outbox("relay-b", lease, 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "two relays hold the outbox"
     );
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
@@ -281,7 +288,11 @@ pub async fn only_one_relay_claims_the_outbox_until_its_lease_expires<S: Storage
         2,
         "after the lease expired, the second relay takes over"
     );
-    assert!(store.claim_outbox("relay-a", lease, 0, 10).await.unwrap().is_empty());
+    assert!(store
+        .claim_outbox("relay-a", lease, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(
         store
             .mark_delivered("relay-a", &[taken[0].sequence])
@@ -318,6 +329,23 @@ pub async fn the_inbox_suppresses_duplicates<S: Storage>(store: &S) {
         "a transaction accepted a duplicate marker"
     );
     drop(tx);
+
+    // The batch forms the bus uses for a polled batch of events.
+    let batch: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    store.mark_all_processed("mail", &batch[..3]).await.unwrap();
+    store.mark_all_processed("mail", &batch[2..4]).await.unwrap();
+    let mut asked = batch.clone();
+    asked.push(id);
+    let processed = store.processed("mail", &asked).await.unwrap();
+    let expected: std::collections::HashSet<Uuid> = batch[..4].iter().copied().chain([id]).collect();
+    assert_eq!(
+        processed, expected,
+        "the batch inbox forms disagree with what was marked"
+    );
+    assert!(
+        store.processed("crm", &batch).await.unwrap().is_empty(),
+        "groups are independent"
+    );
 
     // Two handlers of one group racing on one event: only one commits.
     let racing = Uuid::now_v7();

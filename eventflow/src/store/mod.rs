@@ -15,6 +15,7 @@ mod memory;
 mod sqlite;
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -151,6 +152,30 @@ pub trait Storage: DeadLetterStore {
     /// Records that `group` processed `event_id`, outside any transaction. Returns false
     /// if it was recorded already.
     async fn mark_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error>;
+
+    /// Which of `event_ids` `group` has processed: one round trip for a batch of polled
+    /// events. The default asks [`is_processed`](Storage::is_processed) for each;
+    /// backends override it with one query.
+    async fn processed(&self, group: &str, event_ids: &[Uuid]) -> Result<HashSet<Uuid>, Error> {
+        let mut processed = HashSet::new();
+        for &id in event_ids {
+            if self.is_processed(group, id).await? {
+                processed.insert(id);
+            }
+        }
+        Ok(processed)
+    }
+
+    /// Records that `group` processed all of `event_ids`, outside any transaction; ids
+    /// recorded already are left as they are. The default calls
+    /// [`mark_processed`](Storage::mark_processed) for each; backends override it with one
+    /// write.
+    async fn mark_all_processed(&self, group: &str, event_ids: &[Uuid]) -> Result<(), Error> {
+        for &id in event_ids {
+            self.mark_processed(group, id).await?;
+        }
+        Ok(())
+    }
 
     /// A saved checkpoint (a projection's position, a change stream's resume token).
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error>;

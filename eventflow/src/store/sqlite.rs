@@ -21,6 +21,7 @@
 //! locks, and a hop to another thread per statement would cost more than the statement.
 //! No `std` mutex guard is held across an `.await`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -795,6 +796,46 @@ impl Storage for SqliteStore {
         self.write("recording a processed event", move |connection| {
             insert_marker(connection, &group, event_id)
                 .map_err(|e| inner.fail("recording a processed event", e))
+        })
+        .await
+    }
+
+    async fn processed(&self, group: &str, event_ids: &[Uuid]) -> Result<HashSet<Uuid>, Error> {
+        let group = group.to_owned();
+        let ids = event_ids.to_vec();
+        self.read("reading the inbox", move |connection| {
+            let mut processed = HashSet::new();
+            // SQLite allows 32766 parameters; chunks of 500 keep the statements cacheable.
+            for chunk in ids.chunks(500) {
+                let sql = format!(
+                    "SELECT event_id FROM inbox WHERE group_name = ? AND event_id IN ({})",
+                    vec!["?"; chunk.len()].join(", ")
+                );
+                let mut select = connection.prepare_cached(&sql)?;
+                let ids = chunk.iter().map(|id| ToSqlOutput::from(&id.as_bytes()[..]));
+                let leading = std::iter::once(ToSqlOutput::from(group.as_str()));
+                let mut rows = select.query(params_from_iter(leading.chain(ids)))?;
+                while let Some(row) = rows.next()? {
+                    if let Ok(id) = Uuid::from_slice(row.get_ref(0)?.as_blob()?) {
+                        processed.insert(id);
+                    }
+                }
+            }
+            Ok(processed)
+        })
+        .await
+    }
+
+    async fn mark_all_processed(&self, group: &str, event_ids: &[Uuid]) -> Result<(), Error> {
+        let group = group.to_owned();
+        let ids = event_ids.to_vec();
+        let inner = self.inner.clone();
+        self.write("recording processed events", move |connection| {
+            for id in ids {
+                insert_marker(connection, &group, id)
+                    .map_err(|e| inner.fail("recording processed events", e))?;
+            }
+            Ok(())
         })
         .await
     }
