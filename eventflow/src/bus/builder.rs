@@ -174,8 +174,8 @@ impl EventBusBuilder {
             })
             .collect();
         if let Some(storage) = &shared.storage {
-            let relay =
-                Relay::new(storage.clone(), shared.transport.clone()).dead_letters(shared.dead_letters.clone());
+            let relay = Relay::new(storage.clone(), shared.transport.clone())
+                .dead_letters(shared.dead_letters.clone());
             workers.push(tokio::spawn(relay.run(shutdown.subscribe())));
         }
         let running = Arc::new(Running {
