@@ -15,7 +15,7 @@
 //!   clock runs from starting a [`Relay`] on the in-process transport, with one group that
 //!   decodes and counts each event, until the group has handled and committed every event
 //!   and the outbox is empty. The relay runs as it ships: batches of 512, entries kept until
-//!   the group handled them ([`Transport::until_handled`]), up to [`MAX_UNSETTLED`] batches
+//!   the group handled them ([`Transport::until_handled`]), up to 16 batches
 //!   in flight. The group runs on a bus without storage, so no inbox guard is in the way
 //!   (P5 measures that). Side by side: the same rows selected, decoded and deleted with plain
 //!   rusqlite in transactions of 512 on the same file (what any relay can do at best on
@@ -46,7 +46,6 @@
 //! machine: SQLite commits, the blocking pool and the runtime share the 2 cores.
 //!
 //! [`Transport::until_handled`]: eventflow::transport::Transport::until_handled
-//! [`MAX_UNSETTLED`]: eventflow::relay::MAX_UNSETTLED
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

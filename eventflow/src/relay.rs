@@ -16,7 +16,7 @@ use crate::Error;
 
 /// Batches a relay sends ahead of the ones the groups have not finished, with a transport
 /// that is not durable.
-pub const MAX_UNSETTLED: usize = 16;
+const MAX_UNSETTLED: usize = 16;
 
 /// Moves events from a store's outbox to a transport, in commit order, in batches.
 ///
@@ -146,7 +146,7 @@ impl Relay {
     ///
     /// With a transport that is not durable, batches are marked delivered as the groups
     /// finish them, while the relay goes on sending the next ones (up to
-    /// [`MAX_UNSETTLED`] batches ahead).
+    /// 16 batches ahead).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut commits = self.storage.commit_signal();
         let mut failures = 0;
