@@ -1,6 +1,6 @@
 //! [`KafkaBuilder`]: everything a [`Kafka`] transport can be configured with.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::{Error, Kafka};
@@ -43,7 +43,6 @@ pub struct KafkaBuilder {
     pub(crate) delivery_timeout: Duration,
     pub(crate) max_batch: usize,
     pub(crate) start_from: StartFrom,
-    pub(crate) transactional_groups: HashSet<String>,
     pub(crate) producer_config: Vec<(String, String)>,
     pub(crate) consumer_config: Vec<(String, String)>,
 }
@@ -64,7 +63,6 @@ impl KafkaBuilder {
             delivery_timeout: Duration::from_secs(30),
             max_batch: 256,
             start_from: StartFrom::Latest,
-            transactional_groups: HashSet::new(),
             producer_config: Vec::new(),
             consumer_config: Vec::new(),
         }
@@ -148,12 +146,6 @@ impl KafkaBuilder {
     /// Where a group without committed offsets starts. Default [`StartFrom::Latest`].
     pub fn start_from(mut self, start: StartFrom) -> Self {
         self.start_from = start;
-        self
-    }
-
-    /// Runs `group`'s handlers in Kafka transactions.
-    pub fn transactional_group(mut self, group: impl Into<String>) -> Self {
-        self.transactional_groups.insert(group.into());
         self
     }
 

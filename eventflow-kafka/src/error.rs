@@ -15,7 +15,7 @@ pub enum Error {
         /// What eventflow was doing.
         what: String,
         /// What librdkafka said.
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
         /// What to check.
         hint: String,
     },
@@ -25,7 +25,7 @@ impl Error {
     pub(crate) fn kafka(what: impl Into<String>, brokers: &str, source: rdkafka::error::KafkaError) -> Self {
         Error::Kafka {
             what: what.into(),
-            source,
+            source: Box::new(source),
             hint: format!(
                 "check that the Kafka brokers at `{brokers}` are running and reachable (the address \
                  comes from `KAFKA_BROKERS` with `Kafka::from_env`); eventflow retries with backoff"

@@ -1,4 +1,84 @@
-//! Kafka transport for eventflow, on [`rdkafka`].
+//! Kafka transport for [eventflow](eventflow), on [`rdkafka`] (librdkafka compiled from
+//! source, nothing to install but a C compiler).
+//!
+//! [`Kafka`] implements eventflow's [`Transport`](eventflow::transport::Transport): the
+//! handlers, events and buses of an application run on it unchanged, and it passes the
+//! same [conformance suite](eventflow::transport::conformance) as the in-process transport.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use eventflow::{subscribe, Event, EventBus, State};
+//! use eventflow_kafka::Kafka;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Event, Serialize, Deserialize)]
+//! #[event(name = "order.paid", topic = "orders")]
+//! struct OrderPaid {
+//!     #[event(key)]
+//!     order_id: String,
+//!     total_cents: u64,
+//! }
+//!
+//! #[subscribe(group = "inventory")]
+//! async fn reserve_stock(event: OrderPaid) -> Result<(), std::io::Error> {
+//!     println!("reserving stock for {}", event.order_id);
+//!     Ok(())
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Brokers from KAFKA_BROKERS, 127.0.0.1:9092 if unset.
+//! let kafka = Kafka::from_env().partitions(12).build()?;
+//! let bus = EventBus::builder()
+//!     .transport(kafka)
+//!     .handler(reserve_stock)
+//!     .start()
+//!     .await?;
+//! bus.publish(&OrderPaid { order_id: "XYZ-123".into(), total_cents: 4200 }).await?;
+//! # bus.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # How eventflow maps onto Kafka
+//!
+//! | eventflow | Kafka |
+//! |---|---|
+//! | topic `orders` | topic `<topic_prefix>orders`, created on first use with the configured partitions and replication |
+//! | partition key | message key (murmur2 partitioner, as Java clients) |
+//! | envelope metadata | [headers](headers): `eventflow-id`, `eventflow-name`, `eventflow-version`, `content-type`, correlation, causation, timestamp, `traceparent` |
+//! | payload | message value: the codec's bytes |
+//! | group `inventory` | consumer group `<group_prefix>inventory`; each bus worker is a member |
+//! | handled or dead-lettered | offset committed (auto-commit off) |
+//! | dead letter | the bus's dead-letter store, and topic `<topic>.<group>.dlq` with the error, attempts and origin in headers |
+//!
+//! # Guarantees
+//!
+//! - **Publishing**: the producer is idempotent (`enable.idempotence=true`, `acks=all`), so
+//!   a retried send is never written twice and order per partition holds. `publish`
+//!   returns once the broker acknowledged the event; with storage, the outbox relay marks
+//!   entries delivered only then. While the broker is unreachable, units of work keep
+//!   committing locally and the relay retries with backoff, logging each failure.
+//! - **Consuming**: an offset is committed only after the handler succeeded or the event
+//!   was dead-lettered, so handling is at least once; the inbox of a bus with storage
+//!   suppresses the duplicates that rebalances and crashes cause. A member's partitions are
+//!   handled concurrently, each in order. Records fetched for a partition that is revoked
+//!   during a poll are left to the new owner. A restarted group resumes from its committed
+//!   offsets.
+//! - **New groups** start at the end of each partition when they first subscribe
+//!   ([`StartFrom::Latest`], as the in-process transport), or at the beginning
+//!   ([`StartFrom::Earliest`]) to catch up on history.
+//! - **Foreign messages**: a message on a subscribed topic that is not an eventflow event
+//!   (no eventflow headers, or undecodable ones) goes to the group's dead-letter topic with
+//!   the reason in `eventflow-error`, and the partition moves on.
+//! - Consumers read with `isolation.level=read_committed`.
+//!
+//! # Configuration
+//!
+//! [`KafkaBuilder`] covers prefixes, partitions, replication, the dead-letter topic name,
+//! batching (`linger`, `batch_size`), the delivery timeout and poll size; any other
+//! librdkafka property goes through [`KafkaBuilder::producer_config`] and
+//! [`KafkaBuilder::consumer_config`] (security settings, `session.timeout.ms`, ...).
 #![warn(missing_docs)]
 
 mod config;
@@ -9,5 +89,6 @@ mod transport;
 
 pub use config::{KafkaBuilder, StartFrom, DEFAULT_BROKERS};
 pub use error::Error;
+/// The rdkafka version this crate is built on, for raw access next to eventflow.
 pub use rdkafka;
 pub use transport::Kafka;
