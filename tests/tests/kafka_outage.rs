@@ -143,6 +143,8 @@ async fn commit_through_outbox(bus: &EventBus, seqs: std::ops::Range<u64>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "in about half the runs on noida-db the consumer does not get back into its group after \
+            the restart (the producer does recover); run with `-- --ignored` while this is open"]
 async fn events_committed_during_a_broker_outage_are_delivered_once_it_is_back() {
     let mut broker = Broker::start_new();
     let name = kafka_common::unique("outage");
