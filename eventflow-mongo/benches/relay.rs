@@ -1,1 +1,270 @@
-fn main() {}
+//! Outbox relay on MongoDB: throughput from commit to in-process delivery, next to the
+//! server's raw `insert_many` rate of the same documents, and the commit-to-handler latency
+//! at a steady rate.
+//!
+//! ```text
+//! cargo bench -p eventflow-mongo --bench relay
+//! RELAY_EVENTS=50000 RELAY_BATCH=512 RELAY_RATE=200 RELAY_SECONDS=5 cargo bench -p eventflow-mongo --bench relay
+//! ```
+//!
+//! Needs the server at `MONGODB_URI` (default `mongodb://127.0.0.1:27017/?directConnection=true`);
+//! each run uses a fresh database and drops it.
+//!
+//! - **Baseline**: `insert_many` of the outbox documents (`RELAY_BATCH` per call, one call
+//!   at a time) into a plain collection.
+//! - **Relay**: one producer commits units of work of `RELAY_BATCH` events each into the
+//!   outbox while the relay (change stream, lease, delete-on-delivery with the saved resume
+//!   token) delivers them to an in-process consumer group. The clock stops when the group
+//!   has handled the last event. The consumer has no inbox: this measures the relay, not
+//!   the consumers' idempotency (an inbox adds a lookup and an insert per event per group).
+//! - **Latency**: units of work of one event each, committed at `RELAY_RATE` per second for
+//!   `RELAY_SECONDS`; the time from `commit()` returning to the handler starting.
+//!
+//! Targets: relay throughput at least 0.8x the baseline; p99 latency at most 50 ms.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventflow::store::Storage;
+use eventflow::{subscribe, Envelope, Event, EventBus, InProcess, Relay, State};
+use eventflow_mongo::mongodb::bson::Document;
+use eventflow_mongo::{MongoStore, DEFAULT_URI};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+const TARGET_RATIO: f64 = 0.8;
+const TARGET_P99: Duration = Duration::from_millis(50);
+
+#[derive(Event, Serialize, Deserialize, Clone, Debug)]
+#[event(name = "order.paid", topic = "orders")]
+struct OrderPaid {
+    #[event(key)]
+    order_id: String,
+    user_id: String,
+    total_amount: u64,
+    seq: u64,
+}
+
+/// What the consumer saw: a count, and for the latency run, when each sequence arrived.
+#[derive(Clone, Default)]
+struct Seen {
+    count: Arc<AtomicU64>,
+    arrivals: Arc<Mutex<HashMap<u64, Instant>>>,
+    timing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[subscribe(group = "billing")]
+async fn billing(event: OrderPaid, State(seen): State<Seen>) -> Result<(), std::io::Error> {
+    if seen.timing.load(Ordering::Relaxed) {
+        seen.arrivals.lock().unwrap().insert(event.seq, Instant::now());
+    }
+    seen.count.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn envelope(seq: u64) -> Envelope {
+    let event = OrderPaid {
+        order_id: format!("order-{:08}", seq),
+        user_id: format!("user-{:05}", seq % 10_000),
+        total_amount: 1_000 + (seq * 37) % 100_000,
+        seq,
+    };
+    let mut envelope = Envelope::new(
+        OrderPaid::NAME,
+        OrderPaid::VERSION,
+        OrderPaid::TOPIC,
+        "application/json",
+        serde_json::to_vec(&event).unwrap(),
+    );
+    envelope.key = event.partition_key();
+    envelope
+}
+
+fn uri() -> String {
+    std::env::var("MONGODB_URI").unwrap_or_else(|_| DEFAULT_URI.to_owned())
+}
+
+async fn fresh_store(name: &str) -> MongoStore {
+    let database = format!("eventflow_bench_{name}_{}", std::process::id());
+    let store = MongoStore::connect(&uri(), &database)
+        .await
+        .unwrap_or_else(|e| panic!("the relay benchmark needs MongoDB at {}: {e}", uri()));
+    store.database().drop().await.unwrap();
+    MongoStore::connect(&uri(), &database).await.unwrap()
+}
+
+/// `insert_many` of the outbox documents, `batch` at a time; returns the elapsed time.
+async fn baseline(n: u64, batch: usize) -> Duration {
+    let store = fresh_store("baseline").await;
+    let collection = store.database().collection::<Document>("raw_outbox");
+    collection.insert_one(Document::new()).await.unwrap();
+    collection.delete_many(Document::new()).await.unwrap();
+    let docs: Vec<Document> = (1..=n)
+        .map(|seq| eventflow_mongo::__private::outbox_document(seq, &envelope(seq)).unwrap())
+        .collect();
+    let started = Instant::now();
+    for chunk in docs.chunks(batch) {
+        collection.insert_many(chunk.to_vec()).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    store.database().drop().await.unwrap();
+    elapsed
+}
+
+struct Rig {
+    store: MongoStore,
+    seen: Seen,
+    bus: EventBus,
+    stop: watch::Sender<bool>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+async fn rig(name: &str, batch: usize) -> Rig {
+    let store = fresh_store(name).await;
+    let transport = InProcess::new();
+    let seen = Seen::default();
+    let bus = EventBus::builder()
+        .transport(transport.clone())
+        .state(seen.clone())
+        .handler(billing)
+        .start()
+        .await
+        .unwrap();
+    let relay = Relay::new(Arc::new(store.clone()), Arc::new(transport)).batch(batch);
+    let (stop, shutdown) = watch::channel(false);
+    let relay = tokio::spawn(relay.run(shutdown));
+    // Let the relay take the lease and open its change stream.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Rig {
+        store,
+        seen,
+        bus,
+        stop,
+        relay,
+    }
+}
+
+impl Rig {
+    async fn finish(self) {
+        self.stop.send_replace(true);
+        self.relay.await.unwrap();
+        self.bus.shutdown().await;
+        self.store.database().drop().await.unwrap();
+    }
+}
+
+/// Commits `n` events in units of work of `batch` and waits until all are handled.
+async fn relay_throughput(n: u64, batch: usize) -> Duration {
+    let rig = rig("relay", batch).await;
+    let envelopes: Vec<Envelope> = (1..=n).map(envelope).collect();
+    let started = Instant::now();
+    for chunk in envelopes.chunks(batch) {
+        let mut tx = rig.store.begin().await.unwrap();
+        tx.enqueue(chunk).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let committed = started.elapsed();
+    while rig.seen.count.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "  relay: committed in {:.2} s, delivered {:.2} s after the first commit",
+        committed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    rig.finish().await;
+    elapsed
+}
+
+/// Latency from commit to handler at `rate` units of work per second for `seconds`.
+async fn latency(rate: u64, seconds: u64) -> Vec<Duration> {
+    let rig = rig("latency", 512).await;
+    rig.seen.timing.store(true, Ordering::Relaxed);
+    let total = rate * seconds;
+    let mut committed_at = HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for seq in 1..=total {
+        tick.tick().await;
+        let mut tx = rig.store.begin().await.unwrap();
+        tx.enqueue(&[envelope(seq)]).await.unwrap();
+        tx.commit().await.unwrap();
+        committed_at.insert(seq, Instant::now());
+    }
+    while rig.seen.count.load(Ordering::Relaxed) < total {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let arrivals = rig.seen.arrivals.lock().unwrap().clone();
+    rig.finish().await;
+    let mut latencies: Vec<Duration> = committed_at
+        .iter()
+        .map(|(seq, committed)| arrivals[seq].saturating_duration_since(*committed))
+        .collect();
+    latencies.sort();
+    latencies
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a positive integer, got `{value}`")),
+        Err(_) => default,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; without it (`cargo test --benches`) this is a short
+    // smoke run.
+    let bench = std::env::args().any(|arg| arg == "--bench");
+    let (events, seconds) = if bench { (50_000, 5) } else { (2_000, 1) };
+    let n = env_or("RELAY_EVENTS", events).max(1);
+    let batch = env_or("RELAY_BATCH", 512).max(1) as usize;
+    let rate = env_or("RELAY_RATE", 200).max(1);
+    let seconds = env_or("RELAY_SECONDS", seconds).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!(
+            "relay: {n} outbox documents, {batch} per insert_many / unit of work, server {}",
+            uri()
+        );
+        // Warm-up: connections, collections, code paths.
+        baseline(n.min(2_000), batch).await;
+        relay_throughput(n.min(2_000), batch).await;
+
+        let raw = n as f64 / baseline(n, batch).await.as_secs_f64();
+        let relayed = n as f64 / relay_throughput(n, batch).await.as_secs_f64();
+        let ratio = relayed / raw;
+        println!(
+            "throughput: relay {relayed:.0} events/s (commit -> in-process delivery) | raw \
+             insert_many {raw:.0} docs/s | ratio {ratio:.2} (target >= {TARGET_RATIO:.2}: {})",
+            if ratio >= TARGET_RATIO { "met" } else { "NOT met" }
+        );
+
+        let latencies = latency(rate, seconds).await;
+        let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+        println!(
+            "latency commit -> handler at {rate} commits/s for {seconds} s ({} events): p50 \
+             {:.1} ms | p99 {:.1} ms | max {:.1} ms (target p99 <= {} ms: {})",
+            latencies.len(),
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            latencies.last().unwrap().as_secs_f64() * 1e3,
+            TARGET_P99.as_millis(),
+            if p99 <= TARGET_P99 { "met" } else { "NOT met" }
+        );
+    });
+}

@@ -88,3 +88,17 @@ pub use mongodb;
 pub use outbox::OUTBOX_POSITION_CHECKPOINT;
 pub use store::{CollectionNames, MongoStore, MongoStoreBuilder, DEFAULT_URI};
 pub use transaction::MongoTransaction;
+
+/// For the benchmark: not public API.
+#[doc(hidden)]
+pub mod __private {
+    use eventflow::{Envelope, Error};
+    use mongodb::bson::{doc, Document};
+
+    /// The document the outbox holds for `envelope` at `sequence`.
+    pub fn outbox_document(sequence: u64, envelope: &Envelope) -> Result<Document, Error> {
+        let mut doc = doc! { "_id": crate::document::int(sequence) };
+        crate::document::put_envelope(&mut doc, envelope)?;
+        Ok(doc)
+    }
+}

@@ -96,7 +96,10 @@ impl Drop for Stream {
 }
 
 enum StreamEvent {
-    Entry { entry: OutboxEntry, token: ResumeToken },
+    Entry {
+        entry: Box<OutboxEntry>,
+        token: ResumeToken,
+    },
     Broken(String),
 }
 
@@ -150,7 +153,7 @@ impl Feed {
                                 continue;
                             }
                             self.next += 1;
-                            self.push(entry, Some((token, sequence + 1)));
+                            self.push(*entry, Some((token, sequence + 1)));
                         }
                         Ok(StreamEvent::Broken(reason)) => {
                             tracing::warn!(
@@ -339,7 +342,10 @@ async fn follow(
         };
         let token = event.id;
         let read = match event.full_document {
-            Some(doc) => entry(doc).map(|entry| StreamEvent::Entry { entry, token }),
+            Some(doc) => entry(doc).map(|entry| StreamEvent::Entry {
+                entry: Box::new(entry),
+                token,
+            }),
             None => Err("an insert event came without its document".to_owned()),
         };
         let message = read.unwrap_or_else(StreamEvent::Broken);
