@@ -79,6 +79,8 @@ pub async fn read_topic(
         .set("group.id", unique("reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        // Notice soon a topic that does not exist yet when the reader subscribes.
+        .set("topic.metadata.refresh.interval.ms", "500")
         .set(
             "isolation.level",
             if read_committed {
