@@ -5,7 +5,10 @@
 //! cargo run --example checkout                   # SQLite in ./eventflow-checkout.db
 //! cargo run --example checkout -- --orders 50    # more orders: time to press Ctrl-C
 //! cargo run --example checkout -- --store memory # nothing kept between runs
+//! cargo run --example checkout -- --transport kafka  # on Kafka at $KAFKA_BROKERS
 //! ```
+//!
+//! `EVENTFLOW_STORE`, `EVENTFLOW_DB` and `EVENTFLOW_TRANSPORT` set the same as the flags.
 //!
 //! Inventory reserves stock, Shipping books a courier and Loyalty adds points: each writes
 //! its effect in the transaction that records the event as processed for its group
@@ -18,10 +21,11 @@
 //! outbox delivers what was committed and not yet handled, and every consumer's effect is
 //! there exactly once. Delete the file to start over.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventflow::store::{rusqlite, SqliteStore, SqliteTransaction};
-use eventflow::{subscribe, Aggregate, Context, Event, EventBus, InProcess, MemoryStore, Tx};
+use eventflow::{subscribe, Aggregate, Context, Event, EventBus, InProcess, MemoryStore, Storage, Tx};
 use serde::{Deserialize, Serialize};
 
 /// An order was paid.
@@ -111,11 +115,13 @@ fn short(id: uuid::Uuid) -> String {
     id.simple().to_string()[24..].to_owned()
 }
 
-/// Command-line options: `--orders N`, `--store sqlite|memory`, `--db PATH`.
+/// Command-line options: `--orders N`, `--store sqlite|memory`, `--db PATH`,
+/// `--transport in-process|kafka`.
 struct Options {
     orders: u64,
     store: String,
     db: String,
+    transport: String,
 }
 
 impl Options {
@@ -124,6 +130,7 @@ impl Options {
             orders: 3,
             store: std::env::var("EVENTFLOW_STORE").unwrap_or_else(|_| "sqlite".into()),
             db: std::env::var("EVENTFLOW_DB").unwrap_or_else(|_| "eventflow-checkout.db".into()),
+            transport: std::env::var("EVENTFLOW_TRANSPORT").unwrap_or_else(|_| "in-process".into()),
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -136,9 +143,11 @@ impl Options {
                 }
                 "--store" => options.store = value()?,
                 "--db" => options.db = value()?,
+                "--transport" => options.transport = value()?,
                 other => {
                     return Err(format!(
-                        "unknown option `{other}`; use --orders N, --store sqlite|memory, --db PATH"
+                        "unknown option `{other}`; use --orders N, --store sqlite|memory, --db PATH, \
+                         --transport in-process|kafka"
                     ))
                 }
             }
@@ -151,28 +160,36 @@ impl Options {
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     eventflow_examples::init_tracing();
     let options = Options::parse()?;
-    let transport = InProcess::new();
-    let builder = EventBus::builder()
-        .transport(transport.clone())
-        .discovered_handlers();
-    let bus = match options.store.as_str() {
+    let mut builder = EventBus::builder().discovered_handlers();
+    builder = match options.transport.as_str() {
+        "in-process" => builder.transport(InProcess::new()),
+        "kafka" => {
+            let kafka = eventflow_kafka::Kafka::from_env().build()?;
+            println!("transport: Kafka at {}", brokers());
+            builder.transport(kafka)
+        }
+        other => return Err(format!("unknown transport `{other}`; use in-process or kafka").into()),
+    };
+    let store: Arc<dyn Storage> = match options.store.as_str() {
         "sqlite" => {
             let sql = rusqlite::Connection::open(&options.db)?;
             sql.execute_batch(
                 "CREATE TABLE IF NOT EXISTS effects (grp TEXT NOT NULL, order_id TEXT NOT NULL, what TEXT NOT NULL)",
             )?;
             println!("store: SQLite in {} (delete it to start over)", options.db);
-            builder
-                .storage(SqliteStore::open(&options.db).await?)
-                .start()
-                .await?
+            let store = SqliteStore::open(&options.db).await?;
+            builder = builder.storage(store.clone());
+            Arc::new(store)
         }
         "memory" => {
             println!("store: in memory (nothing is kept)");
-            builder.storage(MemoryStore::new()).start().await?
+            let store = MemoryStore::new();
+            builder = builder.storage(store.clone());
+            Arc::new(store)
         }
         other => return Err(format!("unknown store `{other}`; use sqlite or memory").into()),
     };
+    let bus = builder.start().await?;
     let mut groups: Vec<&str> = bus.groups().collect();
     groups.sort_unstable();
     println!("consumer groups: {}", groups.join(", "));
@@ -199,55 +216,49 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         println!("paid order {order_id}: saved with its order.paid event");
     }
 
-    // Wait for the outbox to drain (including what an earlier, killed run left) and for
-    // every group to handle it.
-    let store = Summary::open(&options)?;
-    while store.as_ref().is_some_and(|s| s.outbox_len() > 0) || !transport.is_idle() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Every group records each event it handled in the inbox: wait until all of them have
+    // every order.paid event of the store, including what an earlier, killed run left.
+    let paid: Vec<uuid::Uuid> = store
+        .read_all(0, usize::MAX)
+        .await?
+        .into_iter()
+        .filter(|e| e.envelope.name == OrderPaid::NAME)
+        .map(|e| e.envelope.id)
+        .collect();
+    for group in &groups {
+        while store.processed(group, &paid).await?.len() < paid.len() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     println!("every consumer handled every order");
-    if let Some(store) = store {
-        store.summary(options.orders)?;
+    if options.store == "sqlite" {
+        summary(&options.db, paid.len())?;
     }
     bus.shutdown().await;
     Ok(())
 }
 
-/// A second look at the SQLite file: the outbox backlog and the consumers' effects.
-struct Summary(rusqlite::Connection);
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
 
-impl Summary {
-    fn open(options: &Options) -> std::result::Result<Option<Summary>, rusqlite::Error> {
-        if options.store != "sqlite" {
-            return Ok(None);
-        }
-        rusqlite::Connection::open(&options.db).map(|c| Some(Summary(c)))
+/// Each transactional consumer's effects in the SQLite file: one per order, however often
+/// the example ran or was killed.
+fn summary(db: &str, orders: usize) -> std::result::Result<(), rusqlite::Error> {
+    let sql = rusqlite::Connection::open(db)?;
+    let mut select =
+        sql.prepare("SELECT grp, COUNT(*), COUNT(DISTINCT order_id) FROM effects GROUP BY grp ORDER BY grp")?;
+    let rows = select.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    })?;
+    println!("effects in the store ({orders} orders paid so far):");
+    for row in rows {
+        let (group, effects, distinct) = row?;
+        println!("  {group:<10} {effects} effects for {distinct} orders");
     }
-
-    fn outbox_len(&self) -> i64 {
-        self.0
-            .query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))
-            .unwrap_or(0)
-    }
-
-    /// Each transactional consumer's effects: one per order, however often the example ran
-    /// or was killed.
-    fn summary(&self, orders: u64) -> std::result::Result<(), rusqlite::Error> {
-        let mut select = self.0.prepare(
-            "SELECT grp, COUNT(*), COUNT(DISTINCT order_id) FROM effects GROUP BY grp ORDER BY grp",
-        )?;
-        let rows = select.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
-        })?;
-        println!("effects in the store (orders placed so far: at least {orders}):");
-        for row in rows {
-            let (group, effects, distinct) = row?;
-            println!("  {group:<10} {effects} effects for {distinct} orders");
-        }
-        Ok(())
-    }
+    Ok(())
 }
