@@ -21,6 +21,14 @@
 //! the overlap. It runs on first start, when the saved token cannot be resumed from (it
 //! left the oplog: `ChangeStreamHistoryLost`, or is invalid), when the stream breaks, and on
 //! a gap.
+//!
+//! # Delivered entries
+//!
+//! Marking the oldest claimed entries delivered raises a watermark kept in the lease
+//! document (`delivered_below`: every entry below it is delivered), in the same fenced
+//! transaction as the saved position; the entries themselves are deleted in bulk, by one
+//! range delete at most every [`CLEANUP_INTERVAL`], off the delivery path. Entries marked
+//! delivered out of order are deleted at once. Claims never read below the watermark.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Weak;
@@ -37,7 +45,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::document::{self, int, now_nanos};
-use crate::error::{backend, is_duplicate_key, is_transient};
+use crate::error::{backend, describe, is_duplicate_key, is_transient};
 use crate::store::{Inner, MongoStore};
 
 /// The checkpoint holding the outbox relay's saved position: a change-stream resume token
@@ -45,6 +53,9 @@ use crate::store::{Inner, MongoStore};
 pub const OUTBOX_POSITION_CHECKPOINT: &str = "eventflow.outbox.position";
 
 const LEASE_ID: &str = "outbox";
+
+/// How often delivered entries below the watermark are deleted.
+pub(crate) const CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Change events the stream may read ahead of the relay.
 const READ_AHEAD: usize = 4096;
@@ -61,6 +72,11 @@ pub(crate) struct Feed {
     pending: VecDeque<Pending>,
     /// The sequence the change stream should yield next.
     next: u64,
+    /// Every entry below this sequence is delivered.
+    watermark: u64,
+    /// When delivered entries were last deleted, and the deletion running, if one is.
+    cleaned: Option<std::time::Instant>,
+    cleaning: Option<JoinHandle<()>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,6 +123,8 @@ impl Feed {
     fn reset(&mut self, owner: Option<&str>) {
         *self = Feed {
             owner: owner.map(str::to_owned),
+            cleaned: self.cleaned,
+            cleaning: self.cleaning.take(),
             ..Feed::default()
         };
     }
@@ -207,7 +225,7 @@ impl Feed {
                     "outbox relay resumed the change stream from its saved token"
                 );
                 self.stream = Some(stream);
-                self.next = next;
+                self.next = next.max(self.watermark);
                 self.mode = Mode::Stream;
             }
             Err(error) => {
@@ -242,6 +260,7 @@ impl Feed {
             .and_then(|doc| document::get_u64(&doc, "outbox").ok())
             .unwrap_or(0);
         let want = limit - self.pending.len();
+        let after = after.max(self.watermark.saturating_sub(1));
         let cursor = inner
             .outbox
             .find(doc! { "_id": { "$gt": int(after) } })
@@ -357,8 +376,9 @@ async fn follow(
 }
 
 /// Takes or renews the outbox lease for `relay`. `None` while another relay holds it;
-/// otherwise whether `relay` held it without a break since its last claim.
-async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Option<bool>, Error> {
+/// otherwise whether `relay` held it without a break since its last claim, and the
+/// delivered watermark.
+async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Option<(bool, u64)>, Error> {
     let now = now_nanos();
     let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
     let previous = store
@@ -376,11 +396,12 @@ async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Opt
         .return_document(ReturnDocument::Before)
         .await;
     match previous {
-        Ok(None) => Ok(Some(false)),
-        Ok(Some(previous)) => Ok(Some(
+        Ok(None) => Ok(Some((false, 0))),
+        Ok(Some(previous)) => Ok(Some((
             previous.get_str("holder").is_ok_and(|holder| holder == relay)
                 && document::get_int(&previous, "expires_at").is_ok_and(|expires| expires > now),
-        )),
+            document::get_u64(&previous, "delivered_below").unwrap_or(0),
+        ))),
         // Another relay holds it: the filter did not match, and the upsert hit its `_id`.
         Err(error) if is_duplicate_key(&error) => Ok(None),
         Err(error) => Err(backend("taking the outbox lease", error)),
@@ -394,13 +415,17 @@ pub(crate) async fn claim(
     after: u64,
     limit: usize,
 ) -> Result<Vec<OutboxEntry>, Error> {
-    let Some(continuous) = acquire(store, relay, lease).await? else {
+    let Some((continuous, watermark)) = acquire(store, relay, lease).await? else {
         return Ok(Vec::new());
     };
     let mut feed = store.inner.feed.lock().await;
     if !continuous || feed.owner.as_deref() != Some(relay) {
         // Another relay may have delivered entries meanwhile: start from the saved position.
         feed.reset(Some(relay));
+    }
+    feed.watermark = feed.watermark.max(watermark);
+    if limit == 0 {
+        return Ok(Vec::new());
     }
     // Entries up to `after` were sent and are not marked delivered yet: skip them.
     let sent = feed
@@ -416,18 +441,29 @@ pub(crate) async fn claim(
 pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &[u64]) -> Result<(), Error> {
     let mut feed = store.inner.feed.lock().await;
     let delivered: HashSet<u64> = sequences.iter().copied().collect();
-    let position = if feed.owner.as_deref() == Some(relay) {
-        feed.pending
+    let owned = feed.owner.as_deref() == Some(relay);
+    // The oldest claimed entries raise the watermark; others are deleted now.
+    let prefix: Vec<&Pending> = match owned {
+        true => feed
+            .pending
             .iter()
             .take_while(|p| delivered.contains(&p.entry.sequence))
-            .filter_map(|p| p.position.clone())
-            .last()
-    } else {
-        None
+            .collect(),
+        false => Vec::new(),
     };
+    let position = prefix.iter().filter_map(|p| p.position.clone()).last();
+    let watermark = prefix.last().map(|p| p.entry.sequence + 1);
+    let below: HashSet<u64> = prefix.iter().map(|p| p.entry.sequence).collect();
+    let mut others: Vec<u64> = sequences.iter().copied().filter(|s| !below.contains(s)).collect();
+    others.sort_unstable();
     let mut attempt = 0;
     loop {
-        match delete_delivered(store, relay, sequences, position.clone()).await {
+        let marked = Marked {
+            others: &others,
+            watermark,
+            position: position.clone(),
+        };
+        match delete_delivered(store, relay, marked).await {
             Ok(true) => break,
             Ok(false) => {
                 if feed.owner.as_deref() == Some(relay) {
@@ -447,41 +483,96 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
         }
     }
     feed.pending.retain(|p| !delivered.contains(&p.entry.sequence));
+    if let Some(watermark) = watermark {
+        feed.watermark = feed.watermark.max(watermark);
+    }
+    clean_up(store, &mut feed);
     Ok(())
 }
 
-/// In one transaction fenced by the lease: deletes the delivered entries and saves the
-/// position. `Ok(false)` if `relay` no longer holds the lease.
+/// Deletes the delivered entries below the watermark, in the background, at most every
+/// [`CLEANUP_INTERVAL`].
+fn clean_up(store: &MongoStore, feed: &mut Feed) {
+    let now = std::time::Instant::now();
+    let Some(cleaned) = feed.cleaned else {
+        feed.cleaned = Some(now);
+        return;
+    };
+    let running = feed.cleaning.as_ref().is_some_and(|task| !task.is_finished());
+    if now.duration_since(cleaned) < CLEANUP_INTERVAL || running || feed.watermark <= 1 {
+        return;
+    }
+    feed.cleaned = Some(now);
+    let outbox = store.inner.outbox.clone();
+    let below = feed.watermark;
+    feed.cleaning = Some(tokio::spawn(async move {
+        if let Err(error) = outbox.delete_many(doc! { "_id": { "$lt": int(below) } }).await {
+            tracing::warn!(
+                error = %describe(&error),
+                "deleting delivered outbox entries failed; the next clean-up deletes them"
+            );
+        }
+    }));
+}
+
+/// What a relay marks delivered: entries deleted at once, the new watermark, the position.
+struct Marked<'a> {
+    others: &'a [u64],
+    watermark: Option<u64>,
+    position: Option<(ResumeToken, u64)>,
+}
+
+/// `sorted` as inclusive ranges of consecutive numbers.
+fn ranges(sorted: &[u64]) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for &n in sorted {
+        match ranges.last_mut() {
+            Some((_, hi)) if *hi + 1 == n => *hi = n,
+            Some((_, hi)) if *hi == n => {}
+            _ => ranges.push((n, n)),
+        }
+    }
+    ranges
+}
+
+/// In one transaction fenced by the lease: raises the watermark, deletes the other
+/// delivered entries and saves the position. `Ok(false)` if `relay` no longer holds the
+/// lease.
 async fn delete_delivered(
     store: &MongoStore,
     relay: &str,
-    sequences: &[u64],
-    position: Option<(ResumeToken, u64)>,
+    marked: Marked<'_>,
 ) -> Result<bool, mongodb::error::Error> {
     let inner = &store.inner;
     let mut session = inner.client.start_session().await?;
     session.start_transaction().await?;
     // A real write to the lease document, so that a relay taking the lease over at the
     // same time conflicts with this transaction instead of racing it.
+    let mut update = doc! { "$inc": { "deliveries": 1_i64 } };
+    if let Some(watermark) = marked.watermark {
+        update.insert("$max", doc! { "delivered_below": int(watermark) });
+    }
     let fenced = inner
         .leases
-        .update_one(
-            doc! { "_id": LEASE_ID, "holder": relay },
-            doc! { "$inc": { "deliveries": 1_i64 } },
-        )
+        .update_one(doc! { "_id": LEASE_ID, "holder": relay }, update)
         .session(&mut session)
         .await?;
     if fenced.matched_count == 0 {
         session.abort_transaction().await?;
         return Ok(false);
     }
-    let ids: Vec<Bson> = sequences.iter().map(|&s| int(s)).collect();
-    inner
-        .outbox
-        .delete_many(doc! { "_id": { "$in": ids } })
-        .session(&mut session)
-        .await?;
-    if let Some(position) = position {
+    if !marked.others.is_empty() {
+        let ranges: Vec<Bson> = ranges(marked.others)
+            .into_iter()
+            .map(|(lo, hi)| Bson::Document(doc! { "_id": { "$gte": int(lo), "$lte": int(hi) } }))
+            .collect();
+        inner
+            .outbox
+            .delete_many(doc! { "$or": ranges })
+            .session(&mut session)
+            .await?;
+    }
+    if let Some(position) = marked.position {
         inner
             .checkpoints
             .update_one(
@@ -508,10 +599,14 @@ pub(crate) async fn release(store: &MongoStore, relay: &str) -> Result<(), Error
             feed.reset(None);
         }
     }
+    // Expired rather than deleted: the document keeps the delivered watermark.
     store
         .inner
         .leases
-        .delete_one(doc! { "_id": LEASE_ID, "holder": relay })
+        .update_one(
+            doc! { "_id": LEASE_ID, "holder": relay },
+            doc! { "$set": { "expires_at": 0_i64 } },
+        )
         .await
         .map_err(|e| backend("releasing the outbox lease", e))?;
     Ok(())
@@ -534,4 +629,34 @@ pub(crate) fn parse_position(saved: &str) -> Result<(ResumeToken, u64), String> 
     let token = doc.get("token").cloned().ok_or("`token` is missing")?;
     let token: ResumeToken = mongodb::bson::from_bson(token).map_err(|e| e.to_string())?;
     Ok((token, document::get_u64(&doc, "next")?))
+}
+
+/// How many outbox entries wait for the relay.
+pub(crate) async fn backlog(store: &MongoStore) -> Result<u64, Error> {
+    let lease = store
+        .inner
+        .leases
+        .find_one(doc! { "_id": LEASE_ID })
+        .await
+        .map_err(|e| backend("reading the outbox lease", e))?;
+    let watermark = lease
+        .and_then(|lease| document::get_u64(&lease, "delivered_below").ok())
+        .unwrap_or(0);
+    store
+        .inner
+        .outbox
+        .count_documents(doc! { "_id": { "$gte": int(watermark) } })
+        .await
+        .map_err(|e| backend("counting the outbox", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges;
+
+    #[test]
+    fn consecutive_sequences_make_one_range() {
+        assert_eq!(ranges(&[1, 2, 3, 5, 7, 8]), [(1, 3), (5, 5), (7, 8)]);
+        assert!(ranges(&[]).is_empty());
+    }
 }

@@ -34,8 +34,8 @@ pub struct CollectionNames {
     /// Events, one document per event; unique index on (stream, version). Default
     /// `eventflow_events`.
     pub events: String,
-    /// Outbox entries waiting for the relay; delivered ones are deleted. Default
-    /// `eventflow_outbox`.
+    /// Outbox entries waiting for the relay; delivered ones are deleted in bulk, every 10 s
+    /// at most. Default `eventflow_outbox`.
     pub outbox: String,
     /// Processed-event markers; unique index on (group, event id). Default `eventflow_inbox`.
     pub inbox: String,
@@ -235,6 +235,11 @@ impl MongoStore {
     /// The database eventflow's collections are in.
     pub fn database(&self) -> &Database {
         &self.inner.database
+    }
+
+    /// How many outbox entries wait for the relay: the relay's backlog.
+    pub async fn outbox_backlog(&self) -> Result<u64, Error> {
+        crate::outbox::backlog(self).await
     }
 
     /// The names of eventflow's collections.

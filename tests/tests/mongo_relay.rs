@@ -85,11 +85,8 @@ impl RunningRelay {
 
 /// Waits until the relay has marked everything delivered.
 async fn drained(store: &MongoStore) {
-    let outbox = store
-        .database()
-        .collection::<Document>(&store.collection_names().outbox);
     within(10, "the outbox to drain", async {
-        while outbox.count_documents(doc! {}).await.unwrap() > 0 {
+        while store.outbox_backlog().await.unwrap() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

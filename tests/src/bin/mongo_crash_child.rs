@@ -106,14 +106,11 @@ async fn main() {
     }
 
     let effects = store.database().collection::<Document>("effects");
-    let outbox = store
-        .database()
-        .collection::<Document>(&store.collection_names().outbox);
     let started = Instant::now();
     loop {
         let committed = order_docs.count_documents(doc! {}).await.unwrap();
         let applied = effects.count_documents(doc! {}).await.unwrap();
-        let waiting = outbox.count_documents(doc! {}).await.unwrap();
+        let waiting = store.outbox_backlog().await.unwrap();
         if applied >= committed && waiting == 0 {
             break;
         }
