@@ -12,7 +12,9 @@ use futures_util::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::StartFrom;
@@ -33,6 +35,8 @@ pub(crate) struct KafkaConsumer {
     topic_names: HashMap<String, Arc<str>>,
     /// Messages that are not eventflow events, by position, until they are dead-lettered.
     foreign: HashMap<(Arc<str>, u32, u64), Foreign>,
+    /// Transient errors since the last message, to say when consuming resumes.
+    transient_errors: u64,
 }
 
 struct Foreign {
@@ -50,7 +54,17 @@ pub(crate) struct Member {
     group: String,
 }
 
-impl ClientContext for Member {}
+impl ClientContext for Member {
+    /// librdkafka's errors are informational unless fatal: it reconnects, refreshes
+    /// metadata and rejoins the group by itself, as long as the member keeps polling.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::Fatal)) {
+            tracing::error!(group = %self.group, %error, reason, "the Kafka consumer failed for good");
+        } else {
+            tracing::warn!(group = %self.group, %error, reason, "Kafka consumer trouble; librdkafka retries by itself");
+        }
+    }
+}
 
 impl ConsumerContext for Member {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -116,6 +130,7 @@ impl KafkaConsumer {
             consumer: Some(consumer),
             topic_names: topics.into_iter().map(|t| (t.clone(), t.into())).collect(),
             foreign: HashMap::new(),
+            transient_errors: 0,
         })
     }
 
@@ -300,6 +315,16 @@ impl Consumer for KafkaConsumer {
             };
             let message = match message {
                 Ok(message) => message,
+                // Not fatal (a broker down, a connection reset): librdkafka recovers by
+                // itself, but only while it is polled, since rebalances and the rejoin
+                // after a lost session are served from this queue. Returning the error
+                // would make the worker back off between polls and drain one stale
+                // error per poll while the group waits for the member.
+                Err(KafkaError::MessageConsumption(code)) => {
+                    self.transient_errors += 1;
+                    tracing::debug!(group = %self.group, %code, "transient consumer error; polling on");
+                    continue;
+                }
                 Err(error) if records.is_empty() => {
                     return Err(self
                         .inner
@@ -311,6 +336,10 @@ impl Consumer for KafkaConsumer {
                     return Ok(records);
                 }
             };
+            if self.transient_errors > 0 {
+                tracing::info!(group = %self.group, errors = self.transient_errors, "the Kafka consumer is receiving again");
+                self.transient_errors = 0;
+            }
             let now = consumer.context().revocations.load(Ordering::Acquire);
             if now != revocations {
                 // The records taken before the rebalance may belong to partitions this

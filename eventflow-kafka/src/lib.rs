@@ -59,6 +59,9 @@
 //!   returns once the broker acknowledged the event; with storage, the outbox relay marks
 //!   entries delivered only then. While the broker is unreachable, units of work keep
 //!   committing locally and the relay retries with backoff, logging each failure.
+//! - **Broker outages**: a consumer keeps polling through them. librdkafka's errors other
+//!   than fatal ones (brokers down, connections reset) are logged as warnings and not
+//!   returned, since librdkafka reconnects and rejoins the group only while it is polled.
 //! - **Consuming**: an offset is committed only after the handler succeeded or the event
 //!   was dead-lettered, so handling is at least once; the inbox of a bus with storage
 //!   suppresses the duplicates that rebalances and crashes cause. A member's partitions are
