@@ -27,7 +27,8 @@
 //! Marking the oldest claimed entries delivered raises a watermark kept in the lease
 //! document (`delivered_below`: every entry below it is delivered), in the same fenced
 //! transaction as the saved position; the entries themselves are deleted in bulk, by one
-//! range delete at most every [`CLEANUP_INTERVAL`], off the delivery path. Entries marked
+//! range delete at most every 10 s (`MongoStoreBuilder::outbox_cleanup_interval`), off the
+//! delivery path. Entries marked
 //! delivered out of order are deleted at once. Claims never read below the watermark.
 
 use std::collections::{HashSet, VecDeque};
@@ -54,7 +55,7 @@ pub const OUTBOX_POSITION_CHECKPOINT: &str = "eventflow.outbox.position";
 
 const LEASE_ID: &str = "outbox";
 
-/// How often delivered entries below the watermark are deleted.
+/// How often delivered entries below the watermark are deleted, by default.
 pub(crate) const CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Change events the stream may read ahead of the relay.
@@ -490,8 +491,8 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
     Ok(())
 }
 
-/// Deletes the delivered entries below the watermark, in the background, at most every
-/// [`CLEANUP_INTERVAL`].
+/// Deletes the delivered entries below the watermark, in the background, at most once per
+/// cleanup interval.
 fn clean_up(store: &MongoStore, feed: &mut Feed) {
     let now = std::time::Instant::now();
     let Some(cleaned) = feed.cleaned else {
@@ -499,7 +500,7 @@ fn clean_up(store: &MongoStore, feed: &mut Feed) {
         return;
     };
     let running = feed.cleaning.as_ref().is_some_and(|task| !task.is_finished());
-    if now.duration_since(cleaned) < CLEANUP_INTERVAL || running || feed.watermark <= 1 {
+    if now.duration_since(cleaned) < store.inner.cleanup_interval || running || feed.watermark <= 1 {
         return;
     }
     feed.cleaned = Some(now);

@@ -139,6 +139,7 @@ pub(crate) struct Inner {
     /// fairer than aborting on the server.
     pub(crate) numbering: tokio::sync::Mutex<()>,
     pub(crate) transaction_retries: u32,
+    pub(crate) cleanup_interval: Duration,
 }
 
 /// Opens a [`MongoStore`] with non-default settings; from [`MongoStore::builder`].
@@ -148,6 +149,7 @@ pub struct MongoStoreBuilder {
     database: String,
     names: CollectionNames,
     transaction_retries: u32,
+    cleanup_interval: Duration,
 }
 
 impl MongoStoreBuilder {
@@ -163,6 +165,15 @@ impl MongoStoreBuilder {
     /// `UnknownTransactionCommitResult` count against the same budget. Default 20.
     pub fn transaction_retries(mut self, retries: u32) -> Self {
         self.transaction_retries = retries;
+        self
+    }
+
+    /// How often the relay deletes the outbox entries it delivered, in one range delete.
+    /// Default 10 s. Deleting is off the delivery path but costs the server about as much
+    /// as the inserts: a longer interval moves that work out of busy periods, and lets the
+    /// outbox hold up to that long's worth of delivered entries.
+    pub fn outbox_cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = interval;
         self
     }
 
@@ -186,6 +197,7 @@ impl MongoStoreBuilder {
             feed: tokio::sync::Mutex::new(Feed::default()),
             numbering: tokio::sync::Mutex::new(()),
             transaction_retries: self.transaction_retries,
+            cleanup_interval: self.cleanup_interval,
         };
         let store = MongoStore {
             inner: Arc::new(inner),
@@ -224,6 +236,7 @@ impl MongoStore {
             database: database.to_owned(),
             names: CollectionNames::default(),
             transaction_retries: 20,
+            cleanup_interval: crate::outbox::CLEANUP_INTERVAL,
         }
     }
 
