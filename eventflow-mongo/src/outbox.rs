@@ -452,7 +452,7 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
             .collect(),
         false => Vec::new(),
     };
-    let position = prefix.iter().filter_map(|p| p.position.clone()).last();
+    let position = prefix.iter().rev().find_map(|p| p.position.clone());
     let watermark = prefix.last().map(|p| p.entry.sequence + 1);
     let below: HashSet<u64> = prefix.iter().map(|p| p.entry.sequence).collect();
     let mut others: Vec<u64> = sequences.iter().copied().filter(|s| !below.contains(s)).collect();
