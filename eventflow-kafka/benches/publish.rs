@@ -18,6 +18,8 @@
 //! asynchronously every 256 messages. The clock runs from the first message handled to
 //! the last, leaving out the time to join the group.
 //!
+//! `KAFKA_BENCH_ONLY=publish` (or `consume`) runs one half.
+//!
 //! `KAFKA_BENCH_RAW_HEADERS=1` gives the baseline's messages the 7 headers an eventflow
 //! envelope carries, to tell the broker's share of the gap from the client's.
 //!
@@ -58,6 +60,13 @@ fn event(i: usize) -> Happened {
         key,
         data: "x".repeat(100 - overhead),
     }
+}
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat` (Linux).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
 }
 
 fn brokers() -> String {
@@ -114,8 +123,14 @@ async fn publish_eventflow(n: usize, prefix: &str) -> f64 {
     let events: Vec<Happened> = (0..n).map(event).collect();
     bus.publish(&events[0]).await.unwrap(); // creates the topic, connects
     let start = Instant::now();
+    let cpu = cpu_secs();
     let results = join_all(events.iter().map(|e| bus.publish(e))).await;
     let elapsed = start.elapsed();
+    eprintln!(
+        "  eventflow publish: {:.2}s wall, {:.2}s CPU of this process",
+        elapsed.as_secs_f64(),
+        cpu_secs() - cpu
+    );
     for result in results {
         result.expect("publishing");
     }
@@ -172,8 +187,14 @@ async fn publish_raw(n: usize, prefix: &str) -> f64 {
         }
         producer.send(record, Duration::from_secs(30))
     });
+    let cpu = cpu_secs();
     let results = join_all(sends).await;
     let elapsed = start.elapsed();
+    eprintln!(
+        "  raw publish: {:.2}s wall, {:.2}s CPU of this process",
+        elapsed.as_secs_f64(),
+        cpu_secs() - cpu
+    );
     for result in results {
         result.map_err(|(e, _)| e).expect("publishing");
     }
@@ -319,17 +340,27 @@ fn main() {
     );
     let id = run_id();
     let (mut e_pub, mut r_pub, mut e_con, mut r_con) = (vec![], vec![], vec![], vec![]);
+    let only = std::env::var("KAFKA_BENCH_ONLY").unwrap_or_default();
+    let (publish, consume) = (only != "consume", only != "publish");
     runtime.block_on(async {
         publish_raw(1000, &format!("{id}-warm")).await;
         for round in 0..rounds {
-            r_pub.push(publish_raw(n, &format!("{id}-pr{round}")).await);
-            e_pub.push(publish_eventflow(n, &format!("{id}-pe{round}")).await);
+            if publish {
+                r_pub.push(publish_raw(n, &format!("{id}-pr{round}")).await);
+                e_pub.push(publish_eventflow(n, &format!("{id}-pe{round}")).await);
+            }
         }
         for round in 0..rounds {
-            r_con.push(consume_raw(n, &format!("{id}-cr{round}")).await);
-            e_con.push(consume_eventflow(n, &format!("{id}-ce{round}")).await);
+            if consume {
+                r_con.push(consume_raw(n, &format!("{id}-cr{round}")).await);
+                e_con.push(consume_eventflow(n, &format!("{id}-ce{round}")).await);
+            }
         }
     });
-    report("publish", &e_pub, &r_pub, Some(TARGET_RATIO));
-    report("consume", &e_con, &r_con, None);
+    if publish {
+        report("publish", &e_pub, &r_pub, Some(TARGET_RATIO));
+    }
+    if consume {
+        report("consume", &e_con, &r_con, None);
+    }
 }

@@ -67,11 +67,27 @@ impl ClientContext for Member {
 }
 
 impl ConsumerContext for Member {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => {
+                tracing::warn!(group = %self.group, %error, "an offset commit failed; the next one or the commit on revoke covers it, or those events are handled again")
+            }
+        }
+    }
+
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(partitions) => {
-                // Every record handled so far is committed: the worker commits before it
-                // polls again, and rebalances are only served while it polls.
+                // Every record handled so far has its offset stored (the worker commits
+                // before it polls again, and rebalances are only served while it polls);
+                // the commits of those offsets are asynchronous, so finish them now,
+                // before the partitions move.
+                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    if !matches!(error, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
+                        tracing::warn!(group = %self.group, %error, "committing before a rebalance failed; the new owner handles those events again");
+                    }
+                }
                 self.revocations.fetch_add(1, Ordering::AcqRel);
                 tracing::debug!(group = %self.group, partitions = partitions.count(), "partitions revoked");
             }
@@ -402,7 +418,10 @@ impl Consumer for KafkaConsumer {
             if offsets.count() == 0 {
                 return Ok(());
             }
-            consumer.commit(&offsets, CommitMode::Sync)
+            // Stored first, so a rebalance or close commits them synchronously whatever
+            // became of the asynchronous commit.
+            consumer.store_offsets(&offsets)?;
+            consumer.commit(&offsets, CommitMode::Async)
         })
         .await
         .map_err(|panic| Error::Config(format!("committing offsets panicked: {panic}")))?;
@@ -420,8 +439,18 @@ impl Consumer for KafkaConsumer {
 
     async fn close(&mut self) -> Result<(), eventflow::Error> {
         if let Some(consumer) = self.consumer.take() {
-            // Leaving the group blocks until the broker answers.
-            let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+            let group = self.group.clone();
+            // Committing and leaving the group block until the broker answers.
+            let _ = tokio::task::spawn_blocking(move || {
+                match consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(error) => {
+                        tracing::warn!(%group, %error, "committing on close failed; those events are handled again")
+                    }
+                }
+                drop(consumer)
+            })
+            .await;
         }
         Ok(())
     }

@@ -55,21 +55,36 @@ const RESERVED: [&str; 7] = [
     TIMESTAMP,
 ];
 
-/// The headers carrying `envelope`'s metadata.
+/// The headers carrying `envelope`'s metadata. Formats on the stack: librdkafka copies
+/// the values anyway.
 pub(crate) fn encode(envelope: &Envelope) -> OwnedHeaders {
-    let id = envelope.id.to_string();
-    let version = envelope.version.to_string();
-    let correlation = envelope.correlation_id.to_string();
-    let timestamp = nanos_since_epoch(envelope.timestamp).to_string();
+    let (mut id, mut correlation, mut causation) = (
+        Uuid::encode_buffer(),
+        Uuid::encode_buffer(),
+        Uuid::encode_buffer(),
+    );
+    let (mut version, mut timestamp) = ([0; 40], [0; 40]);
     let mut headers = OwnedHeaders::new_with_capacity(7 + envelope.headers.len())
-        .insert(header(ID, &id))
+        .insert(header(ID, envelope.id.hyphenated().encode_lower(&mut id)))
         .insert(header(NAME, &envelope.name))
-        .insert(header(VERSION, &version))
+        .insert(header(VERSION, decimal(envelope.version.into(), &mut version)))
         .insert(header(CONTENT_TYPE, &envelope.content_type))
-        .insert(header(CORRELATION_ID, &correlation))
-        .insert(header(TIMESTAMP, &timestamp));
-    if let Some(causation) = envelope.causation_id {
-        headers = headers.insert(header(CAUSATION_ID, &causation.to_string()));
+        .insert(header(
+            CORRELATION_ID,
+            envelope
+                .correlation_id
+                .hyphenated()
+                .encode_lower(&mut correlation),
+        ))
+        .insert(header(
+            TIMESTAMP,
+            decimal(nanos_since_epoch(envelope.timestamp), &mut timestamp),
+        ));
+    if let Some(cause) = envelope.causation_id {
+        headers = headers.insert(header(
+            CAUSATION_ID,
+            cause.hyphenated().encode_lower(&mut causation),
+        ));
     }
     for (name, value) in &envelope.headers {
         if !RESERVED.contains(&name.as_str()) {
@@ -77,6 +92,20 @@ pub(crate) fn encode(envelope: &Envelope) -> OwnedHeaders {
         }
     }
     headers
+}
+
+/// `n` in decimal, written into `buffer`.
+fn decimal(mut n: u128, buffer: &mut [u8; 40]) -> &str {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[start..]).expect("ASCII digits")
 }
 
 /// The headers of a dead-lettered event: its own, plus why and where it failed.
@@ -228,6 +257,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back, envelope);
+    }
+
+    #[test]
+    fn decimals_are_written_in_full() {
+        for n in [0u128, 7, 10, 1_795_308_000_914_000_000, u128::MAX] {
+            assert_eq!(decimal(n, &mut [0; 40]), n.to_string());
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The [`Kafka`] transport: publishing, topic creation, dead-letter topics.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,7 +42,20 @@ pub(crate) struct Inner {
     pub(crate) config: KafkaBuilder,
     pub(crate) producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
-    known_topics: Mutex<HashSet<String>>,
+    /// Kafka topics by eventflow topic, so a publish neither formats the name nor asks the
+    /// broker again.
+    event_topics: TopicMap,
+    /// Kafka topics by Kafka name (subscribed and dead-letter topics).
+    kafka_topics: TopicMap,
+}
+
+type TopicMap = RwLock<HashMap<String, Arc<Topic>>>;
+
+/// A Kafka topic this transport writes to.
+pub(crate) struct Topic {
+    pub(crate) name: String,
+    /// Set once the topic exists; concurrent first publishes wait for one creation.
+    created: tokio::sync::OnceCell<()>,
 }
 
 impl Kafka {
@@ -129,7 +142,8 @@ impl Kafka {
                 config,
                 producer,
                 admin,
-                known_topics: Mutex::default(),
+                event_topics: TopicMap::default(),
+                kafka_topics: TopicMap::default(),
             }),
         })
     }
@@ -149,11 +163,44 @@ impl Inner {
         Error::kafka(what, &self.config.brokers, source)
     }
 
+    /// The Kafka topic `key` stands for in `map` (named by `name` the first time), created
+    /// if this transport has not seen it exist yet.
+    async fn topic(
+        &self,
+        map: &TopicMap,
+        key: &str,
+        name: impl FnOnce() -> String,
+    ) -> Result<Arc<Topic>, Error> {
+        let known = read(map).get(key).cloned();
+        let topic = match known {
+            Some(topic) => topic,
+            None => write(map)
+                .entry(key.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Topic {
+                        name: name(),
+                        created: tokio::sync::OnceCell::new(),
+                    })
+                })
+                .clone(),
+        };
+        if !topic.created.initialized() {
+            topic
+                .created
+                .get_or_try_init(|| self.create_topic(&topic.name))
+                .await?;
+        }
+        Ok(topic)
+    }
+
     /// Creates `topic` unless this transport already knows it exists.
     pub(crate) async fn ensure_topic(&self, topic: &str) -> Result<(), Error> {
-        if lock(&self.known_topics).contains(topic) {
-            return Ok(());
-        }
+        self.topic(&self.kafka_topics, topic, || topic.to_owned())
+            .await
+            .map(drop)
+    }
+
+    async fn create_topic(&self, topic: &str) -> Result<(), Error> {
         let partitions = self.config.partitions_of(topic);
         let new = NewTopic::new(
             topic,
@@ -173,7 +220,6 @@ impl Inner {
                 Err((_, code)) => return Err(self.error(what(), KafkaError::AdminOp(code))),
             }
         }
-        lock(&self.known_topics).insert(topic.to_owned());
         Ok(())
     }
 
@@ -205,11 +251,36 @@ impl Inner {
         }
     }
 
+    /// Hands `envelope` to the producer without waiting, if its topic is known to exist and
+    /// the producer's queue has room; `None` otherwise, for [`Inner::enqueue_envelope`].
+    /// Kept apart so that the future of a publish stays small: the topic creation and the
+    /// backpressure wait are boxed away from the hot path.
+    pub(crate) fn enqueue_now(&self, envelope: &Envelope) -> Option<Result<DeliveryFuture, Error>> {
+        let topic = read(&self.event_topics).get(&*envelope.topic)?.clone();
+        topic.created.initialized().then_some(())?;
+        let mut record = FutureRecord::to(&topic.name)
+            .payload(&envelope.payload[..])
+            .headers(headers::encode(envelope))
+            .timestamp(headers::millis_since_epoch(envelope.timestamp));
+        if let Some(key) = &envelope.key {
+            record = record.key(key.as_bytes());
+        }
+        match self.producer.send_result(record) {
+            Ok(delivery) => Some(Ok(delivery)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
+            Err((error, _)) => Some(Err(self.error(format!("publishing to `{}`", topic.name), error))),
+        }
+    }
+
     pub(crate) async fn enqueue_envelope(&self, envelope: &Envelope) -> Result<DeliveryFuture, Error> {
-        let topic = self.config.kafka_topic(&envelope.topic);
-        self.ensure_topic(&topic).await?;
+        // Keyed by the eventflow topic: no name to format on the hot path.
+        let topic = self
+            .topic(&self.event_topics, &envelope.topic, || {
+                self.config.kafka_topic(&envelope.topic)
+            })
+            .await?;
         self.enqueue(
-            &topic,
+            &topic.name,
             envelope.key.as_deref().map(str::as_bytes),
             &envelope.payload,
             headers::encode(envelope),
@@ -248,7 +319,10 @@ impl Inner {
 #[async_trait]
 impl Transport for Kafka {
     async fn publish(&self, envelope: Envelope) -> Result<(), eventflow::Error> {
-        let delivery = self.inner.enqueue_envelope(&envelope).await?;
+        let delivery = match self.inner.enqueue_now(&envelope) {
+            Some(enqueued) => enqueued?,
+            None => Box::pin(self.inner.enqueue_envelope(&envelope)).await?,
+        };
         Ok(self.inner.delivered(delivery, &envelope.topic).await?)
     }
 
@@ -258,7 +332,10 @@ impl Transport for Kafka {
     async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), eventflow::Error> {
         let mut pending = Vec::with_capacity(envelopes.len());
         for envelope in &envelopes {
-            pending.push(self.inner.enqueue_envelope(envelope).await?);
+            pending.push(match self.inner.enqueue_now(envelope) {
+                Some(enqueued) => enqueued?,
+                None => Box::pin(self.inner.enqueue_envelope(envelope)).await?,
+            });
         }
         let mut first_error = None;
         for (delivery, envelope) in pending.into_iter().zip(&envelopes) {
@@ -297,6 +374,10 @@ impl std::fmt::Debug for Kafka {
     }
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
