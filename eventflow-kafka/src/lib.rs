@@ -63,7 +63,9 @@
 //!   than fatal ones (brokers down, connections reset) are logged as warnings and not
 //!   returned, since librdkafka reconnects and rejoins the group only while it is polled.
 //! - **Consuming**: an offset is committed only after the handler succeeded or the event
-//!   was dead-lettered, so handling is at least once; the inbox of a bus with storage
+//!   was dead-lettered (stored after each batch and committed asynchronously, then
+//!   synchronously when partitions are revoked and when the member closes), so handling is
+//!   at least once; the inbox of a bus with storage
 //!   suppresses the duplicates that rebalances and crashes cause. A member's partitions are
 //!   handled concurrently, each in order. Records fetched for a partition that is revoked
 //!   during a poll are left to the new owner. A restarted group resumes from its committed
