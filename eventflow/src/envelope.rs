@@ -73,11 +73,9 @@ impl Envelope {
     pub fn caused_by(mut self, cause: &Envelope) -> Self {
         self.correlation_id = cause.correlation_id;
         self.causation_id = Some(cause.id);
-        if let Some(trace_id) = cause.trace_id() {
-            self.headers.insert(
-                TRACEPARENT.to_owned(),
-                format!("00-{trace_id}-{:016x}-01", new_span_id()),
-            );
+        if let Some(trace_id) = cause.trace_id().and_then(|t| u128::from_str_radix(t, 16).ok()) {
+            self.headers
+                .insert(TRACEPARENT.to_owned(), traceparent(trace_id, new_span_id()));
         }
         self
     }
@@ -96,8 +94,23 @@ fn new_span_id() -> u64 {
     fastrand::u64(1..)
 }
 
+/// `00-{trace id}-{span id}-01`, written digit by digit: it is built for every published
+/// event, and this is several times cheaper than `format!`.
 fn traceparent(trace_id: u128, span_id: u64) -> String {
-    format!("00-{trace_id:032x}-{span_id:016x}-01")
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, trace_id, 32);
+    out.push('-');
+    push_hex(&mut out, span_id.into(), 16);
+    out.push_str("-01");
+    out
+}
+
+fn push_hex(out: &mut String, value: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..digits).rev() {
+        out.push(HEX[(value >> (shift * 4)) as usize & 0xf] as char);
+    }
 }
 
 #[cfg(test)]
@@ -112,5 +125,13 @@ mod tests {
         assert_eq!(second.causation_id, Some(first.id));
         assert_eq!(second.trace_id(), first.trace_id());
         assert_ne!(second.headers[TRACEPARENT], first.headers[TRACEPARENT]);
+    }
+
+    #[test]
+    fn traceparent_is_w3c_formatted() {
+        let trace_id = 0x0af7651916cd43dd8448eb211c80319c;
+        let header = traceparent(trace_id, 0xb7ad6b7169203331);
+        assert_eq!(header, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        assert_eq!(traceparent(1, 2), format!("00-{:032x}-{:016x}-01", 1, 2));
     }
 }
