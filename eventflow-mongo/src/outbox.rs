@@ -10,10 +10,10 @@
 //! the sequence it expects next: an entry below it was delivered already (skipped), an
 //! entry above it means the stream missed something (a scan follows).
 //!
-//! The saved position is a resume token with the sequence expected after it, saved in the
-//! same transaction that deletes the delivered entries, and meaning: "every entry committed
-//! before this token, and every entry below this sequence, is delivered". A relay that
-//! takes the outbox over resumes the stream from it.
+//! The saved position is a resume token with the sequence expected after it, saved after
+//! the entries before it were marked delivered, and meaning: "every entry committed before
+//! this token, and every entry below this sequence, is delivered". It only moves forward.
+//! A relay that takes the outbox over resumes the stream from it.
 //!
 //! The scan opens a new change stream first, then reads the undelivered entries from the
 //! collection in sequence order. Entries committed before the stream opened are in the
@@ -25,8 +25,8 @@
 //! # Delivered entries
 //!
 //! Marking the oldest claimed entries delivered raises a watermark kept in the lease
-//! document (`delivered_below`: every entry below it is delivered), in the same fenced
-//! transaction as the saved position; the entries themselves are deleted in bulk, by one
+//! document (`delivered_below`: every entry below it is delivered), by the same conditional
+//! update that checks the relay still holds the lease; the entries themselves are deleted in bulk, by one
 //! range delete at most every 10 s (`MongoStoreBuilder::outbox_cleanup_interval`), off the
 //! delivery path. Entries marked
 //! delivered out of order are deleted at once. Claims never read below the watermark.
@@ -292,7 +292,9 @@ impl Feed {
             let position = (start, self.next);
             match self.pending.back_mut() {
                 Some(last) => last.position = Some(position),
-                None => save_position(store, position).await?,
+                None => save_position(store, position)
+                    .await
+                    .map_err(|e| backend("saving the outbox relay position", e))?,
             }
         }
         Ok(true)
@@ -536,19 +538,20 @@ fn ranges(sorted: &[u64]) -> Vec<(u64, u64)> {
     ranges
 }
 
-/// In one transaction fenced by the lease: raises the watermark, deletes the other
-/// delivered entries and saves the position. `Ok(false)` if `relay` no longer holds the
-/// lease.
+/// Fenced by the lease: raises the watermark if `relay` still holds the lease, then
+/// deletes the other delivered entries and saves the position. `Ok(false)` if `relay` no
+/// longer holds the lease.
+///
+/// No transaction: a process killed inside one would leave it open on the server, holding
+/// the lease document for the next relay until the server aborts it (60 s by default).
+/// Each step is safe on its own: the conditional update is the fence; the deleted entries
+/// were delivered by this relay; a position is only ever moved forward.
 async fn delete_delivered(
     store: &MongoStore,
     relay: &str,
     marked: Marked<'_>,
 ) -> Result<bool, mongodb::error::Error> {
     let inner = &store.inner;
-    let mut session = inner.client.start_session().await?;
-    session.start_transaction().await?;
-    // A real write to the lease document, so that a relay taking the lease over at the
-    // same time conflicts with this transaction instead of racing it.
     let mut update = doc! { "$inc": { "deliveries": 1_i64 } };
     if let Some(watermark) = marked.watermark {
         update.insert("$max", doc! { "delivered_below": int(watermark) });
@@ -556,10 +559,8 @@ async fn delete_delivered(
     let fenced = inner
         .leases
         .update_one(doc! { "_id": LEASE_ID, "holder": relay }, update)
-        .session(&mut session)
         .await?;
     if fenced.matched_count == 0 {
-        session.abort_transaction().await?;
         return Ok(false);
     }
     if !marked.others.is_empty() {
@@ -567,30 +568,37 @@ async fn delete_delivered(
             .into_iter()
             .map(|(lo, hi)| Bson::Document(doc! { "_id": { "$gte": int(lo), "$lte": int(hi) } }))
             .collect();
-        inner
-            .outbox
-            .delete_many(doc! { "$or": ranges })
-            .session(&mut session)
-            .await?;
+        inner.outbox.delete_many(doc! { "$or": ranges }).await?;
     }
     if let Some(position) = marked.position {
-        inner
-            .checkpoints
-            .update_one(
-                doc! { "_id": OUTBOX_POSITION_CHECKPOINT },
-                doc! { "$set": { "value": format_position(&position) } },
-            )
-            .upsert(true)
-            .session(&mut session)
-            .await?;
+        save_position(store, position).await?;
     }
-    session.commit_transaction().await?;
     Ok(true)
 }
 
-async fn save_position(store: &MongoStore, position: (ResumeToken, u64)) -> Result<(), Error> {
-    eventflow::store::Storage::save_checkpoint(store, OUTBOX_POSITION_CHECKPOINT, &format_position(&position))
-        .await
+/// Saves the relay's position unless a later one is saved already (by a relay that took
+/// the lease over).
+async fn save_position(
+    store: &MongoStore,
+    position: (ResumeToken, u64),
+) -> Result<(), mongodb::error::Error> {
+    let next = int(position.1);
+    let saved = store
+        .inner
+        .checkpoints
+        .update_one(
+            doc! {
+                "_id": OUTBOX_POSITION_CHECKPOINT,
+                "$or": [ { "next": { "$lt": next.clone() } }, { "next": { "$exists": false } } ],
+            },
+            doc! { "$set": { "value": format_position(&position), "next": next } },
+        )
+        .upsert(true)
+        .await;
+    match saved {
+        Err(error) if is_duplicate_key(&error) => Ok(()),
+        other => other.map(drop),
+    }
 }
 
 pub(crate) async fn release(store: &MongoStore, relay: &str) -> Result<(), Error> {

@@ -116,6 +116,12 @@ impl Default for CollectionNames {
 /// Units of work that only record inbox markers and the application's writes (handlers
 /// with [`Tx`](eventflow::Tx) that publish nothing through it) do not touch the counter and
 /// do not conflict with each other.
+///
+/// A process killed in the middle of a commit leaves its transaction open on the server,
+/// holding the counter, until the server aborts it after `transactionLifetimeLimitSeconds`
+/// (60 s by default): until then, units of work that publish fail after their retries
+/// with the transient-error message above. Lower that server parameter to shorten the
+/// stall, or end the dead process's sessions with `killSessions`.
 #[derive(Clone)]
 pub struct MongoStore {
     pub(crate) inner: Arc<Inner>,
