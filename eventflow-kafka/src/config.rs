@@ -1,6 +1,6 @@
 //! [`KafkaBuilder`]: everything a [`Kafka`] transport can be configured with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::{Error, Kafka};
@@ -45,6 +45,8 @@ pub struct KafkaBuilder {
     pub(crate) start_from: StartFrom,
     pub(crate) producer_config: Vec<(String, String)>,
     pub(crate) consumer_config: Vec<(String, String)>,
+    pub(crate) transactional_groups: HashSet<String>,
+    pub(crate) transactional_id_prefix: Option<String>,
 }
 
 impl KafkaBuilder {
@@ -65,6 +67,8 @@ impl KafkaBuilder {
             start_from: StartFrom::Latest,
             producer_config: Vec::new(),
             consumer_config: Vec::new(),
+            transactional_groups: HashSet::new(),
+            transactional_id_prefix: None,
         }
     }
 
@@ -160,6 +164,45 @@ impl KafkaBuilder {
     /// applied after the settings above, so it overrides them.
     pub fn consumer_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.consumer_config.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs eventflow group `group` exactly once from Kafka to Kafka: each member handles
+    /// every polled batch in a Kafka transaction of its own transactional producer. The
+    /// follow-ups its handlers publish with [`Context::publish`](eventflow::Context::publish)
+    /// and the offsets of the batch are committed together
+    /// (`send_offsets_to_transaction`), or not at all: consumers reading with
+    /// `isolation.level=read_committed` (eventflow's do) never see the output of a batch
+    /// that was aborted, and its events are handled again.
+    ///
+    /// - A follow-up is sent when its handler returns `Ok`; a failed attempt publishes
+    ///   nothing. An event that is dead-lettered commits with its batch.
+    /// - If sending a follow-up or committing fails, the transaction is aborted and the
+    ///   member reads the batch again.
+    /// - Effects outside Kafka (a database write, an e-mail) are still at least once, and
+    ///   the bus does not use its inbox for such a group: the transaction decides what was
+    ///   handled. Publishing with `EventBus::publish` from a handler bypasses the
+    ///   transaction.
+    pub fn transactional_group(mut self, group: impl Into<String>) -> Self {
+        self.transactional_groups.insert(group.into());
+        self
+    }
+
+    /// Prepended to the `transactional.id` of the members of
+    /// [transactional groups](KafkaBuilder::transactional_group), which is
+    /// `<prefix><group.id>.<n>`, `n` being the member's slot (0 for the first member of the
+    /// group this transport starts, 1 for the second, ...).
+    ///
+    /// Default: a random prefix per transport, which never collides with another running
+    /// instance; a member that crashed mid-transaction then blocks `read_committed` readers
+    /// of the partitions it wrote to until the broker aborts the transaction
+    /// (`transaction.timeout.ms`, set to the [delivery timeout](KafkaBuilder::delivery_timeout)).
+    /// Give a name that is stable across restarts and unique among the running instances
+    /// (a Kubernetes StatefulSet pod name) and a restarted member fences its predecessor
+    /// at once, aborting what it left open. Two running instances with the same prefix
+    /// fence each other.
+    pub fn transactional_id_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.transactional_id_prefix = Some(prefix.into());
         self
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventflow::transport::{Consumer, Record};
+use eventflow::transport::{Consumer, Record, Transport};
 use eventflow::Envelope;
 use futures_util::FutureExt;
 use rdkafka::consumer::{
@@ -19,8 +19,9 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::StartFrom;
 use crate::headers;
+use crate::transaction::{Transaction, TransactionalPublisher};
 use crate::transport::{base_config, Inner};
-use crate::Error;
+use crate::{Error, Kafka};
 
 /// The name given to records that are not eventflow events. No handler has it, so the bus
 /// commits them without handling; [`KafkaConsumer::commit`] dead-letters them first.
@@ -37,6 +38,11 @@ pub(crate) struct KafkaConsumer {
     foreign: HashMap<(Arc<str>, u32, u64), Foreign>,
     /// Transient errors since the last message, to say when consuming resumes.
     transient_errors: u64,
+    /// In a transactional group: the member's transaction, which spans a polled batch.
+    transaction: Option<Arc<Transaction>>,
+    /// In a transactional group: the first offset of the polled batch per partition, where
+    /// to read again if its transaction aborts.
+    batch_start: HashMap<(Arc<str>, u32), u64>,
 }
 
 struct Foreign {
@@ -104,6 +110,10 @@ impl ConsumerContext for Member {
 impl KafkaConsumer {
     /// Creates a member of `group` on `topics` (which exist) and joins the group.
     pub(crate) async fn join(inner: Arc<Inner>, group: &str, topics: Vec<String>) -> Result<Self, Error> {
+        let transaction = match inner.config.transactional_groups.contains(group) {
+            true => Some(Transaction::start(inner.clone(), group).await?),
+            false => None,
+        };
         let config = &inner.config;
         let group_id = config.group_id(group);
         let mut client = base_config(config);
@@ -147,6 +157,8 @@ impl KafkaConsumer {
             topic_names: topics.into_iter().map(|t| (t.clone(), t.into())).collect(),
             foreign: HashMap::new(),
             transient_errors: 0,
+            transaction,
+            batch_start: HashMap::new(),
         })
     }
 
@@ -313,9 +325,8 @@ fn start_new_partitions_at_end(
     Ok(())
 }
 
-#[async_trait]
-impl Consumer for KafkaConsumer {
-    async fn poll(&mut self) -> Result<Vec<Record>, eventflow::Error> {
+impl KafkaConsumer {
+    async fn poll_records(&mut self) -> Result<Vec<Record>, eventflow::Error> {
         let consumer = self.consumer().clone();
         let max = self.inner.config.max_batch;
         let mut revocations = consumer.context().revocations.load(Ordering::Acquire);
@@ -371,8 +382,60 @@ impl Consumer for KafkaConsumer {
         }
     }
 
+    /// Reads the current batch of a transactional member again, after its transaction
+    /// was aborted. A partition revoked meanwhile is read by its new owner from the
+    /// committed offset instead.
+    fn rewind_batch(&mut self) -> Vec<(Arc<str>, u32, u64)> {
+        self.batch_start.drain().map(|((t, p), o)| (t, p, o)).collect()
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn poll(&mut self) -> Result<Vec<Record>, eventflow::Error> {
+        let records = self.poll_records().await?;
+        let Some(transaction) = self.transaction.clone() else {
+            return Ok(records);
+        };
+        // Records come in offset order per partition: the first one is where the batch
+        // starts.
+        self.batch_start.clear();
+        for record in &records {
+            self.batch_start
+                .entry((record.topic.clone(), record.partition))
+                .or_insert(record.offset);
+        }
+        if let Err(error) = transaction.begin() {
+            let rewind = self.rewind_batch();
+            let consumer = self.consumer().clone();
+            let _ = tokio::task::spawn_blocking(move || seek_all(&consumer, &rewind)).await;
+            return Err(error.into());
+        }
+        Ok(records)
+    }
+
+    fn publisher(&self) -> Option<Arc<dyn Transport>> {
+        let transaction = self.transaction.clone()?;
+        Some(Arc::new(TransactionalPublisher {
+            kafka: Kafka {
+                inner: self.inner.clone(),
+            },
+            transaction,
+        }))
+    }
+
     async fn commit(&mut self, records: &[Record]) -> Result<(), eventflow::Error> {
         if records.is_empty() {
+            if let Some(transaction) = self.transaction.clone().filter(|t| t.is_open()) {
+                // Nothing of the batch was finished: none of its output may stay.
+                let rewind = self.rewind_batch();
+                let consumer = self.consumer().clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    transaction.abort();
+                    seek_all(&consumer, &rewind)
+                })
+                .await;
+            }
             return Ok(());
         }
         let mut next: HashMap<(&str, u32), u64> = HashMap::new();
@@ -406,15 +469,27 @@ impl Consumer for KafkaConsumer {
         }
         let consumer = self.consumer().clone();
         let rewind: Vec<(Arc<str>, u32, u64)> = blocked.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+        if let Some(transaction) = self.transaction.clone() {
+            let batch = self.rewind_batch();
+            let group = self.group.clone();
+            let committed = tokio::task::spawn_blocking(move || {
+                seek_all(&consumer, &rewind);
+                let committed = transaction.commit(&offsets, consumer.group_metadata());
+                if let Err(error) = &committed {
+                    tracing::warn!(%group, %error, "the transaction of a batch was aborted; reading the batch again");
+                    seek_all(&consumer, &batch);
+                }
+                committed
+            })
+            .await
+            .map_err(|panic| Error::Config(format!("committing a transaction panicked: {panic}")))?;
+            return match (committed, failed) {
+                (Ok(()), None) => Ok(()),
+                (Err(error), _) | (Ok(()), Some(error)) => Err(error.into()),
+            };
+        }
         let committed = tokio::task::spawn_blocking(move || {
-            for (topic, partition, offset) in &rewind {
-                let _ = consumer.seek(
-                    topic,
-                    *partition as i32,
-                    Offset::Offset(*offset as i64),
-                    METADATA_TIMEOUT,
-                );
-            }
+            seek_all(&consumer, &rewind);
             if offsets.count() == 0 {
                 return Ok(());
             }
@@ -440,8 +515,13 @@ impl Consumer for KafkaConsumer {
     async fn close(&mut self) -> Result<(), eventflow::Error> {
         if let Some(consumer) = self.consumer.take() {
             let group = self.group.clone();
+            let transaction = self.transaction.take();
             // Committing and leaving the group block until the broker answers.
             let _ = tokio::task::spawn_blocking(move || {
+                // The worker commits every batch it polled; one still open was cut short.
+                if let Some(transaction) = transaction {
+                    transaction.abort();
+                }
                 match consumer.commit_consumer_state(CommitMode::Sync) {
                     Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
                     Err(error) => {
@@ -459,10 +539,31 @@ impl Consumer for KafkaConsumer {
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
         if let Some(consumer) = self.consumer.take() {
+            let transaction = self.transaction.take();
+            let leave = move || {
+                // A member dropped mid-batch leaves nothing of the batch visible.
+                if let Some(transaction) = transaction {
+                    transaction.abort();
+                }
+                drop(consumer)
+            };
             match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
-                Err(_) => drop(consumer),
+                Ok(runtime) => drop(runtime.spawn_blocking(leave)),
+                Err(_) => leave(),
             }
         }
+    }
+}
+
+/// Moves each partition's read position back to `offset`; a partition this member no
+/// longer owns is skipped, its new owner reads from the committed offset.
+fn seek_all(consumer: &StreamConsumer<Member>, positions: &[(Arc<str>, u32, u64)]) {
+    for (topic, partition, offset) in positions {
+        let _ = consumer.seek(
+            topic,
+            *partition as i32,
+            Offset::Offset(*offset as i64),
+            METADATA_TIMEOUT,
+        );
     }
 }

@@ -77,6 +77,11 @@
 //!   (no eventflow headers, or undecodable ones) goes to the group's dead-letter topic with
 //!   the reason in `eventflow-error`, and the partition moves on.
 //! - Consumers read with `isolation.level=read_committed`.
+//! - **Exactly once, Kafka to Kafka**: in a group named with
+//!   [`KafkaBuilder::transactional_group`], each member handles a polled batch in a Kafka
+//!   transaction: the follow-ups its handlers publish through their `Context` and the
+//!   batch's offsets commit together (`send_offsets_to_transaction`), or are aborted and
+//!   the batch is read again. A failed attempt publishes nothing.
 //!
 //! # Configuration
 //!
@@ -90,6 +95,7 @@ mod config;
 mod consumer;
 mod error;
 pub mod headers;
+mod transaction;
 mod transport;
 
 pub use config::{KafkaBuilder, StartFrom, DEFAULT_BROKERS};

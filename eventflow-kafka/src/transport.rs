@@ -1,7 +1,7 @@
 //! The [`Kafka`] transport: publishing, topic creation, dead-letter topics.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,6 +47,10 @@ pub(crate) struct Inner {
     event_topics: TopicMap,
     /// Kafka topics by Kafka name (subscribed and dead-letter topics).
     kafka_topics: TopicMap,
+    /// What `transactional.id`s of transactional members start with.
+    pub(crate) transactional_id_prefix: String,
+    /// The slots (`transactional.id` suffixes) of the live transactional members, by group.
+    pub(crate) transactional_slots: Mutex<HashMap<String, BTreeSet<usize>>>,
 }
 
 type TopicMap = RwLock<HashMap<String, Arc<Topic>>>;
@@ -137,6 +141,10 @@ impl Kafka {
         let admin: AdminClient<DefaultClientContext> = base_config(&config)
             .create()
             .map_err(|e| Error::kafka("creating the Kafka admin client", &config.brokers, e))?;
+        let transactional_id_prefix = config
+            .transactional_id_prefix
+            .clone()
+            .unwrap_or_else(|| format!("eventflow-{}.", uuid::Uuid::now_v7().simple()));
         Ok(Kafka {
             inner: Arc::new(Inner {
                 config,
@@ -144,6 +152,8 @@ impl Kafka {
                 admin,
                 event_topics: TopicMap::default(),
                 kafka_topics: TopicMap::default(),
+                transactional_id_prefix,
+                transactional_slots: Mutex::default(),
             }),
         })
     }
@@ -232,6 +242,21 @@ impl Inner {
         headers: OwnedHeaders,
         timestamp_ms: i64,
     ) -> Result<DeliveryFuture, Error> {
+        self.enqueue_on(&self.producer, topic, key, payload, headers, timestamp_ms)
+            .await
+    }
+
+    /// Hands one message to `producer` (this transport's or a transactional member's),
+    /// waiting while its queue is full.
+    pub(crate) async fn enqueue_on(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        timestamp_ms: i64,
+    ) -> Result<DeliveryFuture, Error> {
         let mut record = FutureRecord::to(topic)
             .payload(payload)
             .headers(headers)
@@ -240,7 +265,7 @@ impl Inner {
             record = record.key(key);
         }
         loop {
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
@@ -272,13 +297,15 @@ impl Inner {
         }
     }
 
-    pub(crate) async fn enqueue_envelope(&self, envelope: &Envelope) -> Result<DeliveryFuture, Error> {
+    /// The Kafka topic of an eventflow topic, created if it was not seen to exist yet.
+    pub(crate) async fn event_topic(&self, topic: &str) -> Result<Arc<Topic>, Error> {
         // Keyed by the eventflow topic: no name to format on the hot path.
-        let topic = self
-            .topic(&self.event_topics, &envelope.topic, || {
-                self.config.kafka_topic(&envelope.topic)
-            })
-            .await?;
+        self.topic(&self.event_topics, topic, || self.config.kafka_topic(topic))
+            .await
+    }
+
+    pub(crate) async fn enqueue_envelope(&self, envelope: &Envelope) -> Result<DeliveryFuture, Error> {
+        let topic = self.event_topic(&envelope.topic).await?;
         self.enqueue(
             &topic.name,
             envelope.key.as_deref().map(str::as_bytes),

@@ -3,7 +3,7 @@
 use std::any::{type_name, Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use uuid::Uuid;
@@ -22,7 +22,14 @@ pub struct Context {
     attempt: u32,
     publisher: Publisher,
     pub(crate) transaction: Option<Tx>,
+    /// Set when the consumer publishes follow-ups in a broker transaction
+    /// ([`Consumer::publisher`](crate::transport::Consumer::publisher)): what this attempt
+    /// published, sent by the bus once the handler succeeded.
+    pub(crate) follow_ups: Option<FollowUps>,
 }
+
+/// The follow-ups an attempt published, held back until it succeeds.
+pub(crate) type FollowUps = Arc<Mutex<Vec<Envelope>>>;
 
 impl Context {
     pub(crate) fn new(envelope: Arc<Envelope>, group: Arc<str>, attempt: u32, publisher: Publisher) -> Self {
@@ -32,6 +39,7 @@ impl Context {
             attempt,
             publisher,
             transaction: None,
+            follow_ups: None,
         }
     }
 
@@ -81,7 +89,20 @@ impl Context {
     }
 
     /// Publishes a follow-up event caused by the one being handled.
+    ///
+    /// In a group whose consumer publishes in a broker transaction (such as a Kafka
+    /// transactional group), the event is sent when the handler returns `Ok`, inside the
+    /// transaction that commits the handled event; an attempt that fails publishes nothing.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Uuid, Error> {
+        if let Some(follow_ups) = &self.follow_ups {
+            let envelope = self.publisher.envelope_caused_by(event, &self.envelope)?;
+            let id = envelope.id;
+            follow_ups
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(envelope);
+            return Ok(id);
+        }
         self.publisher
             .publish_caused_by(event, Some(&self.envelope))
             .await

@@ -13,10 +13,11 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Group, GroupRoute, Publisher, Shared};
+use crate::context::FollowUps;
 use crate::dead_letter::DeadLetter;
 use crate::store::Storage;
-use crate::transport::{Consumer, Record};
-use crate::{BoxError, Context, Envelope, Error, Tx};
+use crate::transport::{Consumer, Record, Transport};
+use crate::{BoxError, Context, Envelope, Error, Event, Tx};
 
 /// How handling one record ended.
 enum Outcome {
@@ -35,6 +36,8 @@ pub(super) async fn run(
     mut consumer: Box<dyn Consumer>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // A consumer that publishes in a broker transaction gets the follow-ups of its records.
+    let publisher = consumer.publisher();
     let mut failures = 0;
     loop {
         let polled = tokio::select! {
@@ -57,7 +60,7 @@ pub(super) async fn run(
                 continue;
             }
         };
-        let done = handle_batch(&shared, &group, &records, &shutdown).await;
+        let done = handle_batch(&shared, &group, &records, publisher.as_ref(), &shutdown).await;
         if let Err(error) = consumer.commit(&done).await {
             tracing::error!(group = %group.name, %error, "committing handled events failed; they will be handled again");
         }
@@ -77,14 +80,19 @@ pub(super) async fn run(
 /// batch: one query for the events processed before (skipped), one write recording the
 /// ones handled now, before the commit. A crash in between leaves the batch uncommitted,
 /// so it is handled again: at least once, as without the inbox.
+///
+/// With a transactional `publisher`, the consumer's transaction takes the inbox's place: a
+/// batch whose transaction aborts is handled again, so it must not be marked processed.
 async fn handle_batch(
     shared: &Arc<Shared>,
     group: &Arc<Group>,
     records: &[Record],
+    publisher: Option<&Arc<dyn Transport>>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<Record> {
     let guarded = |record: &Record| {
         shared.storage.is_some()
+            && publisher.is_none()
             && group
                 .routes
                 .get(&*record.envelope.name)
@@ -137,7 +145,7 @@ async fn handle_batch(
                 done.push(record.clone());
                 continue;
             }
-            match deliver(shared, group, &record.envelope, &mut shutdown).await {
+            match deliver(shared, group, &record.envelope, publisher, &mut shutdown).await {
                 Outcome::Done => done.push(record.clone()),
                 Outcome::Handled => {
                     handled.push(record.envelope.id);
@@ -171,13 +179,14 @@ async fn deliver(
     shared: &Arc<Shared>,
     group: &Group,
     envelope: &Arc<Envelope>,
+    publisher: Option<&Arc<dyn Transport>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Outcome {
     let Some(route) = group.routes.get(&*envelope.name) else {
         return Outcome::Done;
     };
-    let guarded = shared.storage.is_some() && !route.route.transactional();
-    match attempt_all(shared, group, route, envelope, shutdown).await {
+    let guarded = shared.storage.is_some() && publisher.is_none() && !route.route.transactional();
+    match attempt_all(shared, group, route, envelope, publisher, shutdown).await {
         Ok(_) if guarded => Outcome::Handled,
         Ok(_) => Outcome::Done,
         Err(Failure::Interrupted) => Outcome::Interrupted,
@@ -204,7 +213,7 @@ pub(super) async fn replay(shared: &Arc<Shared>, group: &Group, mut letter: Dead
     })?;
     let (_keep_open, mut never) = watch::channel(false);
     let envelope = Arc::new(letter.envelope.clone());
-    match attempt_all(shared, group, route, &envelope, &mut never).await {
+    match attempt_all(shared, group, route, &envelope, None, &mut never).await {
         Ok(_) => {
             if let Some(storage) = &shared.storage {
                 storage.mark_processed(&group.name, letter.envelope.id).await?;
@@ -232,6 +241,7 @@ async fn attempt_all(
     group: &Group,
     route: &GroupRoute,
     envelope: &Arc<Envelope>,
+    publisher: Option<&Arc<dyn Transport>>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<u32, Failure> {
     if envelope.version != route.route.event_version() {
@@ -280,6 +290,8 @@ async fn attempt_all(
             }
         }
         ctx.transaction = tx.clone();
+        let follow_ups = publisher.map(|_| FollowUps::default());
+        ctx.follow_ups = follow_ups.clone();
         let error = match begin_error {
             Some(error) => Some(error),
             None => handle_once(route, envelope, ctx, shared, &span, tx)
@@ -292,7 +304,12 @@ async fn attempt_all(
                     }
                 })?,
         };
-        let Some(error) = error else { return Ok(attempt) };
+        let Some(error) = error else {
+            if let (Some(publisher), Some(follow_ups)) = (publisher, follow_ups) {
+                send_follow_ups(publisher, follow_ups, &span).await?;
+            }
+            return Ok(attempt);
+        };
         if attempt > route.retries {
             tracing::error!(parent: &span, error = %error, attempts = attempt, "handler failed; dead-lettering event");
             return Err(Failure::Failed {
@@ -306,6 +323,39 @@ async fn attempt_all(
             return Err(Failure::Interrupted);
         }
         attempt += 1;
+    }
+}
+
+/// Hands a succeeded attempt's follow-ups to the consumer's transactional publisher. If
+/// that fails, the record is left unfinished: the consumer aborts its transaction, so the
+/// batch is handled again.
+async fn send_follow_ups(
+    publisher: &Arc<dyn Transport>,
+    follow_ups: FollowUps,
+    span: &tracing::Span,
+) -> Result<(), Failure> {
+    let envelopes = std::mem::take(&mut *follow_ups.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    match publisher.publish_batch(envelopes).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            tracing::error!(parent: span, %error, "publishing the handler's follow-ups in the consumer's transaction failed; the batch is handled again");
+            Err(Failure::Interrupted)
+        }
+    }
+}
+
+impl Publisher {
+    /// The envelope of a follow-up of `cause`, for a [`Context`] that holds its follow-ups
+    /// back until the attempt succeeds.
+    pub(crate) fn envelope_caused_by<E: Event>(
+        &self,
+        event: &E,
+        cause: &Envelope,
+    ) -> Result<Envelope, Error> {
+        self.0.envelope(event, Some(cause))
     }
 }
 

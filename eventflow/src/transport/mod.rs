@@ -90,4 +90,18 @@ pub trait Consumer: Send + 'static {
     async fn close(&mut self) -> Result<(), Error> {
         Ok(())
     }
+
+    /// For a member that handles each polled batch in a broker transaction (Kafka's
+    /// exactly-once mode): the transport that publishes into that transaction, so that the
+    /// follow-ups handlers publish become visible together with the batch's
+    /// [`commit`](Consumer::commit), or never if it is aborted.
+    ///
+    /// When it is `Some`, the bus collects what an attempt publishes through
+    /// [`Context::publish`](crate::Context::publish) and hands it to this transport only
+    /// once the handler succeeded, so a failed attempt publishes nothing; and it skips the
+    /// inbox for this member, since an aborted batch must be handled again. `None`, the
+    /// default, publishes follow-ups through the bus's transport right away.
+    fn publisher(&self) -> Option<Arc<dyn Transport>> {
+        None
+    }
 }

@@ -125,3 +125,40 @@ pub fn header(message: &eventflow_kafka::rdkafka::message::OwnedMessage, name: &
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
+
+/// Everything `topic` holds, read from the beginning for `secs` seconds.
+pub async fn read_for(
+    topic: &str,
+    secs: u64,
+    read_committed: bool,
+) -> Vec<eventflow_kafka::rdkafka::message::OwnedMessage> {
+    use eventflow_kafka::rdkafka::consumer::StreamConsumer;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .expect("creating a reader");
+    consumer.subscribe(&[topic]).expect("subscribing the reader");
+    let mut messages = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match consumer.recv().await {
+                Ok(message) => messages.push(message.detach()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    messages
+}
