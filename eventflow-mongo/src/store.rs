@@ -44,7 +44,8 @@ pub struct CollectionNames {
     /// Checkpoints: projections' positions and change streams' resume tokens. Default
     /// `eventflow_checkpoints`.
     pub checkpoints: String,
-    /// The relay's outbox lease. Default `eventflow_leases`.
+    /// The relay's outbox lease, and the watermark below which outbox entries are
+    /// delivered. Default `eventflow_leases`.
     pub leases: String,
     /// The counters that number events and outbox entries in commit order. Default
     /// `eventflow_counters`.
