@@ -411,6 +411,21 @@ async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Opt
     }
 }
 
+/// Moves the expiry of `relay`'s lease to `lease` from now, if it still holds it.
+async fn renew(store: &MongoStore, relay: &str, lease: Duration) -> Result<(), Error> {
+    let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
+    store
+        .inner
+        .leases
+        .update_one(
+            doc! { "_id": LEASE_ID, "holder": relay },
+            doc! { "$set": { "expires_at": now_nanos().saturating_add(lease) } },
+        )
+        .await
+        .map_err(|e| backend("renewing the outbox lease", e))?;
+    Ok(())
+}
+
 pub(crate) async fn claim(
     store: &MongoStore,
     relay: &str,
@@ -418,6 +433,7 @@ pub(crate) async fn claim(
     after: u64,
     limit: usize,
 ) -> Result<Vec<OutboxEntry>, Error> {
+    let acquired = std::time::Instant::now();
     let Some((continuous, watermark)) = acquire(store, relay, lease).await? else {
         return Ok(Vec::new());
     };
@@ -437,6 +453,10 @@ pub(crate) async fn claim(
         .take_while(|p| p.entry.sequence <= after)
         .count();
     feed.fill(store, sent + limit).await?;
+    if acquired.elapsed() > lease / 4 {
+        // Opening the stream or scanning took a while: the lease runs from now.
+        renew(store, relay, lease).await?;
+    }
     let unsent = feed.pending.iter().skip(sent);
     Ok(unsent.take(limit).map(|p| p.entry.clone()).collect())
 }
