@@ -6,6 +6,7 @@
 //! cargo run --example checkout -- --orders 50    # more orders: time to press Ctrl-C
 //! cargo run --example checkout -- --store memory # nothing kept between runs
 //! cargo run --example checkout -- --transport kafka  # on Kafka at $KAFKA_BROKERS
+//! cargo run --example checkout -- --store mongo --transport kafka  # the full seed setup
 //! ```
 //!
 //! `EVENTFLOW_STORE`, `EVENTFLOW_DB` and `EVENTFLOW_TRANSPORT` set the same as the flags.
@@ -26,6 +27,8 @@ use std::time::Duration;
 
 use eventflow::store::{rusqlite, SqliteStore, SqliteTransaction};
 use eventflow::{subscribe, Aggregate, Context, Event, EventBus, InProcess, MemoryStore, Storage, Tx};
+use eventflow_mongo::mongodb::bson::{doc, Document};
+use eventflow_mongo::{MongoStore, MongoTransaction, DEFAULT_URI};
 use serde::{Deserialize, Serialize};
 
 /// An order was paid.
@@ -96,6 +99,14 @@ async fn record_effect(tx: &Tx, ctx: &Context, order: &OrderPaid, what: &str) ->
                 (ctx.group(), &order.order_id, what),
             )
             .map_err(|e| eventflow::Error::backend(format!("recording the effect: {e}")))?;
+    } else if let Some(mongo) = tx.downcast_mut::<MongoTransaction>() {
+        let effect = doc! { "grp": ctx.group(), "order_id": &order.order_id, "what": what };
+        mongo
+            .collection::<Document>("effects")
+            .insert_one(effect)
+            .session(mongo.session())
+            .await
+            .map_err(|e| eventflow::Error::backend(format!("recording the effect: {e}")))?;
     }
     say(ctx, what);
     Ok(())
@@ -115,7 +126,7 @@ fn short(id: uuid::Uuid) -> String {
     id.simple().to_string()[24..].to_owned()
 }
 
-/// Command-line options: `--orders N`, `--store sqlite|memory`, `--db PATH`,
+/// Command-line options: `--orders N`, `--store sqlite|mongo|memory`, `--db PATH`,
 /// `--transport in-process|kafka`.
 struct Options {
     orders: u64,
@@ -146,7 +157,7 @@ impl Options {
                 "--transport" => options.transport = value()?,
                 other => {
                     return Err(format!(
-                        "unknown option `{other}`; use --orders N, --store sqlite|memory, --db PATH, \
+                        "unknown option `{other}`; use --orders N, --store sqlite|mongo|memory, --db PATH, \
                          --transport in-process|kafka"
                     ))
                 }
@@ -170,6 +181,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         }
         other => return Err(format!("unknown transport `{other}`; use in-process or kafka").into()),
     };
+    let mut mongo = None;
     let store: Arc<dyn Storage> = match options.store.as_str() {
         "sqlite" => {
             let sql = rusqlite::Connection::open(&options.db)?;
@@ -187,7 +199,16 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             builder = builder.storage(store.clone());
             Arc::new(store)
         }
-        other => return Err(format!("unknown store `{other}`; use sqlite or memory").into()),
+        "mongo" => {
+            let uri = std::env::var("MONGODB_URI").unwrap_or_else(|_| DEFAULT_URI.into());
+            let database = std::env::var("MONGODB_DATABASE").unwrap_or_else(|_| "eventflow_checkout".into());
+            println!("store: MongoDB database {database} at {uri} (drop it to start over)");
+            let store = MongoStore::connect(&uri, &database).await?;
+            builder = builder.storage(store.clone());
+            mongo = Some(store.clone());
+            Arc::new(store)
+        }
+        other => return Err(format!("unknown store `{other}`; use sqlite, mongo or memory").into()),
     };
     let bus = builder.start().await?;
     let mut groups: Vec<&str> = bus.groups().collect();
@@ -231,11 +252,34 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("every consumer handled every order");
-    if options.store == "sqlite" {
-        summary(&options.db, paid.len())?;
+    match (options.store.as_str(), &mongo) {
+        ("sqlite", _) => summary(&options.db, paid.len())?,
+        (_, Some(mongo)) => {
+            let effects = store_effects(mongo).await?;
+            println!("effects in the store ({} orders paid so far):", paid.len());
+            for (group, count) in effects {
+                println!("  {group:<10} {count} effects");
+            }
+        }
+        _ => {}
     }
     bus.shutdown().await;
     Ok(())
+}
+
+/// Each transactional consumer's effects in the MongoDB database.
+async fn store_effects(
+    mongo: &MongoStore,
+) -> std::result::Result<Vec<(String, u64)>, Box<dyn std::error::Error>> {
+    let effects = mongo.database().collection::<Document>("effects");
+    let mut counts = Vec::new();
+    for group in ["inventory", "loyalty", "shipping"] {
+        counts.push((
+            group.to_owned(),
+            effects.count_documents(doc! { "grp": group }).await?,
+        ));
+    }
+    Ok(counts)
 }
 
 fn brokers() -> String {
