@@ -64,6 +64,29 @@ pub fn kafka(test: &str) -> Kafka {
     builder(test).build().expect("building the Kafka transport")
 }
 
+/// A consumer of `topic` from its beginning, in a group of its own; it sees uncommitted
+/// transactional data too unless `read_committed`.
+fn reader(topic: &str, read_committed: bool) -> eventflow_kafka::rdkafka::consumer::StreamConsumer {
+    use eventflow_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+    let isolation = if read_committed {
+        "read_committed"
+    } else {
+        "read_uncommitted"
+    };
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        // Notice soon a topic that does not exist yet when the reader subscribes.
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("creating a reader");
+    consumer.subscribe(&[topic]).expect("subscribing the reader");
+    consumer
+}
+
 /// Reads `topic` from the beginning until `count` messages arrived, failing after `secs`
 /// seconds. Reads uncommitted data too unless `read_committed`.
 pub async fn read_topic(
@@ -72,26 +95,8 @@ pub async fn read_topic(
     secs: u64,
     read_committed: bool,
 ) -> Vec<eventflow_kafka::rdkafka::message::OwnedMessage> {
-    use eventflow_kafka::rdkafka::consumer::StreamConsumer;
     use eventflow_kafka::rdkafka::Message;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        // Notice soon a topic that does not exist yet when the reader subscribes.
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .expect("creating a reader");
-    consumer.subscribe(&[topic]).expect("subscribing the reader");
+    let consumer = reader(topic, read_committed);
     let mut messages = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(secs), async {
         while messages.len() < count {
@@ -132,24 +137,7 @@ pub async fn read_for(
     secs: u64,
     read_committed: bool,
 ) -> Vec<eventflow_kafka::rdkafka::message::OwnedMessage> {
-    use eventflow_kafka::rdkafka::consumer::StreamConsumer;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .set(
-            "isolation.level",
-            if read_committed {
-                "read_committed"
-            } else {
-                "read_uncommitted"
-            },
-        )
-        .create()
-        .expect("creating a reader");
-    consumer.subscribe(&[topic]).expect("subscribing the reader");
+    let consumer = reader(topic, read_committed);
     let mut messages = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(secs), async {
         loop {
