@@ -5,6 +5,7 @@
 //! RELAY_EVENTS=100000 RELAY_ROUNDS=5 cargo bench -p eventflow --bench relay
 //! RELAY_ONLY=p3a cargo bench -p eventflow --bench relay   # one part: p3a, p3b, p5, p6
 //! RELAY_ONLY=guard cargo bench -p eventflow --bench relay # P5 (b) alone, for profiling
+//! RELAY_ONLY=noguard cargo bench -p eventflow --bench relay # P5 (a) alone
 //! ```
 //!
 //! Every part runs on a temporary SQLite file (`SqliteStore`, WAL, `synchronous = NORMAL`),
@@ -29,9 +30,11 @@
 //! - **P5, the inbox guard's cost** (target at most 10%). `RELAY_P5_EVENTS` (50,000) events
 //!   published with `bus.publish` to one group: (a) on a bus without storage, (b) on a bus
 //!   with the store, so the inbox guards the handler (`Storage::processed` for each polled
-//!   batch before, `mark_all_processed` after, before the offset commit); (c0) a handler
-//!   that inserts one row in a unit of work of its own, without guard, and (c) the same
-//!   insert from a `Tx` handler, whose unit of work also holds the marker. The cost is
+//!   batch before, `mark_all_processed` after, written while the next batch is handled and
+//!   before the batch's offset commit); (c0) a handler that inserts one row in a unit of
+//!   work of its own, without guard, and (c) the same insert from a `Tx` handler, whose
+//!   unit of work also holds the marker (the bus runs the `Tx` handlers of consecutive
+//!   events in savepoints of one unit of work and commits them together). The cost is
 //!   1 - guarded rate / unguarded rate, for (a, b) and for (c0, c). A breakdown follows: the
 //!   guard's store calls timed alone, the same SQL with plain rusqlite, and the floor: a
 //!   bare consumer loop on the transport with and without a per-poll guard in plain
@@ -903,6 +906,7 @@ fn p5(rt: &Runtime, n: usize, rounds: usize, bench: bool) {
         rt.block_on(guarded(guard, warm.clone()));
     }
     let mut rates: HashMap<&'static str, Vec<f64>> = HashMap::new();
+    let mut cpu: HashMap<&'static str, Vec<f64>> = HashMap::new();
     for round in 1..=rounds {
         let mut order = variants.to_vec();
         if round % 2 == 0 {
@@ -910,7 +914,11 @@ fn p5(rt: &Runtime, n: usize, rounds: usize, bench: bool) {
         }
         let mut line = HashMap::new();
         for guard in order {
+            let used = cpu_seconds();
             let rate = n as f64 / rt.block_on(guarded(guard, events.clone())).as_secs_f64();
+            cpu.entry(guard_name(guard))
+                .or_default()
+                .push((cpu_seconds() - used) / n as f64);
             line.insert(guard_name(guard), rate);
             rates.entry(guard_name(guard)).or_default().push(rate);
         }
@@ -925,11 +933,15 @@ fn p5(rt: &Runtime, n: usize, rounds: usize, bench: bool) {
     let m = |k: &str| median(rates[k].clone());
     let cost = |plain: f64, guarded: f64| 1.0 - guarded / plain;
     let (a, b, c0, c) = (m("a"), m("b"), m("c0"), m("c"));
+    let per_event = |k: &str| micros(Duration::from_secs_f64(median(cpu[k].clone())));
     println!(
-        "  (a) no guard {} -> (b) guard {}: cost {:.1}%  (medians)",
+        "  (a) no guard {} -> (b) guard {}: cost {:.1}%  (medians; CPU of the process per event: \
+         (a) {} (b) {}, both cores busy, so the guard's CPU comes out of the throughput)",
         rate(a),
         rate(b),
-        cost(a, b) * 100.0
+        cost(a, b) * 100.0,
+        per_event("a"),
+        per_event("b")
     );
     println!(
         "  (c0) insert in its own unit of work {} -> (c) insert + marker in the Tx unit of work {}: \
@@ -1116,11 +1128,32 @@ fn main() {
         Some("p3b") => p3b(&rt, latency_secs, bench),
         Some("p5") => p5(&rt, p5_events, rounds, bench),
         Some("p6") => p6(&rt, backlog),
-        Some("guard") => {
+        Some(part @ ("guard" | "noguard")) => {
             let events: Arc<Vec<OrderPaid>> = Arc::new((0..p5_events as u64).map(order).collect());
-            let took = rt.block_on(guarded(Guard::On, events));
-            println!("P5 (b) alone: {}", rate(p5_events as f64 / took.as_secs_f64()));
+            let (guard, name) = match part {
+                "guard" => (Guard::On, "(b)"),
+                _ => (Guard::Off, "(a)"),
+            };
+            let cpu = cpu_seconds();
+            let took = rt.block_on(guarded(guard, events));
+            let cpu = cpu_seconds() - cpu;
+            println!(
+                "P5 {name} alone: {}, {} CPU per event",
+                rate(p5_events as f64 / took.as_secs_f64()),
+                micros(Duration::from_secs_f64(cpu / p5_events as f64))
+            );
         }
-        Some(other) => panic!("RELAY_ONLY is p3a, p3b, p5, p6 or guard, not `{other}`"),
+        Some(other) => panic!("RELAY_ONLY is p3a, p3b, p5, p6, guard or noguard, not `{other}`"),
     }
+}
+
+/// CPU seconds this process has used so far (user + system), from `/proc/self/stat`; 0 where
+/// that file does not exist.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }

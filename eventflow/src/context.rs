@@ -31,6 +31,28 @@ pub struct Context {
 /// The follow-ups an attempt published, held back until it succeeds.
 pub(crate) type FollowUps = Arc<Mutex<Vec<Envelope>>>;
 
+tokio::task_local! {
+    /// The follow-ups of the handler being polled, when they wait for it to succeed, so
+    /// that `EventBus::publish` from inside it holds its event back as `Context::publish`
+    /// does.
+    pub(crate) static HELD_FOLLOW_UPS: FollowUps;
+}
+
+/// Holds `envelope` back with the running handler's follow-ups, if they wait for it to
+/// succeed; otherwise gives it back to be published now.
+pub(crate) fn hold_as_follow_up(envelope: Envelope) -> Option<Envelope> {
+    match HELD_FOLLOW_UPS.try_with(Clone::clone) {
+        Ok(follow_ups) => {
+            follow_ups
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(envelope);
+            None
+        }
+        Err(_) => Some(envelope),
+    }
+}
+
 impl Context {
     pub(crate) fn new(envelope: Arc<Envelope>, group: Arc<str>, attempt: u32, publisher: Publisher) -> Self {
         Context {
@@ -90,9 +112,17 @@ impl Context {
 
     /// Publishes a follow-up event caused by the one being handled.
     ///
+    /// In a handler that takes [`Tx`], the event goes into the outbox of the handler's unit
+    /// of work when the handler returns `Ok`: the relay publishes it once that unit of work
+    /// commits, together with the handler's writes and inbox marker. An attempt that fails
+    /// publishes nothing, and a crash after the commit loses nothing.
+    ///
     /// In a group whose consumer publishes in a broker transaction (such as a Kafka
     /// transactional group), the event is sent when the handler returns `Ok`, inside the
     /// transaction that commits the handled event; an attempt that fails publishes nothing.
+    ///
+    /// Elsewhere it is published to the transport right away, so an attempt that fails
+    /// after publishing has published, and its retry publishes again.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Uuid, Error> {
         if let Some(follow_ups) = &self.follow_ups {
             let envelope = self.publisher.envelope_caused_by(event, &self.envelope)?;

@@ -14,7 +14,7 @@ use crate::{Context, FromContext};
 ///
 /// Taking `Tx` as an argument makes the handler transactional; it needs a bus with
 /// [`storage`](crate::EventBusBuilder::storage). Reach the backend's transaction with
-/// [`downcast_mut`](dyn Transaction::downcast_mut):
+/// `downcast_mut::<T>()` (an inherent method of `dyn Transaction`):
 ///
 /// ```
 /// # use eventflow::{subscribe, Event, Tx};

@@ -328,3 +328,47 @@ async fn an_unreadable_outbox_row_is_dead_lettered_and_the_relay_goes_on() {
     bus.shutdown().await;
     eventflow_tests::remove_db(&path);
 }
+
+#[tokio::test]
+async fn the_inbox_forgets_markers_after_the_retention() {
+    use eventflow::Storage;
+    let transport = InProcess::new();
+    let store = MemoryStore::new();
+    let recorder = Recorder::default();
+    let bus = EventBus::builder()
+        .transport(transport.clone())
+        .storage(store.clone())
+        .state(recorder.clone())
+        .inbox_retention(Duration::from_millis(300))
+        .handler(inventory)
+        .start()
+        .await
+        .unwrap();
+    let envelope = bus.envelope(&paid(1)).unwrap();
+    bus.publish_envelope(envelope.clone()).await.unwrap();
+    within(5, "inventory to handle the event", transport.wait_idle()).await;
+    assert!(store.is_processed("inventory", envelope.id).await.unwrap());
+
+    bus.publish_envelope(envelope.clone()).await.unwrap();
+    within(5, "inventory to skip the copy", transport.wait_idle()).await;
+    assert_eq!(
+        recorder.sorted_seqs("inventory"),
+        [1],
+        "a copy within the retention was handled"
+    );
+
+    let forgotten = async {
+        while store.is_processed("inventory", envelope.id).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    within(5, "the marker to be pruned after the 300 ms retention", forgotten).await;
+    bus.publish_envelope(envelope).await.unwrap();
+    within(5, "inventory to handle the late copy", transport.wait_idle()).await;
+    assert_eq!(
+        recorder.sorted_seqs("inventory"),
+        [1, 1],
+        "a copy arriving after the retention is handled again, as documented"
+    );
+    bus.shutdown().await;
+}

@@ -1,11 +1,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::route::{Route, Typed};
-use super::{worker, EventBus, Group, GroupRoute, Running, Shared};
+use super::{inbox, worker, EventBus, Group, GroupRoute, Running, Shared};
 use crate::codec::{Codec, Json};
 use crate::context::StateMap;
 use crate::dead_letter::DeadLetterStore;
@@ -13,7 +14,7 @@ use crate::handler::{Handler, Registration};
 use crate::relay::Relay;
 use crate::retry::Backoff;
 use crate::store::{MemoryStore, Storage};
-use crate::transport::{InProcess, Transport};
+use crate::transport::{Consumer, InProcess, Transport};
 use crate::Error;
 
 /// Configures and starts an [`EventBus`].
@@ -39,6 +40,7 @@ pub struct EventBusBuilder {
     workers: usize,
     group_workers: HashMap<String, usize>,
     routes: Vec<Arc<dyn Route>>,
+    inbox_retention: Duration,
 }
 
 impl EventBusBuilder {
@@ -54,6 +56,7 @@ impl EventBusBuilder {
             workers: 1,
             group_workers: HashMap::new(),
             routes: Vec::new(),
+            inbox_retention: inbox::DEFAULT_RETENTION,
         }
     }
 
@@ -109,6 +112,17 @@ impl EventBusBuilder {
         self
     }
 
+    /// How long the inbox remembers that a group processed an event. Default: 7 days.
+    ///
+    /// A copy of an event that arrives later than this is handled again, so keep it well
+    /// above the longest time a copy can take: a relay or consumer that was down and
+    /// restarted redelivers what it had not recorded as done. The bus prunes older markers
+    /// in the background ([`Storage::prune_inbox`]); `Duration::MAX` keeps them forever.
+    pub fn inbox_retention(mut self, retention: Duration) -> Self {
+        self.inbox_retention = retention;
+        self
+    }
+
     /// The wait between retries. Default: 100 ms doubling up to 30 s, with jitter.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
@@ -145,10 +159,9 @@ impl EventBusBuilder {
         let mut consumers = Vec::new();
         for group in groups.values() {
             for _ in 0..group.workers {
-                consumers.push((
-                    group.clone(),
-                    transport.subscribe(&group.name, &group.topics).await?,
-                ));
+                let consumer = transport.subscribe(&group.name, &group.topics).await?;
+                refuse_tx_in_broker_transaction(group, consumer.as_ref())?;
+                consumers.push((group.clone(), consumer));
             }
         }
         let dead_letters = match (self.dead_letters, &self.storage) {
@@ -165,6 +178,7 @@ impl EventBusBuilder {
             backoff: self.backoff,
             groups,
             closed: AtomicBool::new(false),
+            savepoints: AtomicBool::new(true),
         });
         let (shutdown, _) = watch::channel(false);
         let mut workers: Vec<_> = consumers
@@ -177,6 +191,10 @@ impl EventBusBuilder {
             let relay = Relay::new(storage.clone(), shared.transport.clone())
                 .dead_letters(shared.dead_letters.clone());
             workers.push(tokio::spawn(relay.run(shutdown.subscribe())));
+            if self.inbox_retention != Duration::MAX {
+                let pruning = inbox::prune(storage.clone(), self.inbox_retention, shutdown.subscribe());
+                workers.push(tokio::spawn(pruning));
+            }
         }
         let running = Arc::new(Running {
             shutdown,
@@ -249,5 +267,24 @@ impl std::fmt::Debug for EventBusBuilder {
             .field("retries", &self.retries)
             .field("workers", &self.workers)
             .finish_non_exhaustive()
+    }
+}
+
+/// A group whose consumer handles each batch in a broker transaction skips the inbox (an
+/// aborted batch must be handled again), while a `Tx` handler records its marker in its own
+/// database commit: after an abort the redelivery would be skipped and its follow-ups lost.
+fn refuse_tx_in_broker_transaction(group: &Group, consumer: &dyn Consumer) -> Result<(), Error> {
+    if consumer.publisher().is_none() {
+        return Ok(());
+    }
+    match group.routes.values().find(|route| route.route.transactional()) {
+        None => Ok(()),
+        Some(route) => Err(Error::Config(format!(
+            "handler `{}` takes `Tx`, but group `{}` handles its events in a broker transaction: \
+             the two cannot commit together; drop `Tx` from the handler (the broker transaction \
+             already makes its follow-ups exactly once) or move it to a group that is not transactional",
+            route.route.options().name,
+            group.name
+        ))),
     }
 }

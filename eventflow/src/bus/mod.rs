@@ -1,6 +1,7 @@
 //! The [`EventBus`]: publishes events and runs the handlers of every consumer group.
 
 mod builder;
+mod inbox;
 mod route;
 mod unit_of_work;
 mod worker;
@@ -52,6 +53,11 @@ pub(crate) struct Shared {
     backoff: Backoff,
     groups: HashMap<Arc<str>, Arc<Group>>,
     closed: AtomicBool,
+    /// Whether the storage's units of work have savepoints, so that transactional
+    /// handlers share one (see [`Transaction::savepoint`]); cleared when one says no.
+    ///
+    /// [`Transaction::savepoint`]: crate::store::Transaction::savepoint
+    savepoints: AtomicBool,
 }
 
 /// A consumer group: its handlers by event name.
@@ -94,6 +100,12 @@ impl EventBus {
     /// backpressure. The event starts a new flow: its id is its correlation id. Inside a
     /// handler, publish with [`Context::publish`](crate::Context::publish) instead to keep
     /// the flow.
+    ///
+    /// Called from a handler whose follow-ups wait for it to succeed (one that takes
+    /// [`Tx`](crate::Tx), or any handler of a group in a broker transaction), the event
+    /// joins them as [`Context::publish`](crate::Context::publish) describes: it goes out
+    /// with the handler's unit of work or transaction, never from a failed attempt. It
+    /// returns at once then.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Uuid, Error> {
         self.shared.publish_caused_by(event, None).await
     }
@@ -229,6 +241,9 @@ impl Shared {
             return Err(Error::Closed);
         }
         let id = envelope.id;
+        let Some(envelope) = crate::context::hold_as_follow_up(envelope) else {
+            return Ok(id);
+        };
         let span = tracing::debug_span!(
             "eventflow.publish",
             event.id = %id,

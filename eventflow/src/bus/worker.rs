@@ -3,8 +3,9 @@
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::future::join_all;
 use futures_util::FutureExt;
@@ -39,18 +40,28 @@ pub(super) async fn run(
     // A consumer that publishes in a broker transaction gets the follow-ups of its records.
     let publisher = consumer.publisher();
     let mut failures = 0;
+    // The previous batch, while its inbox markers are written: the next batch is polled and
+    // handled meanwhile, and the previous one is committed once its markers are durable.
+    let mut marking: Option<Marking> = None;
     loop {
-        let polled = tokio::select! {
+        let step = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
-            polled = consumer.poll() => polled,
+            written = async { (&mut marking.as_mut().expect("checked by the branch condition").written).await },
+                if marking.is_some() => Step::Marked(written),
+            polled = consumer.poll() => Step::Polled(polled),
         };
-        let records = match polled {
-            Ok(records) => {
+        let records = match step {
+            Step::Marked(written) => {
+                let batch = marking.take().expect("a batch was being marked");
+                commit_marked(&group, &mut *consumer, batch.records, written).await;
+                continue;
+            }
+            Step::Polled(Ok(records)) => {
                 failures = 0;
                 records
             }
-            Err(error) => {
+            Step::Polled(Err(error)) => {
                 failures += 1;
                 let wait = shared.backoff.delay(failures).max(Duration::from_millis(10));
                 tracing::error!(group = %group.name, %error, ?wait, "polling the transport failed; retrying");
@@ -60,26 +71,128 @@ pub(super) async fn run(
                 continue;
             }
         };
-        let done = handle_batch(&shared, &group, &records, publisher.as_ref(), &shutdown).await;
-        if let Err(error) = consumer.commit(&done).await {
-            tracing::error!(group = %group.name, %error, "committing handled events failed; they will be handled again");
+        let in_flight = marking.as_ref().map(|batch| &batch.ids);
+        let batch = handle_batch(
+            &shared,
+            &group,
+            &records,
+            publisher.as_ref(),
+            &shutdown,
+            in_flight,
+        )
+        .await;
+        // Commits stay in poll order: the previous batch first.
+        if let Some(previous) = marking.take() {
+            let written = previous.written.await;
+            commit_marked(&group, &mut *consumer, previous.records, written).await;
+        }
+        if batch.handled.is_empty() {
+            commit_records(&group, &mut *consumer, &batch.done).await;
+        } else {
+            marking = Some(Marking::start(&shared, &group, batch, &shutdown));
         }
         if *shutdown.borrow() {
             break;
         }
+    }
+    if let Some(last) = marking.take() {
+        let written = last.written.await;
+        commit_marked(&group, &mut *consumer, last.records, written).await;
     }
     if let Err(error) = consumer.close().await {
         tracing::warn!(group = %group.name, %error, "leaving the consumer group failed");
     }
 }
 
+/// What woke the consumer loop.
+enum Step {
+    /// The previous batch's inbox markers are written (`Ok(true)`), or shutdown came first.
+    Marked(Result<bool, tokio::task::JoinError>),
+    /// The transport returned records, or failed.
+    Polled(Result<Vec<Record>, Error>),
+}
+
+/// A handled batch: what to commit, and the events handled by handlers without a
+/// transaction, to record in the inbox first.
+struct Batch {
+    done: Vec<Record>,
+    handled: Vec<Uuid>,
+}
+
+/// A handled batch whose inbox markers are being written, on a task of their own so that
+/// the next batch is handled meanwhile. Its records are committed once the markers are
+/// durable, so the at-least-once boundary stays where it was: a crash before that leaves
+/// the batch uncommitted, to be handled again.
+struct Marking {
+    records: Vec<Record>,
+    /// The events being marked: processed, for the next batch's inbox check.
+    ids: HashSet<Uuid>,
+    /// `true` once the markers are written; `false` if shutdown came first.
+    written: tokio::task::JoinHandle<bool>,
+}
+
+impl Marking {
+    fn start(
+        shared: &Arc<Shared>,
+        group: &Arc<Group>,
+        batch: Batch,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Self {
+        let ids = batch.handled.iter().copied().collect();
+        let (shared, group, mut shutdown) = (shared.clone(), group.clone(), shutdown.clone());
+        let handled = batch.handled;
+        let written = tokio::spawn(async move {
+            let Some(storage) = &shared.storage else {
+                return true;
+            };
+            let marked = with_retries(
+                &shared,
+                &mut shutdown,
+                "recording processed events in the inbox",
+                || storage.mark_all_processed(&group.name, &handled),
+            );
+            marked.await.is_some()
+        });
+        Marking {
+            records: batch.done,
+            ids,
+            written,
+        }
+    }
+}
+
+/// Commits a batch whose inbox markers were being written, if they were.
+async fn commit_marked(
+    group: &Group,
+    consumer: &mut dyn Consumer,
+    records: Vec<Record>,
+    written: Result<bool, tokio::task::JoinError>,
+) {
+    match written {
+        Ok(true) => commit_records(group, consumer, &records).await,
+        // Shutdown came first: left uncommitted, handled again later (the inbox skips
+        // what it recorded).
+        Ok(false) => {}
+        Err(error) => {
+            tracing::error!(group = %group.name, %error, "recording processed events in the inbox failed; they will be handled again");
+        }
+    }
+}
+
+async fn commit_records(group: &Group, consumer: &mut dyn Consumer, records: &[Record]) {
+    if let Err(error) = consumer.commit(records).await {
+        tracing::error!(group = %group.name, %error, "committing handled events failed; they will be handled again");
+    }
+}
+
 /// Handles a batch, partitions concurrently and each partition in order. Returns the
-/// records to commit: per partition, the ones handled before a shutdown interrupted it.
+/// records to commit (per partition, the ones handled before a shutdown interrupted it)
+/// and the events to record in the inbox before committing them.
 ///
 /// With storage, the inbox guards handlers without a transaction in two round trips per
-/// batch: one query for the events processed before (skipped), one write recording the
-/// ones handled now, before the commit. A crash in between leaves the batch uncommitted,
-/// so it is handled again: at least once, as without the inbox.
+/// batch: one query for the events processed before (skipped), and one write recording
+/// the ones handled now, which [`Marking`] makes before the commit. `in_flight` are the
+/// events of the previous batch whose markers are still being written: processed too.
 ///
 /// With a transactional `publisher`, the consumer's transaction takes the inbox's place: a
 /// batch whose transaction aborts is handled again, so it must not be marked processed.
@@ -89,7 +202,12 @@ async fn handle_batch(
     records: &[Record],
     publisher: Option<&Arc<dyn Transport>>,
     shutdown: &watch::Receiver<bool>,
-) -> Vec<Record> {
+    in_flight: Option<&HashSet<Uuid>>,
+) -> Batch {
+    let interrupted = || Batch {
+        done: Vec::new(),
+        handled: Vec::new(),
+    };
     let guarded = |record: &Record| {
         shared.storage.is_some()
             && publisher.is_none()
@@ -112,7 +230,7 @@ async fn handle_batch(
             });
             match checked.await {
                 Some(processed) => skip = processed,
-                None => return Vec::new(),
+                None => return interrupted(),
             }
         }
     }
@@ -121,7 +239,8 @@ async fn handle_batch(
     for record in records {
         let id = record.envelope.id;
         // Processed before, or a second copy in this batch.
-        let skipped = guarded(record) && (skip.contains(&id) || !seen.insert(id));
+        let skipped = guarded(record)
+            && (skip.contains(&id) || in_flight.is_some_and(|ids| ids.contains(&id)) || !seen.insert(id));
         if skipped {
             tracing::debug!(group = %group.name, event.id = %id, "event already processed by this group; skipped");
         }
@@ -137,40 +256,72 @@ async fn handle_batch(
         let mut shutdown = shutdown.clone();
         let mut done = Vec::with_capacity(lane.len());
         let mut handled = Vec::new();
+        let mut unit: Option<SharedUnit> = None;
         for (record, skipped) in lane {
             if *shutdown.borrow() {
                 break;
             }
+            let joins = !skipped && can_share_unit(shared, group, record, publisher);
+            let flush = unit
+                .as_ref()
+                .is_some_and(|unit| !(joins || skipped) || unit.is_full());
+            if flush && !commit_unit(shared, group, unit.take(), &mut done, &mut shutdown).await {
+                return (done, handled);
+            }
             if skipped {
-                done.push(record.clone());
+                match &mut unit {
+                    Some(unit) => unit.records.push((record, false)),
+                    None => done.push(record.clone()),
+                }
                 continue;
             }
-            match deliver(shared, group, &record.envelope, publisher, &mut shutdown).await {
+            let mut failed_first = None;
+            if joins {
+                match attempt_in_unit(shared, group, &record.envelope, &mut unit).await {
+                    Joined::Yes => {
+                        unit.as_mut()
+                            .expect("a handler joined the unit")
+                            .records
+                            .push((record, true));
+                        continue;
+                    }
+                    Joined::Failed(error) => {
+                        // What succeeded before it is committed now, so that the retries
+                        // below do not hold the database's write lock.
+                        if !commit_unit(shared, group, unit.take(), &mut done, &mut shutdown).await {
+                            return (done, handled);
+                        }
+                        failed_first = Some(error);
+                    }
+                    Joined::No => {}
+                }
+            }
+            match deliver(
+                shared,
+                group,
+                &record.envelope,
+                publisher,
+                &mut shutdown,
+                failed_first,
+            )
+            .await
+            {
                 Outcome::Done => done.push(record.clone()),
                 Outcome::Handled => {
                     handled.push(record.envelope.id);
                     done.push(record.clone());
                 }
-                Outcome::Interrupted => break,
+                Outcome::Interrupted => return (done, handled),
             }
         }
+        commit_unit(shared, group, unit.take(), &mut done, &mut shutdown).await;
         (done, handled)
     });
     let (done, handled): (Vec<_>, Vec<_>) = join_all(lanes).await.into_iter().unzip();
-    let handled: Vec<Uuid> = handled.into_iter().flatten().collect();
-    if let (Some(storage), false) = (&shared.storage, handled.is_empty()) {
-        let mut shutdown = shutdown.clone();
-        let marked = with_retries(
-            shared,
-            &mut shutdown,
-            "recording processed events in the inbox",
-            || storage.mark_all_processed(&group.name, &handled),
-        );
-        if marked.await.is_none() {
-            return Vec::new();
-        }
+    Batch {
+        done: done.into_iter().flatten().collect(),
+        handled: handled.into_iter().flatten().collect(),
     }
-    done.into_iter().flatten().collect()
 }
 
 /// Runs the group's handler for one event with its retry budget, dead-lettering it if the
@@ -181,12 +332,27 @@ async fn deliver(
     envelope: &Arc<Envelope>,
     publisher: Option<&Arc<dyn Transport>>,
     shutdown: &mut watch::Receiver<bool>,
+    failed_first: Option<Failure>,
 ) -> Outcome {
     let Some(route) = group.routes.get(&*envelope.name) else {
         return Outcome::Done;
     };
     let guarded = shared.storage.is_some() && publisher.is_none() && !route.route.transactional();
-    match attempt_all(shared, group, route, envelope, publisher, shutdown).await {
+    let attempts = match failed_first {
+        None => attempt_all(shared, group, route, envelope, publisher, shutdown, 1).await,
+        Some(Failure::Failed { error, attempts: 0 }) => Err(Failure::Failed { error, attempts: 0 }),
+        Some(Failure::Failed { error, attempts }) => {
+            let span = handle_span(group, route, envelope, attempts);
+            match back_off_or_give_up(shared, route, error, attempts, shutdown, &span).await {
+                Ok(()) => {
+                    attempt_all(shared, group, route, envelope, publisher, shutdown, attempts + 1).await
+                }
+                Err(failure) => Err(failure),
+            }
+        }
+        Some(Failure::Interrupted) => Err(Failure::Interrupted),
+    };
+    match attempts {
         Ok(_) if guarded => Outcome::Handled,
         Ok(_) => Outcome::Done,
         Err(Failure::Interrupted) => Outcome::Interrupted,
@@ -213,7 +379,7 @@ pub(super) async fn replay(shared: &Arc<Shared>, group: &Group, mut letter: Dead
     })?;
     let (_keep_open, mut never) = watch::channel(false);
     let envelope = Arc::new(letter.envelope.clone());
-    match attempt_all(shared, group, route, &envelope, None, &mut never).await {
+    match attempt_all(shared, group, route, &envelope, None, &mut never, 1).await {
         Ok(_) => {
             if let Some(storage) = &shared.storage {
                 storage.mark_processed(&group.name, letter.envelope.id).await?;
@@ -243,6 +409,7 @@ async fn attempt_all(
     envelope: &Arc<Envelope>,
     publisher: Option<&Arc<dyn Transport>>,
     shutdown: &mut watch::Receiver<bool>,
+    first_attempt: u32,
 ) -> Result<u32, Failure> {
     if envelope.version != route.route.event_version() {
         let error = Error::UnknownVersion {
@@ -258,7 +425,7 @@ async fn attempt_all(
             attempts: 0,
         });
     }
-    let mut attempt = 1;
+    let mut attempt = first_attempt;
     let transactional = route.route.transactional();
     loop {
         let mut ctx = Context::new(
@@ -267,14 +434,7 @@ async fn attempt_all(
             attempt,
             Publisher(shared.clone()),
         );
-        let span = tracing::info_span!(
-            "eventflow.handle",
-            event.id = %envelope.id,
-            event.name = %envelope.name,
-            group = %group.name,
-            handler = route.route.options().name,
-            attempt,
-        );
+        let span = handle_span(group, route, envelope, attempt);
         let mut tx = None;
         let mut begin_error: Option<BoxError> = None;
         if let (Some(storage), true) = (&shared.storage, transactional) {
@@ -290,11 +450,13 @@ async fn attempt_all(
             }
         }
         ctx.transaction = tx.clone();
-        let follow_ups = publisher.map(|_| FollowUps::default());
+        // Follow-ups wait for the attempt to succeed: then they go into the handler's unit
+        // of work (its outbox) or the consumer's broker transaction.
+        let follow_ups = (tx.is_some() || publisher.is_some()).then(FollowUps::default);
         ctx.follow_ups = follow_ups.clone();
         let error = match begin_error {
             Some(error) => Some(error),
-            None => handle_once(route, envelope, ctx, shared, &span, tx)
+            None => handle_once(route, envelope, ctx, shared, &span, tx, follow_ups.as_ref())
                 .await
                 .map_err(|undecodable| {
                     tracing::error!(parent: &span, error = %undecodable, "dead-lettering event");
@@ -310,20 +472,248 @@ async fn attempt_all(
             }
             return Ok(attempt);
         };
-        if attempt > route.retries {
-            tracing::error!(parent: &span, error = %error, attempts = attempt, "handler failed; dead-lettering event");
-            return Err(Failure::Failed {
-                error: error.to_string(),
-                attempts: attempt,
-            });
-        }
-        let wait = shared.backoff.delay(attempt);
-        tracing::warn!(parent: &span, error = %error, ?wait, "handler failed; retrying");
-        if sleep_unless_stopped(wait, shutdown).await {
-            return Err(Failure::Interrupted);
-        }
+        back_off_or_give_up(shared, route, error.to_string(), attempt, shutdown, &span).await?;
         attempt += 1;
     }
+}
+
+/// After attempt `attempt` failed with `error`: gives up (to dead-letter the event) once
+/// the route's retry budget is spent, else waits out the backoff before the next attempt.
+async fn back_off_or_give_up(
+    shared: &Shared,
+    route: &GroupRoute,
+    error: String,
+    attempt: u32,
+    shutdown: &mut watch::Receiver<bool>,
+    span: &tracing::Span,
+) -> Result<(), Failure> {
+    if attempt > route.retries {
+        tracing::error!(parent: span, error = %error, attempts = attempt, "handler failed; dead-lettering event");
+        return Err(Failure::Failed {
+            error,
+            attempts: attempt,
+        });
+    }
+    let wait = shared.backoff.delay(attempt);
+    tracing::warn!(parent: span, error = %error, ?wait, "handler failed; retrying");
+    match sleep_unless_stopped(wait, shutdown).await {
+        true => Err(Failure::Interrupted),
+        false => Ok(()),
+    }
+}
+
+fn handle_span(group: &Group, route: &GroupRoute, envelope: &Envelope, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        "eventflow.handle",
+        event.id = %envelope.id,
+        event.name = %envelope.name,
+        group = %group.name,
+        handler = route.route.options().name,
+        attempt,
+    )
+}
+
+/// Handlers of this many consecutive events share a unit of work at most.
+const SHARED_UNIT_EVENTS: usize = 256;
+/// A shared unit of work is committed once it has been open this long, so that it holds
+/// the database's write lock only briefly.
+const SHARED_UNIT_TIME: Duration = Duration::from_millis(2);
+
+/// One unit of work shared by the transactional handlers of consecutive events of a
+/// partition, each in a savepoint of its own (group commit): one commit makes the effects
+/// and inbox markers of all of them durable. Commits that wrote one page or two would
+/// otherwise cost more than the handlers. It holds the storage's write lock (on SQLite)
+/// while open, so it is committed after [`SHARED_UNIT_TIME`] or [`SHARED_UNIT_EVENTS`],
+/// before any other handler runs (which may start a unit of work of its own), when a
+/// handler fails (before its retries) and at the end of the batch.
+struct SharedUnit<'a> {
+    /// `None` while a handler holds it (through its `Tx`), and once it is abandoned.
+    tx: Option<Box<dyn crate::store::Transaction>>,
+    opened: Instant,
+    /// The records handled in it (`true`) or skipped meanwhile (`false`), in order: done
+    /// once it commits.
+    records: Vec<(&'a Record, bool)>,
+}
+
+impl SharedUnit<'_> {
+    fn tx(&mut self) -> &mut dyn crate::store::Transaction {
+        self.tx
+            .as_deref_mut()
+            .expect("the shared unit of work is back from its handler and not abandoned")
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= SHARED_UNIT_EVENTS || self.opened.elapsed() >= SHARED_UNIT_TIME
+    }
+}
+
+/// Whether `record`'s handler can run in a shared unit of work: a transactional handler,
+/// on storage with savepoints, outside a broker transaction.
+fn can_share_unit(
+    shared: &Shared,
+    group: &Group,
+    record: &Record,
+    publisher: Option<&Arc<dyn Transport>>,
+) -> bool {
+    shared.storage.is_some()
+        && publisher.is_none()
+        && shared.savepoints.load(Ordering::Relaxed)
+        && group
+            .routes
+            .get(&*record.envelope.name)
+            .is_some_and(|route| route.route.transactional())
+}
+
+/// How a handler's first attempt in a shared unit of work went.
+enum Joined {
+    /// Handled (its writes and marker wait for the unit's commit), or processed before.
+    Yes,
+    /// Failed; its writes are rolled back. The retries run in units of work of their own.
+    Failed(Failure),
+    /// Not tried: no unit of work could be opened, or the storage has no savepoints.
+    No,
+}
+
+/// Runs the first attempt of `envelope`'s transactional handler in the lane's shared unit
+/// of work, opening one if none is open.
+async fn attempt_in_unit<'a>(
+    shared: &Arc<Shared>,
+    group: &Group,
+    envelope: &Arc<Envelope>,
+    unit: &mut Option<SharedUnit<'a>>,
+) -> Joined {
+    let (Some(storage), Some(route)) = (&shared.storage, group.routes.get(&*envelope.name)) else {
+        return Joined::No;
+    };
+    if envelope.version != route.route.event_version() {
+        return Joined::No; // dead-lettered by the usual path
+    }
+    if unit.is_none() {
+        let Ok(tx) = storage.begin().await else {
+            return Joined::No; // the usual path retries
+        };
+        *unit = Some(SharedUnit {
+            tx: Some(tx),
+            opened: Instant::now(),
+            records: Vec::new(),
+        });
+    }
+    let open = unit.as_mut().expect("opened above");
+    match open.tx().savepoint().await {
+        Ok(true) => {}
+        Ok(false) => {
+            shared.savepoints.store(false, Ordering::Relaxed);
+            if open.records.is_empty() {
+                *unit = None; // rolled back: nothing was written
+            }
+            return Joined::No;
+        }
+        Err(_) => return Joined::No,
+    }
+    let span = handle_span(group, route, envelope, 1);
+    match open.tx().mark_processed(&group.name, envelope.id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(parent: &span, "event already processed by this group; skipped");
+            return match open.tx().release_savepoint().await {
+                Ok(()) => Joined::Yes,
+                Err(error) => Joined::Failed(failure(error, 1)),
+            };
+        }
+        Err(error) => return rolled_back(open, failure(error, 1)).await,
+    }
+    // The handler gets the unit of work through its `Tx`, and gives it back when done.
+    let tx = Tx::new(open.tx.take().expect("the shared unit of work is not in use"));
+    let mut ctx = Context::new(envelope.clone(), group.name.clone(), 1, Publisher(shared.clone()));
+    ctx.transaction = Some(tx.clone());
+    let follow_ups = FollowUps::default();
+    ctx.follow_ups = Some(follow_ups.clone());
+    let outcome = handle_once(route, envelope, ctx, shared, &span, None, None).await;
+    open.tx = tx.take().await;
+    match outcome {
+        Ok(None) => {
+            let kept = async {
+                enqueue_follow_ups(open.tx(), Some(&follow_ups)).await?;
+                open.tx().release_savepoint().await
+            };
+            match kept.await {
+                Ok(()) => Joined::Yes,
+                Err(error) => rolled_back(open, failure(error, 1)).await,
+            }
+        }
+        Ok(Some(error)) => {
+            tracing::warn!(parent: &span, error = %error, "handler failed");
+            let failed = Failure::Failed {
+                error: error.to_string(),
+                attempts: 1,
+            };
+            rolled_back(open, failed).await
+        }
+        Err(undecodable) => {
+            tracing::error!(parent: &span, error = %undecodable, "dead-lettering event");
+            let failed = Failure::Failed {
+                error: undecodable.to_string(),
+                attempts: 0,
+            };
+            rolled_back(open, failed).await
+        }
+    }
+}
+
+fn failure(error: Error, attempts: u32) -> Failure {
+    Failure::Failed {
+        error: error.to_string(),
+        attempts,
+    }
+}
+
+/// Undoes a failed handler's writes in the shared unit of work.
+async fn rolled_back(unit: &mut SharedUnit<'_>, failed: Failure) -> Joined {
+    if let Err(error) = unit.tx().rollback_to_savepoint().await {
+        tracing::warn!(%error, "rolling back a failed handler's writes failed; its unit of work is abandoned");
+        // Dropped uncommitted: its handlers run again one by one.
+        unit.tx = None;
+    }
+    Joined::Failed(failed)
+}
+
+/// Commits a shared unit of work and marks its records done. If the commit fails, each of
+/// its handlers runs again in a unit of work of its own (its usual path, with retries).
+/// Returns false if shutdown interrupted that.
+async fn commit_unit<'a>(
+    shared: &Arc<Shared>,
+    group: &Group,
+    unit: Option<SharedUnit<'a>>,
+    done: &mut Vec<Record>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let Some(unit) = unit else {
+        return true;
+    };
+    let handled = unit.records.iter().filter(|(_, handled)| *handled).count();
+    let committed = match unit.tx {
+        Some(tx) => tx.commit().await,
+        None => Err(Error::Config("it was abandoned after a failed rollback".into())),
+    };
+    match committed {
+        Ok(()) => {
+            done.extend(unit.records.into_iter().map(|(record, _)| record.clone()));
+            return true;
+        }
+        Err(error) => {
+            tracing::warn!(group = %group.name, %error, handlers = handled, "committing the unit of work shared by transactional handlers failed; running them again one by one");
+        }
+    }
+    for (record, handled) in unit.records {
+        if handled {
+            match deliver(shared, group, &record.envelope, None, shutdown, None).await {
+                Outcome::Done | Outcome::Handled => {}
+                Outcome::Interrupted => return false,
+            }
+        }
+        done.push(record.clone());
+    }
+    true
 }
 
 /// Hands a succeeded attempt's follow-ups to the consumer's transactional publisher. If
@@ -334,7 +724,7 @@ async fn send_follow_ups(
     follow_ups: FollowUps,
     span: &tracing::Span,
 ) -> Result<(), Failure> {
-    let envelopes = std::mem::take(&mut *follow_ups.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    let envelopes = take_follow_ups(&follow_ups);
     if envelopes.is_empty() {
         return Ok(());
     }
@@ -388,22 +778,45 @@ async fn handle_once(
     shared: &Shared,
     span: &tracing::Span,
     tx: Option<Tx>,
+    follow_ups: Option<&FollowUps>,
 ) -> Result<Option<BoxError>, Error> {
-    let started = route.route.invoke(envelope, ctx, &*shared.codec)?;
-    Ok(
-        match AssertUnwindSafe(started)
-            .catch_unwind()
-            .instrument(span.clone())
-            .await
-        {
-            Ok(Ok(())) => match tx {
-                None => None,
-                Some(tx) => commit(&tx).await.err().map(Into::into),
-            },
-            Ok(Err(error)) => Some(error),
-            Err(panic) => Some(panic_error(panic)),
+    let held = ctx.follow_ups.clone();
+    let started = AssertUnwindSafe(route.route.invoke(envelope, ctx, &*shared.codec)?)
+        .catch_unwind()
+        .instrument(span.clone());
+    let finished = match held {
+        // `EventBus::publish` from inside the handler joins its held-back follow-ups.
+        Some(held) => crate::context::HELD_FOLLOW_UPS.scope(held, started).await,
+        None => started.await,
+    };
+    Ok(match finished {
+        Ok(Ok(())) => match tx {
+            None => None,
+            Some(tx) => commit(&tx, follow_ups).await.err().map(Into::into),
         },
-    )
+        Ok(Err(error)) => Some(error),
+        Err(panic) => Some(panic_error(panic)),
+    })
+}
+
+/// What a handler published and the bus held back, taken out.
+fn take_follow_ups(follow_ups: &FollowUps) -> Vec<Envelope> {
+    std::mem::take(&mut *follow_ups.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+/// Puts what a transactional handler published into its unit of work's outbox.
+async fn enqueue_follow_ups(
+    tx: &mut dyn crate::store::Transaction,
+    follow_ups: Option<&FollowUps>,
+) -> Result<(), Error> {
+    let Some(follow_ups) = follow_ups else {
+        return Ok(());
+    };
+    let envelopes = take_follow_ups(follow_ups);
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    tx.enqueue(&envelopes).await
 }
 
 /// Starts a handler's unit of work with its inbox marker; `None` if the group already
@@ -413,14 +826,15 @@ async fn begin_marked(storage: &Arc<dyn Storage>, group: &str, event_id: Uuid) -
     Ok(tx.mark_processed(group, event_id).await?.then(|| Tx::new(tx)))
 }
 
-/// Commits a handler's unit of work. A concurrent duplicate that committed first makes
-/// this one a no-op, not a failure.
-async fn commit(tx: &Tx) -> Result<(), Error> {
-    let Some(tx) = tx.take().await else {
+/// Commits a handler's unit of work with the follow-ups it published in its outbox. A
+/// concurrent duplicate that committed first makes this one a no-op, not a failure.
+async fn commit(tx: &Tx, follow_ups: Option<&FollowUps>) -> Result<(), Error> {
+    let Some(mut tx) = tx.take().await else {
         return Err(Error::Config(
             "the handler's unit of work was already taken".into(),
         ));
     };
+    enqueue_follow_ups(&mut *tx, follow_ups).await?;
     match tx.commit().await {
         Ok(()) | Err(Error::AlreadyProcessed { .. }) => Ok(()),
         Err(error) => Err(error),

@@ -29,10 +29,12 @@ macro_rules! storage_conformance {
             concurrent_appends_to_one_stream_never_overwrite,
             a_unit_of_work_commits_everything_at_once,
             a_dropped_unit_of_work_leaves_no_trace,
+            a_savepoint_rolls_back_only_what_followed_it,
             read_all_follows_commit_order,
             the_outbox_yields_entries_in_commit_order,
             only_one_relay_claims_the_outbox_until_its_lease_expires,
             the_inbox_suppresses_duplicates,
+            pruning_the_inbox_forgets_only_older_markers,
             dead_letters_are_kept_replaced_and_taken,
             checkpoints_are_saved,
         );
@@ -201,6 +203,72 @@ pub async fn a_dropped_unit_of_work_leaves_no_trace<S: Storage>(store: &S) {
     assert!(!store.is_processed("billing", handled).await.unwrap());
 }
 
+/// A backend whose units of work have savepoints (`savepoint()` returns true) rolls back to
+/// the innermost one exactly: appends, outbox entries and inbox markers written after it
+/// are gone, what came before and after stays, and the unit of work still commits. The bus
+/// relies on it to run several transactional handlers in one unit of work. A backend
+/// without savepoints (`savepoint()` returns false) passes as long as it says so.
+pub async fn a_savepoint_rolls_back_only_what_followed_it<S: Storage>(store: &S) {
+    let (kept, undone, later) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let mut tx = store.begin().await.unwrap();
+    tx.append("order-sp", ExpectedVersion::NoStream, &[event("order-sp", 1)])
+        .await
+        .unwrap();
+    assert!(tx.mark_processed("ledger", kept).await.unwrap());
+    if !tx.savepoint().await.unwrap() {
+        return; // no savepoints: the bus gives each handler a unit of work of its own
+    }
+    tx.append("order-sp", ExpectedVersion::Exact(1), &[event("order-sp", 2)])
+        .await
+        .unwrap();
+    tx.enqueue(&[event("order-sp", 2)]).await.unwrap();
+    assert!(tx.mark_processed("ledger", undone).await.unwrap());
+    tx.rollback_to_savepoint().await.unwrap();
+
+    assert!(tx.savepoint().await.unwrap());
+    assert!(
+        tx.mark_processed("ledger", undone).await.unwrap(),
+        "a marker rolled back to a savepoint still counts as recorded"
+    );
+    assert!(tx.mark_processed("ledger", later).await.unwrap());
+    tx.append("order-sp", ExpectedVersion::Exact(1), &[event("order-sp", 3)])
+        .await
+        .unwrap();
+    tx.release_savepoint().await.unwrap();
+    tx.commit().await.unwrap();
+
+    let versions: Vec<u32> = store
+        .read_stream("order-sp", 1)
+        .await
+        .unwrap()
+        .iter()
+        .map(|stored| stored.version as u32)
+        .collect();
+    assert_eq!(
+        versions,
+        [1, 2],
+        "the stream after rolling back its second append and appending again"
+    );
+    let payload = &store.read_stream("order-sp", 2).await.unwrap()[0]
+        .envelope
+        .payload;
+    assert_eq!(&payload[..], br#"{"n":3}"#, "the rolled-back append survived");
+    assert!(
+        store
+            .claim_outbox("relay", Duration::from_secs(5), 0, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an outbox entry rolled back to a savepoint was committed"
+    );
+    let processed = store.processed("ledger", &[kept, undone, later]).await.unwrap();
+    assert_eq!(
+        processed.len(),
+        3,
+        "markers written around the savepoints were lost"
+    );
+}
+
 /// `read_all` returns every stream's events by position, in commit order, from a position.
 pub async fn read_all_follows_commit_order<S: Storage>(store: &S) {
     for (stream, n) in [("a", 1), ("b", 2), ("a", 3), ("c", 4)] {
@@ -364,6 +432,49 @@ pub async fn the_inbox_suppresses_duplicates<S: Storage>(store: &S) {
     assert!(
         matches!(outcome, Ok(false) | Err(Error::AlreadyProcessed { .. })),
         "both commits of one event succeeded: {outcome:?}"
+    );
+}
+
+/// `prune_inbox(before)` forgets the markers recorded before `before`, of every group, and
+/// keeps the later ones, whether recorded alone or in a unit of work. A backend that
+/// cannot prune says so with [`Error::Config`] (the bus then keeps every marker).
+pub async fn pruning_the_inbox_forgets_only_older_markers<S: Storage>(store: &S) {
+    let (old_mail, old_crm, recent, in_unit) =
+        (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    assert!(store.mark_processed("mail", old_mail).await.unwrap());
+    store.mark_all_processed("crm", &[old_crm]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cutoff = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(store.mark_processed("mail", recent).await.unwrap());
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.mark_processed("mail", in_unit).await.unwrap());
+    tx.commit().await.unwrap();
+
+    match store.prune_inbox(cutoff).await {
+        Err(Error::Config(_)) => return, // the backend cannot prune
+        pruned => assert_eq!(pruned.unwrap(), 2, "prune_inbox counts the markers it forgot"),
+    }
+    assert!(
+        !store.is_processed("mail", old_mail).await.unwrap(),
+        "an old marker survived pruning"
+    );
+    assert!(
+        !store.is_processed("crm", old_crm).await.unwrap(),
+        "an old marker of another group survived"
+    );
+    assert!(
+        store.is_processed("mail", recent).await.unwrap(),
+        "pruning forgot a recent marker"
+    );
+    assert!(
+        store.is_processed("mail", in_unit).await.unwrap(),
+        "pruning forgot a recent marker"
+    );
+    assert_eq!(
+        store.prune_inbox(cutoff).await.unwrap(),
+        0,
+        "a second pruning found more"
     );
 }
 

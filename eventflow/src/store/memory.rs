@@ -1,8 +1,8 @@
 //! [`MemoryStore`]: the storage traits in memory, for tests and quick starts.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -33,7 +33,8 @@ struct Data {
     outbox: BTreeMap<u64, Envelope>,
     next_sequence: u64,
     lease: Option<(String, Instant)>,
-    inbox: HashSet<(String, Uuid)>,
+    /// When each (group, event) marker was recorded.
+    inbox: HashMap<(String, Uuid), SystemTime>,
     dead_letters: Vec<DeadLetter>,
     checkpoints: HashMap<String, String>,
 }
@@ -71,6 +72,8 @@ pub struct MemoryTransaction {
     appends: Vec<(String, ExpectedVersion, Vec<Envelope>)>,
     outbox: Vec<Envelope>,
     markers: Vec<(String, Uuid)>,
+    /// Open savepoints: how much of each list was written when each was opened.
+    savepoints: Vec<(usize, usize, usize)>,
 }
 
 impl MemoryTransaction {
@@ -113,11 +116,35 @@ impl Transaction for MemoryTransaction {
 
     async fn mark_processed(&mut self, group: &str, event_id: Uuid) -> Result<bool, Error> {
         let marker = (group.to_owned(), event_id);
-        if self.markers.contains(&marker) || self.store.data().inbox.contains(&marker) {
+        if self.markers.contains(&marker) || self.store.data().inbox.contains_key(&marker) {
             return Ok(false);
         }
         self.markers.push(marker);
         Ok(true)
+    }
+
+    async fn savepoint(&mut self) -> Result<bool, Error> {
+        self.savepoints
+            .push((self.appends.len(), self.outbox.len(), self.markers.len()));
+        Ok(true)
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<(), Error> {
+        let (appends, outbox, markers) = self
+            .savepoints
+            .pop()
+            .ok_or_else(|| Error::Config("no savepoint is open in this unit of work".into()))?;
+        self.appends.truncate(appends);
+        self.outbox.truncate(outbox);
+        self.markers.truncate(markers);
+        Ok(())
+    }
+
+    async fn release_savepoint(&mut self) -> Result<(), Error> {
+        self.savepoints
+            .pop()
+            .map(drop)
+            .ok_or_else(|| Error::Config("no savepoint is open in this unit of work".into()))
     }
 
     async fn commit(self: Box<Self>) -> Result<(), Error> {
@@ -134,7 +161,7 @@ impl Transaction for MemoryTransaction {
                 expected.check(stream, current)?;
                 versions.insert(stream, current + events.len() as u64);
             }
-            if let Some((group, event_id)) = this.markers.iter().find(|m| data.inbox.contains(*m)) {
+            if let Some((group, event_id)) = this.markers.iter().find(|m| data.inbox.contains_key(*m)) {
                 return Err(Error::AlreadyProcessed {
                     group: group.clone(),
                     event_id: *event_id,
@@ -159,7 +186,9 @@ impl Transaction for MemoryTransaction {
                 let sequence = data.next_sequence;
                 data.outbox.insert(sequence, envelope);
             }
-            data.inbox.extend(this.markers);
+            let now = SystemTime::now();
+            data.inbox
+                .extend(this.markers.into_iter().map(|marker| (marker, now)));
         }
         if enqueued {
             this.store.inner.commits.send_modify(|n| *n += 1);
@@ -176,6 +205,7 @@ impl Storage for MemoryStore {
             appends: Vec::new(),
             outbox: Vec::new(),
             markers: Vec::new(),
+            savepoints: Vec::new(),
         }))
     }
 
@@ -245,11 +275,24 @@ impl Storage for MemoryStore {
     }
 
     async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error> {
-        Ok(self.data().inbox.contains(&(group.to_owned(), event_id)))
+        Ok(self.data().inbox.contains_key(&(group.to_owned(), event_id)))
     }
 
     async fn mark_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error> {
-        Ok(self.data().inbox.insert((group.to_owned(), event_id)))
+        let marker = (group.to_owned(), event_id);
+        let mut data = self.data();
+        if data.inbox.contains_key(&marker) {
+            return Ok(false);
+        }
+        data.inbox.insert(marker, SystemTime::now());
+        Ok(true)
+    }
+
+    async fn prune_inbox(&self, before: SystemTime) -> Result<u64, Error> {
+        let mut data = self.data();
+        let kept = data.inbox.len();
+        data.inbox.retain(|_, processed_at| *processed_at >= before);
+        Ok((kept - data.inbox.len()) as u64)
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {

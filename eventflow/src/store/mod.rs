@@ -16,7 +16,7 @@ mod sqlite;
 
 use std::any::Any;
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -177,6 +177,23 @@ pub trait Storage: DeadLetterStore {
         Ok(())
     }
 
+    /// Forgets the inbox markers recorded before `before`, of every group; returns how
+    /// many. A redelivered copy of such an event is handled again, so the bus keeps
+    /// markers for [`inbox_retention`](crate::EventBusBuilder::inbox_retention) (7 days by
+    /// default), well past the time a copy can arrive (a relay or consumer that crashed
+    /// and restarted). Backends delete in short transactions, so pruning never holds up
+    /// handlers for long.
+    ///
+    /// The default fails with [`Error::Config`]: a backend that cannot prune keeps every
+    /// marker, and the bus says so in its log once.
+    async fn prune_inbox(&self, before: SystemTime) -> Result<u64, Error> {
+        let _ = before;
+        Err(Error::Config(
+            "this storage backend cannot prune its inbox (`Storage::prune_inbox`); its markers are kept"
+                .into(),
+        ))
+    }
+
     /// A saved checkpoint (a projection's position, a change stream's resume token).
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error>;
 
@@ -189,7 +206,7 @@ pub trait Storage: DeadLetterStore {
 ///
 /// The application reaches its backend's own transaction (a SQLite connection inside
 /// `BEGIN`, a MongoDB session) through the backend's type, with
-/// [`downcast_mut`](dyn Transaction::downcast_mut).
+/// `downcast_mut::<T>()`, an inherent method of `dyn Transaction`.
 #[async_trait]
 pub trait Transaction: Send + Any {
     /// Appends events to `stream` if its version matches `expected`; returns the new
@@ -210,6 +227,32 @@ pub trait Transaction: Send + Any {
 
     /// Makes everything written in this unit of work durable at once.
     async fn commit(self: Box<Self>) -> Result<(), Error>;
+
+    /// Opens a savepoint: a mark inside this unit of work that
+    /// [`rollback_to_savepoint`](Transaction::rollback_to_savepoint) returns to, undoing
+    /// only what was written after it. Savepoints nest. Returns `false`, and opens
+    /// nothing, if the backend has no savepoints (the default).
+    ///
+    /// With savepoints the bus commits the units of work of consecutive transactional
+    /// handlers together (group commit): each handler runs in a savepoint of one shared
+    /// unit of work, a failed handler's writes and inbox marker are rolled back alone, and
+    /// one commit makes a run of handlers durable. Without them each handler gets a unit of
+    /// work of its own.
+    async fn savepoint(&mut self) -> Result<bool, Error> {
+        Ok(false)
+    }
+
+    /// Undoes everything written since the innermost open savepoint, and closes it.
+    async fn rollback_to_savepoint(&mut self) -> Result<(), Error> {
+        Err(Error::Config(
+            "this storage backend has no savepoints (its `Transaction::savepoint` returns false)".into(),
+        ))
+    }
+
+    /// Closes the innermost open savepoint, keeping what was written since.
+    async fn release_savepoint(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 impl dyn Transaction {

@@ -133,6 +133,10 @@ const CLAIM_OUTBOX: &str = concat!(
     envelope_sql!(columns),
     " FROM outbox WHERE sequence > ?1 ORDER BY sequence LIMIT ?2"
 );
+/// Inbox markers deleted per transaction when pruning.
+const PRUNE_CHUNK: usize = 2_000;
+const PRUNE_INBOX: &str = "DELETE FROM inbox WHERE (group_name, event_id) IN \
+     (SELECT group_name, event_id FROM inbox WHERE processed_at < ?1 LIMIT ?2)";
 const MARK_PROCESSED: &str =
     "INSERT OR IGNORE INTO inbox (group_name, event_id, processed_at) VALUES (?1, ?2, ?3)";
 // Replacing a letter keeps its `seq`, so it keeps its place in the list.
@@ -500,6 +504,16 @@ impl SqliteTransaction {
     fn fail(&self, what: &str, error: rusqlite::Error) -> Error {
         self.inner.fail(what, error)
     }
+
+    /// Runs one statement without parameters, prepared once per connection.
+    fn statement(&self, sql: &str, what: &str) -> Result<(), Error> {
+        self.writer
+            .0
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map(drop)
+            .map_err(|e| self.fail(what, e))
+    }
 }
 
 #[async_trait]
@@ -563,6 +577,20 @@ impl Transaction for SqliteTransaction {
     async fn mark_processed(&mut self, group: &str, event_id: Uuid) -> Result<bool, Error> {
         insert_marker(&self.writer.0, group, event_id)
             .map_err(|e| self.fail("recording a processed event", e))
+    }
+
+    async fn savepoint(&mut self) -> Result<bool, Error> {
+        self.statement("SAVEPOINT eventflow", "opening a savepoint")?;
+        Ok(true)
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<(), Error> {
+        self.statement("ROLLBACK TO eventflow", "rolling back to a savepoint")?;
+        self.statement("RELEASE eventflow", "closing a savepoint")
+    }
+
+    async fn release_savepoint(&mut self) -> Result<(), Error> {
+        self.statement("RELEASE eventflow", "closing a savepoint")
     }
 
     async fn commit(self: Box<Self>) -> Result<(), Error> {
@@ -838,6 +866,30 @@ impl Storage for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    /// Deletes in transactions of 2,000 markers, so writers wait at most one
+    /// of them. The inbox has no index on `processed_at` (it would cost every marker a
+    /// second B-tree insert); each chunk scans from the oldest keys, where old markers of
+    /// time-ordered (UUID v7) ids are.
+    async fn prune_inbox(&self, before: SystemTime) -> Result<u64, Error> {
+        let before = nanos(before).unwrap_or(i64::MAX);
+        let mut pruned = 0;
+        loop {
+            let inner = self.inner.clone();
+            let deleted = self
+                .write("pruning the inbox", move |connection| {
+                    connection
+                        .prepare_cached(PRUNE_INBOX)
+                        .and_then(|mut delete| delete.execute(params![before, PRUNE_CHUNK as i64]))
+                        .map_err(|e| inner.fail("pruning the inbox", e))
+                })
+                .await?;
+            pruned += deleted as u64;
+            if deleted < PRUNE_CHUNK {
+                return Ok(pruned);
+            }
+        }
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {
