@@ -5,25 +5,37 @@
 //! KAFKA_BROKERS=host:9092 KAFKA_BENCH_EVENTS=50000 KAFKA_BENCH_ROUNDS=3 cargo bench -p eventflow-kafka --bench publish
 //! ```
 //!
-//! Publish: N events with a 100-byte payload, all in flight at once, the clock stopping
-//! at the last broker acknowledgement. eventflow publishes `bus.publish(&event)` (JSON
-//! encoding, envelope, headers, idempotent producer); the baseline hands the same
-//! 100-byte payloads and keys to an rdkafka `FutureProducer` with the same settings
-//! (`enable.idempotence`, `acks=all`, `linger.ms=5`, murmur2 partitioner). Runs alternate
-//! between the two, each on a fresh topic.
+//! Publish: N events with a 100-byte JSON payload, all in flight at once, the clock
+//! stopping at the last broker acknowledgement. eventflow publishes `bus.publish(&event)`
+//! (JSON encoding, envelope with id, timestamp and trace context, the `eventflow` and
+//! `traceparent` headers, idempotent producer). Two baselines hand the same keys and
+//! payloads to an rdkafka `FutureProducer` with the same settings (`enable.idempotence`,
+//! `acks=all`, `linger.ms=5`, murmur2 partitioner), without headers:
+//!
+//! - **strict**: the payloads are JSON-encoded before the clock starts;
+//! - **fair**: each event is JSON-encoded inside the timed section, as a raw user has to.
+//!
+//! Every round runs each side once, on a fresh topic, in an order that rotates from round
+//! to round; the report gives the medians, both ratios and the CPU time per event of this
+//! process (all its threads: the caller's and librdkafka's).
 //!
 //! Consume: N events already in a topic, read by one group member. eventflow runs a bus
 //! whose handler decodes each event, committing after each batch as the bus always does;
-//! the baseline is a `StreamConsumer` that reads each message's payload and commits
+//! the baseline is a `StreamConsumer` that decodes each message's payload and commits
 //! asynchronously every 256 messages. The clock runs from the first message handled to
 //! the last, leaving out the time to join the group.
 //!
-//! `KAFKA_BENCH_ONLY=publish` (or `consume`) runs one half.
+//! Options, as environment variables:
 //!
-//! `KAFKA_BENCH_RAW_HEADERS=1` gives the baseline's messages the 7 headers an eventflow
-//! envelope carries, to tell the broker's share of the gap from the client's.
+//! - `KAFKA_BENCH_ONLY=publish` (or `consume`) runs one half.
+//! - `KAFKA_BENCH_RAW_HEADERS=eventflow` adds a fair baseline whose messages carry headers
+//!   of the size and count eventflow writes (fixed values), to tell what the headers cost
+//!   librdkafka and the broker from what eventflow costs on top; `legacy` adds one with the
+//!   seven one-per-field headers eventflow wrote before; `eventflow,legacy` adds both.
+//! - `KAFKA_BENCH_BROKER_PID=<pid>` also reports the broker process's CPU time per event
+//!   (a broker on this machine), to separate its share from the client's.
 //!
-//! Target: eventflow publishes at least 0.9x the baseline's rate.
+//! Target: eventflow publishes at least 0.9x the strict baseline's rate.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use eventflow::{subscribe, EventBus, State};
 use eventflow_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use eventflow_kafka::rdkafka::message::{Header, OwnedHeaders};
 use eventflow_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use eventflow_kafka::rdkafka::{ClientConfig, Message};
 use eventflow_kafka::Kafka;
@@ -62,11 +75,52 @@ fn event(i: usize) -> Happened {
     }
 }
 
-/// CPU seconds this process has used (user + system), from `/proc/self/stat` (Linux).
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+/// CPU seconds process `pid` (or `self`) has used, user + system, from `/proc` (Linux);
+/// 0 if it cannot be read.
+fn cpu_secs_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU time of this process and of the broker named by `KAFKA_BENCH_BROKER_PID`, if any.
+#[derive(Clone, Copy)]
+struct Cpu {
+    client: f64,
+    broker: Option<f64>,
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        Cpu {
+            client: cpu_secs_of("self"),
+            broker: std::env::var("KAFKA_BENCH_BROKER_PID")
+                .ok()
+                .map(|pid| cpu_secs_of(&pid)),
+        }
+    }
+
+    /// Microseconds of CPU per event since `self`, for `n` events.
+    fn per_event_since(self, n: usize) -> Cpu {
+        let now = Cpu::now();
+        let per = |used: f64| used / n as f64 * 1e6;
+        Cpu {
+            client: per(now.client - self.client),
+            broker: now.broker.zip(self.broker).map(|(b, a)| per(b - a)),
+        }
+    }
+}
+
+/// One publish run: events per second and CPU microseconds per event.
+struct Run {
+    rate: f64,
+    cpu: Cpu,
 }
 
 fn brokers() -> String {
@@ -99,7 +153,7 @@ fn kafka(prefix: &str) -> Kafka {
         .expect("building the transport")
 }
 
-/// The producer settings eventflow uses, for the baseline.
+/// The producer settings eventflow uses, for the baselines.
 fn raw_producer() -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -114,7 +168,67 @@ fn raw_producer() -> FutureProducer {
         .expect("creating the raw producer")
 }
 
-async fn publish_eventflow(n: usize, prefix: &str) -> f64 {
+/// A side of the publish comparison.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Side {
+    Eventflow,
+    /// Payloads encoded before the clock starts, no headers.
+    RawStrict,
+    /// Each event encoded inside the timed section, no headers.
+    RawFair,
+    /// `RawFair` with headers of the size and count eventflow writes.
+    RawEventflowHeaders,
+    /// `RawFair` with the seven one-per-field headers of eventflow's older format.
+    RawLegacyHeaders,
+}
+
+impl Side {
+    fn label(self) -> &'static str {
+        match self {
+            Side::Eventflow => "eventflow",
+            Side::RawStrict => "raw strict",
+            Side::RawFair => "raw fair (JSON in the loop)",
+            Side::RawEventflowHeaders => "raw fair + eventflow's 2 headers",
+            Side::RawLegacyHeaders => "raw fair + 7 legacy headers",
+        }
+    }
+
+    /// The headers a raw side attaches, as eventflow would write them for a first event.
+    fn headers(self) -> &'static [(&'static str, &'static str)] {
+        const TRACEPARENT: (&str, &str) = (
+            "traceparent",
+            "00-01a200b216cf7747a687125e9efbca2f-0123456789abcdef-01",
+        );
+        match self {
+            Side::RawEventflowHeaders => &[
+                (
+                    "eventflow",
+                    "1;01a200b216cf7747a687125e9efbca2f;bench.happened;1;1795308000914000000;;;application/json",
+                ),
+                TRACEPARENT,
+            ],
+            Side::RawLegacyHeaders => &[
+                ("eventflow-id", "01a200b2-16cf-7747-a687-125e9efbca2f"),
+                ("eventflow-name", "bench.happened"),
+                ("eventflow-version", "1"),
+                ("content-type", "application/json"),
+                ("eventflow-correlation-id", "01a200b2-16cf-7747-a687-125e9efbca2f"),
+                ("eventflow-timestamp", "1795308000914000000"),
+                TRACEPARENT,
+            ],
+            _ => &[],
+        }
+    }
+}
+
+async fn publish(side: Side, n: usize, prefix: &str) -> Run {
+    match side {
+        Side::Eventflow => publish_eventflow(n, prefix).await,
+        raw => publish_raw(raw, n, prefix).await,
+    }
+}
+
+async fn publish_eventflow(n: usize, prefix: &str) -> Run {
     let bus = EventBus::builder()
         .transport(kafka(prefix))
         .start()
@@ -122,83 +236,74 @@ async fn publish_eventflow(n: usize, prefix: &str) -> f64 {
         .unwrap();
     let events: Vec<Happened> = (0..n).map(event).collect();
     bus.publish(&events[0]).await.unwrap(); // creates the topic, connects
-    let start = Instant::now();
-    let cpu = cpu_secs();
+    let (start, cpu) = (Instant::now(), Cpu::now());
     let results = join_all(events.iter().map(|e| bus.publish(e))).await;
-    let elapsed = start.elapsed();
-    eprintln!(
-        "  eventflow publish: {:.2}s wall, {:.2}s CPU of this process",
-        elapsed.as_secs_f64(),
-        cpu_secs() - cpu
-    );
+    let run = Run {
+        rate: n as f64 / start.elapsed().as_secs_f64(),
+        cpu: cpu.per_event_since(n),
+    };
     for result in results {
         result.expect("publishing");
     }
     bus.shutdown().await;
-    n as f64 / elapsed.as_secs_f64()
+    run
 }
 
-async fn publish_raw(n: usize, prefix: &str) -> f64 {
+async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
     let topic = kafka(prefix).kafka_topic("bench");
     let producer = raw_producer();
-    let events: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let e = event(i);
-            let payload = serde_json::to_vec(&e).unwrap();
-            (e.key, payload)
-        })
-        .collect();
-    let (key, payload) = &events[0];
+    let events: Vec<Happened> = (0..n).map(event).collect();
+    let encoded: Vec<Vec<u8>> = match side {
+        Side::RawStrict => events.iter().map(|e| serde_json::to_vec(e).unwrap()).collect(),
+        _ => Vec::new(),
+    };
+    let first = serde_json::to_vec(&events[0]).unwrap();
     producer
         .send(
-            FutureRecord::to(&topic).key(key).payload(payload),
+            FutureRecord::to(&topic).key(&events[0].key).payload(&first),
             Duration::from_secs(30),
         )
         .await
-        .expect("publishing");
-    let with_headers = std::env::var_os("KAFKA_BENCH_RAW_HEADERS").is_some();
-    let headers = {
-        use eventflow_kafka::rdkafka::message::{Header, OwnedHeaders};
-        let mut h = OwnedHeaders::new();
-        for (k, v) in [
-            ("eventflow-id", "01a200b2-16cf-7747-a687-125e9efbca2f"),
-            ("eventflow-name", "bench.happened"),
-            ("eventflow-version", "1"),
-            ("content-type", "application/json"),
-            ("eventflow-correlation-id", "01a200b2-16cf-7747-a687-125e9efbca2f"),
-            ("eventflow-timestamp", "1795308000914000000"),
-            (
-                "traceparent",
-                "00-01a200b216cf7747a687125e9efbca2f-0123456789abcdef-01",
-            ),
-        ] {
-            h = h.insert(Header {
-                key: k,
-                value: Some(v),
-            });
+        .expect("publishing"); // creates the topic, connects
+    let headers = side.headers();
+    let (start, cpu) = (Instant::now(), Cpu::now());
+    let results = join_all(events.iter().enumerate().map(|(i, e)| {
+        let encoded = &encoded;
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            let fresh;
+            let payload = match side {
+                Side::RawStrict => &encoded[i],
+                _ => {
+                    fresh = serde_json::to_vec(e).unwrap();
+                    &fresh
+                }
+            };
+            let mut record = FutureRecord::to(topic).key(&e.key).payload(payload);
+            if !headers.is_empty() {
+                record = record.headers(headers.iter().fold(
+                    OwnedHeaders::new_with_capacity(headers.len()),
+                    |h, &(key, value)| {
+                        h.insert(Header {
+                            key,
+                            value: Some(value),
+                        })
+                    },
+                ));
+            }
+            producer.send(record, Duration::from_secs(30)).await
         }
-        h
+    }))
+    .await;
+    let run = Run {
+        rate: n as f64 / start.elapsed().as_secs_f64(),
+        cpu: cpu.per_event_since(n),
     };
-    let start = Instant::now();
-    let sends = events.iter().map(|(key, payload)| {
-        let mut record = FutureRecord::to(&topic).key(key).payload(payload);
-        if with_headers {
-            record = record.headers(headers.clone());
-        }
-        producer.send(record, Duration::from_secs(30))
-    });
-    let cpu = cpu_secs();
-    let results = join_all(sends).await;
-    let elapsed = start.elapsed();
-    eprintln!(
-        "  raw publish: {:.2}s wall, {:.2}s CPU of this process",
-        elapsed.as_secs_f64(),
-        cpu_secs() - cpu
-    );
     for result in results {
         result.map_err(|(e, _)| e).expect("publishing");
     }
-    n as f64 / elapsed.as_secs_f64()
+    run
 }
 
 #[derive(Clone, Default)]
@@ -298,29 +403,60 @@ async fn consume_raw(n: usize, prefix: &str) -> f64 {
     clock.rate(n)
 }
 
-fn report(what: &str, eventflow: &[f64], raw: &[f64], target: Option<f64>) {
-    let median = |rates: &[f64]| {
-        let mut sorted = rates.to_vec();
-        sorted.sort_by(|a, b| a.total_cmp(b));
-        sorted[sorted.len() / 2]
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted[sorted.len() / 2]
+}
+
+fn report_publish(sides: &[Side], runs: &[Vec<Run>]) {
+    let rate = |side: Side| {
+        let i = sides.iter().position(|s| *s == side).unwrap();
+        median(runs[i].iter().map(|r| r.rate))
     };
-    let (e, r) = (median(eventflow), median(raw));
+    println!("publish (medians):");
+    for (side, runs) in sides.iter().zip(runs) {
+        let broker = if runs.iter().all(|r| r.cpu.broker.is_some()) {
+            format!(
+                ", broker {:.2} us",
+                median(runs.iter().map(|r| r.cpu.broker.unwrap_or_default()))
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<34} {:>9.0} events/s   CPU per event: this process {:.2} us{broker}",
+            side.label(),
+            median(runs.iter().map(|r| r.rate)),
+            median(runs.iter().map(|r| r.cpu.client)),
+        );
+        println!(
+            "    runs: {:?}",
+            runs.iter().map(|r| r.rate.round()).collect::<Vec<_>>()
+        );
+    }
+    let eventflow = rate(Side::Eventflow);
+    let strict = eventflow / rate(Side::RawStrict);
+    let fair = eventflow / rate(Side::RawFair);
+    println!("  ratio eventflow / raw strict: {strict:.2}   eventflow / raw fair: {fair:.2}");
+    let verdict = if strict >= TARGET_RATIO { "meets" } else { "MISSES" };
+    println!("  {verdict} the target of {TARGET_RATIO}x the strict baseline");
+}
+
+fn report_consume(eventflow: &[f64], raw: &[f64]) {
+    let (e, r) = (median(eventflow.iter().copied()), median(raw.iter().copied()));
     println!(
-        "{what}: eventflow {e:>10.0} events/s   raw rdkafka {r:>10.0} events/s   ratio {:.2}",
+        "consume (medians): eventflow {e:>9.0} events/s   raw StreamConsumer {r:>9.0} events/s   ratio {:.2}",
         e / r
     );
     println!(
-        "  eventflow runs: {:?}",
+        "    eventflow runs: {:?}",
         eventflow.iter().map(|r| r.round()).collect::<Vec<_>>()
     );
     println!(
-        "  raw runs:       {:?}",
+        "    raw runs:       {:?}",
         raw.iter().map(|r| r.round()).collect::<Vec<_>>()
     );
-    if let Some(target) = target {
-        let verdict = if e / r >= target { "meets" } else { "MISSES" };
-        println!("  {verdict} the target of {target}x");
-    }
 }
 
 fn main() {
@@ -329,38 +465,63 @@ fn main() {
     }
     let n = env_usize("KAFKA_BENCH_EVENTS", 50_000);
     let rounds = env_usize("KAFKA_BENCH_ROUNDS", 3);
+    let only = std::env::var("KAFKA_BENCH_ONLY").unwrap_or_default();
+    let (publishing, consuming) = (only != "consume", only != "publish");
+    let mut sides = vec![Side::RawStrict, Side::RawFair];
+    for extra in std::env::var("KAFKA_BENCH_RAW_HEADERS")
+        .unwrap_or_default()
+        .split(',')
+    {
+        match extra.trim() {
+            "" => {}
+            "eventflow" | "1" => sides.push(Side::RawEventflowHeaders),
+            "legacy" => sides.push(Side::RawLegacyHeaders),
+            other => panic!("KAFKA_BENCH_RAW_HEADERS: unknown {other:?}; use eventflow, legacy or both"),
+        }
+    }
+    sides.push(Side::Eventflow);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    println!(
-        "Kafka at {}, {n} events of 100 bytes, {rounds} alternating rounds",
-        brokers()
-    );
+    println!("Kafka at {}, {n} events of 100 bytes, {rounds} rounds", brokers());
     let id = run_id();
-    let (mut e_pub, mut r_pub, mut e_con, mut r_con) = (vec![], vec![], vec![], vec![]);
-    let only = std::env::var("KAFKA_BENCH_ONLY").unwrap_or_default();
-    let (publish, consume) = (only != "consume", only != "publish");
+    let mut publish_runs: Vec<Vec<Run>> = sides.iter().map(|_| Vec::new()).collect();
+    let (mut e_con, mut r_con) = (vec![], vec![]);
     runtime.block_on(async {
-        publish_raw(1000, &format!("{id}-warm")).await;
+        publish_raw(Side::RawStrict, 1000, &format!("{id}-warm")).await;
         for round in 0..rounds {
-            if publish {
-                r_pub.push(publish_raw(n, &format!("{id}-pr{round}")).await);
-                e_pub.push(publish_eventflow(n, &format!("{id}-pe{round}")).await);
+            if !publishing {
+                break;
+            }
+            for k in 0..sides.len() {
+                // Rotated, so that no side always runs first or right after another.
+                let i = (k + round) % sides.len();
+                let run = publish(sides[i], n, &format!("{id}-p{round}-{i}")).await;
+                eprintln!(
+                    "  {}: {:.0} events/s, {:.2} us CPU per event{}",
+                    sides[i].label(),
+                    run.rate,
+                    run.cpu.client,
+                    run.cpu
+                        .broker
+                        .map_or(String::new(), |b| format!(", broker {b:.2} us"))
+                );
+                publish_runs[i].push(run);
             }
         }
         for round in 0..rounds {
-            if consume {
+            if consuming {
                 r_con.push(consume_raw(n, &format!("{id}-cr{round}")).await);
                 e_con.push(consume_eventflow(n, &format!("{id}-ce{round}")).await);
             }
         }
     });
-    if publish {
-        report("publish", &e_pub, &r_pub, Some(TARGET_RATIO));
+    if publishing {
+        report_publish(&sides, &publish_runs);
     }
-    if consume {
-        report("consume", &e_con, &r_con, None);
+    if consuming {
+        report_consume(&e_con, &r_con);
     }
 }

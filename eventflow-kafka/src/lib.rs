@@ -1,4 +1,4 @@
-//! Kafka transport for [eventflow](eventflow), on [`rdkafka`] (librdkafka compiled from
+//! Kafka transport for [eventflow], on [`rdkafka`] (librdkafka compiled from
 //! source, nothing to install but a C compiler).
 //!
 //! [`Kafka`] implements eventflow's [`Transport`](eventflow::transport::Transport): the
@@ -46,7 +46,7 @@
 //! |---|---|
 //! | topic `orders` | topic `<topic_prefix>orders`, created on first use with the configured partitions and replication |
 //! | partition key | message key (murmur2 partitioner, as Java clients) |
-//! | envelope metadata | [headers](headers): `eventflow-id`, `eventflow-name`, `eventflow-version`, `content-type`, correlation, causation, timestamp, `traceparent` |
+//! | envelope metadata | [one header](headers), `eventflow`: `1;<id>;<name>;<version>;<timestamp>;<correlation id>;<causation id>;<content type>`; free-form headers such as `traceparent` as headers of their own |
 //! | payload | message value: the codec's bytes |
 //! | group `inventory` | consumer group `<group_prefix>inventory`; each bus worker is a member |
 //! | handled or dead-lettered | offset committed (auto-commit off) |

@@ -27,8 +27,8 @@ use crate::{headers, Error};
 ///   events of one key stay in order.
 /// - An eventflow group is a Kafka consumer group; every bus worker of the group is a
 ///   member. Offsets are committed only for events handled or dead-lettered.
-/// - Envelope metadata travels in [headers](crate::headers), the payload is the codec's
-///   bytes.
+/// - Envelope metadata travels in one [header](crate::headers), `eventflow`, free-form
+///   headers such as `traceparent` in their own; the payload is the codec's bytes.
 /// - A group that gives up on an event also writes it to the group's dead-letter topic,
 ///   `<topic>.<group>.dlq` by default, with the error, attempts and origin in headers.
 ///
@@ -345,12 +345,17 @@ impl Inner {
 
 #[async_trait]
 impl Transport for Kafka {
-    async fn publish(&self, envelope: Envelope) -> Result<(), eventflow::Error> {
+    /// The envelope is dropped once librdkafka has copied it, not held until the broker
+    /// acknowledges: with many publishes in flight, its memory is reused while still in
+    /// cache.
+    async fn publish(&self, mut envelope: Envelope) -> Result<(), eventflow::Error> {
         let delivery = match self.inner.enqueue_now(&envelope) {
             Some(enqueued) => enqueued?,
             None => Box::pin(self.inner.enqueue_envelope(&envelope)).await?,
         };
-        Ok(self.inner.delivered(delivery, &envelope.topic).await?)
+        let topic = std::mem::take(&mut envelope.topic);
+        drop(envelope);
+        Ok(self.inner.delivered(delivery, &topic).await?)
     }
 
     /// Hands every envelope to the producer before waiting for the acknowledgements, so a
@@ -358,15 +363,16 @@ impl Transport for Kafka {
     /// per partition.
     async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), eventflow::Error> {
         let mut pending = Vec::with_capacity(envelopes.len());
-        for envelope in &envelopes {
-            pending.push(match self.inner.enqueue_now(envelope) {
+        for envelope in envelopes {
+            let delivery = match self.inner.enqueue_now(&envelope) {
                 Some(enqueued) => enqueued?,
-                None => Box::pin(self.inner.enqueue_envelope(envelope)).await?,
-            });
+                None => Box::pin(self.inner.enqueue_envelope(&envelope)).await?,
+            };
+            pending.push((delivery, envelope.topic));
         }
         let mut first_error = None;
-        for (delivery, envelope) in pending.into_iter().zip(&envelopes) {
-            if let Err(error) = self.inner.delivered(delivery, &envelope.topic).await {
+        for (delivery, topic) in pending {
+            if let Err(error) = self.inner.delivered(delivery, &topic).await {
                 first_error.get_or_insert(error);
             }
         }

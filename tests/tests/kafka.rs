@@ -421,3 +421,33 @@ mod conformance {
 
     eventflow::transport_conformance!(async { kafka_common::kafka("conformance") });
 }
+
+#[subscribe(group = "invoicing")]
+async fn invoice(event: OrderPaid, tx: eventflow::Tx) -> Result {
+    drop((event, tx));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tx_handler_in_a_transactional_group_is_refused_at_start() {
+    let kafka = kafka_common::builder("tx-refused")
+        .transactional_group("invoicing")
+        .build()
+        .unwrap();
+    let started = EventBus::builder()
+        .transport(kafka)
+        .storage(MemoryStore::new())
+        .handler(invoice)
+        .start()
+        .await;
+    let Err(eventflow::Error::Config(message)) = started else {
+        panic!(
+            "a Tx handler in a Kafka transactional group started: {:?}",
+            started.map(drop)
+        );
+    };
+    assert!(
+        message.contains("takes `Tx`") && message.contains("invoicing"),
+        "the error should name the handler's Tx and the group: {message}"
+    );
+}
