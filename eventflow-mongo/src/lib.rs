@@ -1,4 +1,4 @@
-//! MongoDB storage for [eventflow](eventflow): the event store, the transactional outbox,
+//! MongoDB storage for [eventflow]: the event store, the transactional outbox,
 //! the inbox, dead letters and checkpoints in MongoDB, with the outbox relayed from a change
 //! stream, and change data capture for collections eventflow does not write.
 //!
@@ -101,4 +101,7 @@ pub mod __private {
         crate::document::put_envelope(&mut doc, envelope)?;
         Ok(doc)
     }
+
+    /// Most delivered outbox entries one clean-up delete removes.
+    pub const OUTBOX_CLEANUP_CHUNK: u64 = crate::outbox::CLEANUP_CHUNK;
 }

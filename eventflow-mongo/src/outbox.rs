@@ -26,10 +26,14 @@
 //!
 //! Marking the oldest claimed entries delivered raises a watermark kept in the lease
 //! document (`delivered_below`: every entry below it is delivered), by the same conditional
-//! update that checks the relay still holds the lease; the entries themselves are deleted in bulk, by one
-//! range delete at most every 10 s (`MongoStoreBuilder::outbox_cleanup_interval`), off the
-//! delivery path. Entries marked
-//! delivered out of order are deleted at once. Claims never read below the watermark.
+//! update that checks the relay still holds the lease. The entries below the watermark are
+//! deleted by a background task, off the delivery path, every second by default
+//! (`MongoStoreBuilder::outbox_cleanup_interval`), in `_id` ranges of at most
+//! [`CLEANUP_CHUNK`] entries, one delete at a time: one unbounded delete of a large backlog
+//! is one long operation (on some servers it holds the collection while it runs, stalling
+//! the commits that insert into it), while bounded ones let commits in between and keep
+//! the oplog free of bursts. Entries marked delivered out of order are deleted at once.
+//! Claims never read below the watermark.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Weak;
@@ -42,7 +46,8 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 use mongodb::options::ReturnDocument;
-use tokio::sync::mpsc;
+use mongodb::Collection;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::document::{self, int, now_nanos};
@@ -56,7 +61,10 @@ pub const OUTBOX_POSITION_CHECKPOINT: &str = "eventflow.outbox.position";
 const LEASE_ID: &str = "outbox";
 
 /// How often delivered entries below the watermark are deleted, by default.
-pub(crate) const CLEANUP_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const CLEANUP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most delivered entries one delete removes.
+pub(crate) const CLEANUP_CHUNK: u64 = 1024;
 
 /// Change events the stream may read ahead of the relay.
 const READ_AHEAD: usize = 4096;
@@ -75,9 +83,6 @@ pub(crate) struct Feed {
     next: u64,
     /// Every entry below this sequence is delivered.
     watermark: u64,
-    /// When delivered entries were last deleted, and the deletion running, if one is.
-    cleaned: Option<std::time::Instant>,
-    cleaning: Option<JoinHandle<()>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,8 +129,6 @@ impl Feed {
     fn reset(&mut self, owner: Option<&str>) {
         *self = Feed {
             owner: owner.map(str::to_owned),
-            cleaned: self.cleaned,
-            cleaning: self.cleaning.take(),
             ..Feed::default()
         };
     }
@@ -443,6 +446,7 @@ pub(crate) async fn claim(
         feed.reset(Some(relay));
     }
     feed.watermark = feed.watermark.max(watermark);
+    store.inner.cleaner.delete_below(&store.inner, feed.watermark);
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -509,33 +513,104 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
     if let Some(watermark) = watermark {
         feed.watermark = feed.watermark.max(watermark);
     }
-    clean_up(store, &mut feed);
+    store.inner.cleaner.delete_below(&store.inner, feed.watermark);
     Ok(())
 }
 
-/// Deletes the delivered entries below the watermark, in the background, at most once per
-/// cleanup interval.
-fn clean_up(store: &MongoStore, feed: &mut Feed) {
-    let now = std::time::Instant::now();
-    let Some(cleaned) = feed.cleaned else {
-        feed.cleaned = Some(now);
-        return;
-    };
-    let running = feed.cleaning.as_ref().is_some_and(|task| !task.is_finished());
-    if now.duration_since(cleaned) < store.inner.cleanup_interval || running || feed.watermark <= 1 {
-        return;
-    }
-    feed.cleaned = Some(now);
-    let outbox = store.inner.outbox.clone();
-    let below = feed.watermark;
-    feed.cleaning = Some(tokio::spawn(async move {
-        if let Err(error) = outbox.delete_many(doc! { "_id": { "$lt": int(below) } }).await {
-            tracing::warn!(
-                error = %describe(&error),
-                "deleting delivered outbox entries failed; the next clean-up deletes them"
-            );
+/// Deletes the delivered entries below the watermark in the background: every cleanup
+/// interval, in `_id` ranges of at most [`CLEANUP_CHUNK`], one delete at a time.
+///
+/// The work is the same as deleting each entry when it is delivered, batched: the outbox
+/// holds at most about one interval's worth of delivered entries, whatever the load.
+#[derive(Default)]
+pub(crate) struct Cleaner {
+    /// The watermark the task deletes below; the task starts with the first one.
+    watermark: std::sync::OnceLock<watch::Sender<u64>>,
+    task: std::sync::OnceLock<JoinHandle<()>>,
+}
+
+impl Cleaner {
+    /// Lets the task delete the entries below `watermark`.
+    fn delete_below(&self, inner: &Inner, watermark: u64) {
+        if watermark <= 1 {
+            return;
         }
-    }));
+        let sender = self.watermark.get_or_init(|| {
+            let (sender, receiver) = watch::channel(watermark);
+            let task = clean_up(inner.outbox.clone(), receiver, inner.cleanup_interval);
+            let _ = self.task.set(tokio::spawn(task));
+            sender
+        });
+        sender.send_if_modified(|below| {
+            let raised = watermark > *below;
+            *below = (*below).max(watermark);
+            raised
+        });
+    }
+}
+
+impl Drop for Cleaner {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
+}
+
+async fn clean_up(outbox: Collection<Document>, mut watermark: watch::Receiver<u64>, interval: Duration) {
+    // Every entry below `deleted` is deleted; unknown until the first clean-up looks.
+    let mut deleted: Option<u64> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let below = *watermark.borrow_and_update();
+        if deleted.is_some_and(|deleted| deleted >= below) {
+            // Nothing new was delivered: wait for the watermark to move.
+            if watermark.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let from = match deleted {
+            Some(from) => Ok(from),
+            None => lowest(&outbox, below).await,
+        };
+        let mut from = match from {
+            Ok(from) => from,
+            Err(error) => {
+                tracing::warn!(
+                    error = %describe(&error),
+                    "reading the outbox for delivered entries to delete failed; the next \
+                     clean-up tries again"
+                );
+                continue;
+            }
+        };
+        while from < below {
+            let to = below.min(from.saturating_add(CLEANUP_CHUNK));
+            let range = doc! { "_id": { "$gte": int(from), "$lt": int(to) } };
+            if let Err(error) = outbox.delete_many(range).await {
+                tracing::warn!(
+                    error = %describe(&error),
+                    "deleting delivered outbox entries failed; the next clean-up deletes them"
+                );
+                break;
+            }
+            from = to;
+        }
+        deleted = Some(from);
+    }
+}
+
+/// The lowest sequence in the outbox, or `below` if none is lower.
+async fn lowest(outbox: &Collection<Document>, below: u64) -> Result<u64, mongodb::error::Error> {
+    let first = outbox
+        .find_one(doc! {})
+        .sort(doc! { "_id": 1 })
+        .projection(doc! { "_id": 1 })
+        .await?;
+    Ok(first
+        .and_then(|doc| document::get_u64(&doc, "_id").ok())
+        .map_or(below, |lowest| lowest.min(below)))
 }
 
 /// What a relay marks delivered: entries deleted at once, the new watermark, the position.

@@ -137,6 +137,46 @@ async fn commits_of_another_process_reach_handlers_through_the_change_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_entries_are_deleted_in_the_background_and_nothing_else_is() {
+    let database = mongo_support::unique_database();
+    let store = MongoStore::builder(mongo_support::client().await, &database)
+        .outbox_cleanup_interval(Duration::from_millis(200))
+        .open()
+        .await
+        .unwrap();
+    let outbox = store
+        .database()
+        .collection::<Document>(&store.collection_names().outbox);
+    // More than one clean-up delete's worth, committed before the relay starts.
+    let count = 2_500;
+    for first in (0..count).step_by(250) {
+        let envelopes: Vec<Envelope> = (first..first + 250).map(paid).collect();
+        let mut tx = store.begin().await.unwrap();
+        tx.enqueue(&envelopes).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(outbox.count_documents(doc! {}).await.unwrap(), count);
+    let transport = InProcess::new();
+    let (bus, rec) = observer(&transport).await;
+
+    let relay = start_relay(&store, &transport);
+    eventually(20, "every entry delivered", || {
+        rec.seen("audit").len() >= count as usize
+    })
+    .await;
+    within(20, "the delivered entries to be deleted", async {
+        while outbox.count_documents(doc! {}).await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    within(5, "the observer to finish", transport.wait_idle()).await;
+    assert_once_in_order(&rec, count);
+    relay.stop().await;
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_relay_resumes_from_its_saved_token_and_delivers_everything_once() {
     let database = mongo_support::unique_database();
     let store = mongo_support::store_in(&database).await;
