@@ -95,13 +95,15 @@ pub mod __private {
     use eventflow::{Envelope, Error};
     use mongodb::bson::{doc, Document};
 
-    /// The document the outbox holds for `envelope` at `sequence`.
+    /// The document a per-event outbox holds for `envelope` at `sequence`: the benchmark's
+    /// baseline, and the layout eventflow-mongo wrote before it kept one document per unit
+    /// of work (still read).
     pub fn outbox_document(sequence: u64, envelope: &Envelope) -> Result<Document, Error> {
         let mut doc = doc! { "_id": crate::document::int(sequence) };
         crate::document::put_envelope(&mut doc, envelope)?;
         Ok(doc)
     }
 
-    /// Most delivered outbox entries one clean-up delete removes.
+    /// The widest range of outbox sequences one clean-up delete covers.
     pub const OUTBOX_CLEANUP_CHUNK: u64 = crate::outbox::CLEANUP_CHUNK;
 }

@@ -2,46 +2,65 @@
 //! a change stream on the outbox collection, resumes from a saved resume token, and falls
 //! back to scanning the collection whenever the stream cannot be trusted.
 //!
+//! # How entries are stored
+//!
+//! One document per unit of work, holding its entries in order (see [`layout`]): `_id` is
+//! the sequence of its first entry, `last` that of its last, `entries` the envelopes. The
+//! feed hands the relay individual entries; the server pays one insert, one change-stream
+//! read and one delete per unit of work rather than per entry. Documents of the earlier
+//! layout, one per entry, are read as documents of one entry.
+//!
 //! # Why nothing is lost
 //!
 //! Outbox sequences come from a counter incremented inside each unit of work's
 //! transaction, so committed sequences are dense (1, 2, 3, ...) and in commit order, and
-//! the change stream, which follows the oplog, yields them in that order. The feed knows
-//! the sequence it expects next: an entry below it was delivered already (skipped), an
-//! entry above it means the stream missed something (a scan follows).
+//! the change stream, which follows the oplog, yields the documents holding them in that
+//! order. The feed knows the sequence it expects next and checks every document's range
+//! against it: entries below it were delivered already (skipped, also within a document
+//! that is partly delivered), a document starting above it means the stream missed
+//! something (a scan follows).
 //!
 //! The saved position is a resume token with the sequence expected after it, saved after
 //! the entries before it were marked delivered, and meaning: "every entry committed before
-//! this token, and every entry below this sequence, is delivered". It only moves forward.
-//! A relay that takes the outbox over resumes the stream from it.
+//! this token, and every entry below this sequence, is delivered". It is taken at the end
+//! of a document, so a relay resuming from it streams the next document whole. It only
+//! moves forward. A relay that takes the outbox over resumes the stream from it.
 //!
 //! The scan opens a new change stream first, then reads the undelivered entries from the
-//! collection in sequence order. Entries committed before the stream opened are in the
-//! collection; entries committed after are in the stream; the expected sequence removes
-//! the overlap. It runs on first start, when the saved token cannot be resumed from (it
-//! left the oplog: `ChangeStreamHistoryLost`, or is invalid), when the stream breaks, and on
-//! a gap.
+//! collection in sequence order, starting with the document that holds the first sequence
+//! it wants. Entries committed before the stream opened are in the collection; entries
+//! committed after are in the stream; the expected sequence removes the overlap. It runs on
+//! first start, when the saved token cannot be resumed from (it left the oplog:
+//! `ChangeStreamHistoryLost`, or is invalid), when the stream breaks, and on a gap.
+//!
+//! A document's entries are read one by one: an entry that does not read whole is handed to
+//! the relay as corrupt, to be dead-lettered on its own, and its neighbours are delivered.
 //!
 //! # Delivered entries
 //!
 //! Marking the oldest claimed entries delivered raises a watermark kept in the lease
-//! document (`delivered_below`: every entry below it is delivered), by the same conditional
-//! update that checks the relay still holds the lease. The entries below the watermark are
-//! deleted by a background task, off the delivery path, every second by default
-//! (`MongoStoreBuilder::outbox_cleanup_interval`), in `_id` ranges of at most
-//! [`CLEANUP_CHUNK`] entries, one delete at a time: one unbounded delete of a large backlog
-//! is one long operation (on some servers it holds the collection while it runs, stalling
-//! the commits that insert into it), while bounded ones let commits in between and keep
-//! the oplog free of bursts. Entries marked delivered out of order are deleted at once.
-//! Claims never read below the watermark.
+//! document (`delivered_below`: every entry below it is delivered), per entry, by the same
+//! conditional update that checks the relay still holds the lease. A document whose
+//! entries are all below the watermark is deleted by a background task, off the delivery
+//! path, every second by default (`MongoStoreBuilder::outbox_cleanup_interval`), in `_id`
+//! ranges of at most [`CLEANUP_CHUNK`] sequences, one delete at a time: one unbounded
+//! delete of a large backlog is one long operation (on some servers it holds the
+//! collection while it runs, stalling the commits that insert into it), while bounded ones
+//! let commits in between and keep the oplog free of bursts. A document the watermark has
+//! only partly passed stays until it has passed it whole. Entries marked delivered out of
+//! order are recorded in their document's `delivered` list (the document is deleted at
+//! once if that covers all of it), so that no relay claims them again. Claims never read
+//! below the watermark.
 
-use std::collections::{HashSet, VecDeque};
+pub(crate) mod layout;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Weak;
 use std::time::Duration;
 
 use eventflow::store::OutboxEntry;
 use eventflow::Error;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::change_stream::ChangeStream;
@@ -52,6 +71,7 @@ use tokio::task::JoinHandle;
 
 use crate::document::{self, int, now_nanos};
 use crate::error::{backend, describe, is_duplicate_key, is_transient};
+use crate::outbox::layout::{Stored, DELIVERED, LAST};
 use crate::store::{Inner, MongoStore};
 
 /// The checkpoint holding the outbox relay's saved position: a change-stream resume token
@@ -63,11 +83,11 @@ const LEASE_ID: &str = "outbox";
 /// How often delivered entries below the watermark are deleted, by default.
 pub(crate) const CLEANUP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Most delivered entries one delete removes.
+/// The widest range of sequences one clean-up delete covers.
 pub(crate) const CLEANUP_CHUNK: u64 = 1024;
 
-/// Change events the stream may read ahead of the relay.
-const READ_AHEAD: usize = 4096;
+/// Outbox documents the stream may read ahead of the relay.
+const READ_AHEAD: usize = 1024;
 
 /// The relay's view of the outbox, shared by the relays of one store handle; only the one
 /// holding the lease uses it.
@@ -98,6 +118,10 @@ enum Mode {
 
 struct Pending {
     entry: OutboxEntry,
+    /// The `_id` of the document holding it.
+    document: u64,
+    /// How many entries that document holds.
+    size: u64,
     /// The position to save once this entry and everything before it are delivered.
     position: Option<(ResumeToken, u64)>,
 }
@@ -118,10 +142,7 @@ impl Drop for Stream {
 }
 
 enum StreamEvent {
-    Entry {
-        entry: Box<OutboxEntry>,
-        token: ResumeToken,
-    },
+    Document { stored: Stored, token: ResumeToken },
     Broken(String),
 }
 
@@ -133,8 +154,28 @@ impl Feed {
         };
     }
 
-    fn push(&mut self, entry: OutboxEntry, position: Option<(ResumeToken, u64)>) {
-        self.pending.push_back(Pending { entry, position });
+    /// Adds the entries of `stored` from sequence `from` on; the last one carries
+    /// `position`.
+    fn push(&mut self, stored: Stored, from: u64, position: Option<(ResumeToken, u64)>) {
+        let (document, size) = (stored.first, stored.size());
+        let start = self.pending.len();
+        self.pending.extend(
+            stored
+                .entries
+                .into_iter()
+                .filter(|entry| entry.sequence >= from)
+                .map(|entry| Pending {
+                    entry,
+                    document,
+                    size,
+                    position: None,
+                }),
+        );
+        if self.pending.len() > start {
+            if let Some(last) = self.pending.back_mut() {
+                last.position = position;
+            }
+        }
     }
 
     /// Scans next, from after `after`, on a new stream.
@@ -159,23 +200,23 @@ impl Feed {
                         continue;
                     };
                     match stream.events.try_recv() {
-                        Ok(StreamEvent::Entry { entry, token }) => {
-                            let sequence = entry.sequence;
-                            if sequence < self.next {
+                        Ok(StreamEvent::Document { stored, token }) => {
+                            if stored.last < self.next {
                                 continue;
                             }
-                            if sequence > self.next {
+                            if stored.first > self.next {
                                 tracing::warn!(
                                     expected = self.next,
-                                    got = sequence,
+                                    got = stored.first,
                                     "the outbox change stream skipped entries; scanning the \
                                      outbox for undelivered entries, then streaming again"
                                 );
                                 self.rescan(self.next - 1);
                                 continue;
                             }
-                            self.next += 1;
-                            self.push(*entry, Some((token, sequence + 1)));
+                            let (from, next) = (self.next, stored.last + 1);
+                            self.next = next;
+                            self.push(stored, from, Some((token, next)));
                         }
                         Ok(StreamEvent::Broken(reason)) => {
                             tracing::warn!(
@@ -263,29 +304,41 @@ impl Feed {
             .map_err(|e| backend("reading the outbox counter", e))?
             .and_then(|doc| document::get_u64(&doc, "outbox").ok())
             .unwrap_or(0);
-        let want = limit - self.pending.len();
-        let after = after.max(self.watermark.saturating_sub(1));
-        let cursor = inner
-            .outbox
-            .find(doc! { "_id": { "$gt": int(after) } })
-            .sort(doc! { "_id": 1 })
-            .limit(i64::try_from(want).unwrap_or(i64::MAX))
-            .await
-            .map_err(|e| backend("scanning the outbox", e))?;
-        let docs: Vec<Document> = futures_util::TryStreamExt::try_collect(cursor)
-            .await
-            .map_err(|e| backend("scanning the outbox", e))?;
-        let found = docs.len();
-        let mut after = after;
-        for doc in docs {
-            let entry =
-                entry(doc).map_err(|reason| crate::error::unreadable("an outbox entry's `_id`", reason))?;
-            after = entry.sequence;
-            self.push(entry, None);
-        }
-        if found == want {
-            self.mode = Mode::Scan { after };
-            return Ok(false);
+        let mut after = after.max(self.watermark.saturating_sub(1));
+        loop {
+            let want = limit.saturating_sub(self.pending.len()).max(1);
+            let start = first_document_after(store, after)
+                .await
+                .map_err(|e| backend("scanning the outbox", e))?;
+            // Every document holds at least one entry: `want` documents are enough.
+            let mut cursor = inner
+                .outbox
+                .find(doc! { "_id": { "$gte": int(start) } })
+                .sort(doc! { "_id": 1 })
+                .limit(i64::try_from(want).unwrap_or(i64::MAX))
+                .batch_size(u32::try_from(want.min(64)).unwrap_or(64))
+                .await
+                .map_err(|e| backend("scanning the outbox", e))?;
+            let mut found = 0;
+            while let Some(doc) = cursor
+                .try_next()
+                .await
+                .map_err(|e| backend("scanning the outbox", e))?
+            {
+                found += 1;
+                let stored = layout::read(&doc)
+                    .map_err(|reason| crate::error::unreadable("an outbox document", reason))?;
+                let last = stored.last;
+                self.push(stored, after + 1, None);
+                after = after.max(last);
+                if self.pending.len() >= limit {
+                    self.mode = Mode::Scan { after };
+                    return Ok(false);
+                }
+            }
+            if found < want {
+                break;
+            }
         }
         // Caught up: the stream has everything from here on.
         self.next = after.max(counted) + 1;
@@ -304,18 +357,25 @@ impl Feed {
     }
 }
 
-/// An outbox document as an entry; `Err` only if its sequence is unreadable. An envelope
-/// that does not read whole is handed over as corrupt, for the relay to dead-letter.
-fn entry(doc: Document) -> Result<OutboxEntry, String> {
-    let sequence = document::get_u64(&doc, "_id")?;
-    Ok(match document::envelope(&doc) {
-        Ok(envelope) => OutboxEntry::new(sequence, envelope),
-        Err(reason) => OutboxEntry {
-            sequence,
-            envelope: document::salvage_envelope(&doc),
-            corrupt: Some(format!("outbox entry {sequence} cannot be read: {reason}")),
-        },
-    })
+/// The `_id` of the first document that may hold a sequence after `after`: the one holding
+/// both `after` and `after + 1`, if there is one.
+async fn first_document_after(store: &MongoStore, after: u64) -> Result<u64, mongodb::error::Error> {
+    if after == 0 {
+        return Ok(0);
+    }
+    let holding = store
+        .inner
+        .outbox
+        .find_one(doc! { "_id": { "$lte": int(after) } })
+        .sort(doc! { "_id": -1 })
+        .projection(doc! { "_id": 1, LAST: 1 })
+        .await?;
+    let straddles = holding.and_then(|doc| {
+        let first = document::get_u64(&doc, "_id").ok()?;
+        let last = document::get_u64(&doc, LAST).ok()?;
+        (last > after).then_some(first)
+    });
+    Ok(straddles.unwrap_or(after + 1))
 }
 
 async fn open_stream(
@@ -367,10 +427,9 @@ async fn follow(
         };
         let token = event.id;
         let read = match event.full_document {
-            Some(doc) => entry(doc).map(|entry| StreamEvent::Entry {
-                entry: Box::new(entry),
-                token,
-            }),
+            Some(doc) => layout::read(&doc)
+                .map(|stored| StreamEvent::Document { stored, token })
+                .map_err(|reason| format!("an outbox document cannot be read: {reason}")),
             None => Err("an insert event came without its document".to_owned()),
         };
         let message = read.unwrap_or_else(StreamEvent::Broken);
@@ -469,7 +528,7 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
     let mut feed = store.inner.feed.lock().await;
     let delivered: HashSet<u64> = sequences.iter().copied().collect();
     let owned = feed.owner.as_deref() == Some(relay);
-    // The oldest claimed entries raise the watermark; others are deleted now.
+    // The oldest claimed entries raise the watermark; others are recorded in their document.
     let prefix: Vec<&Pending> = match owned {
         true => feed
             .pending
@@ -480,9 +539,15 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
     };
     let position = prefix.iter().rev().find_map(|p| p.position.clone());
     let watermark = prefix.last().map(|p| p.entry.sequence + 1);
-    let below: HashSet<u64> = prefix.iter().map(|p| p.entry.sequence).collect();
-    let mut others: Vec<u64> = sequences.iter().copied().filter(|s| !below.contains(s)).collect();
-    others.sort_unstable();
+    // Sequences not claimed through this feed (it was reset) are left alone: they may be
+    // delivered again, as after any takeover.
+    let mut others: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
+    for p in feed.pending.iter().skip(prefix.len()) {
+        if delivered.contains(&p.entry.sequence) {
+            let (_, sequences) = others.entry(p.document).or_insert((p.size, Vec::new()));
+            sequences.push(p.entry.sequence);
+        }
+    }
     let mut attempt = 0;
     loop {
         let marked = Marked {
@@ -517,11 +582,13 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
     Ok(())
 }
 
-/// Deletes the delivered entries below the watermark in the background: every cleanup
-/// interval, in `_id` ranges of at most [`CLEANUP_CHUNK`], one delete at a time.
+/// Deletes the documents whose entries are all below the watermark in the background:
+/// every cleanup interval, in `_id` ranges of at most [`CLEANUP_CHUNK`] sequences, one
+/// delete at a time.
 ///
-/// The work is the same as deleting each entry when it is delivered, batched: the outbox
-/// holds at most about one interval's worth of delivered entries, whatever the load.
+/// The work is the same as deleting each document when it is delivered, batched: the
+/// outbox holds at most about one interval's worth of delivered documents, whatever the
+/// load.
 #[derive(Default)]
 pub(crate) struct Cleaner {
     /// The watermark the task deletes below; the task starts with the first one.
@@ -558,23 +625,21 @@ impl Drop for Cleaner {
 }
 
 async fn clean_up(outbox: Collection<Document>, mut watermark: watch::Receiver<u64>, interval: Duration) {
-    // Every entry below `deleted` is deleted; unknown until the first clean-up looks.
-    let mut deleted: Option<u64> = None;
+    // Every document holding only entries below this is deleted.
+    let mut cleared = 0;
     loop {
         tokio::time::sleep(interval).await;
         let below = *watermark.borrow_and_update();
-        if deleted.is_some_and(|deleted| deleted >= below) {
+        if cleared >= below {
             // Nothing new was delivered: wait for the watermark to move.
             if watermark.changed().await.is_err() {
                 return;
             }
             continue;
         }
-        let from = match deleted {
-            Some(from) => Ok(from),
-            None => lowest(&outbox, below).await,
-        };
-        let mut from = match from {
+        // From the lowest document: one the watermark had only partly passed last time
+        // may be whole below it now.
+        let mut from = match lowest(&outbox, below).await {
             Ok(from) => from,
             Err(error) => {
                 tracing::warn!(
@@ -585,23 +650,31 @@ async fn clean_up(outbox: Collection<Document>, mut watermark: watch::Receiver<u
                 continue;
             }
         };
+        let mut done = true;
         while from < below {
             let to = below.min(from.saturating_add(CLEANUP_CHUNK));
-            let range = doc! { "_id": { "$gte": int(from), "$lt": int(to) } };
+            let range = doc! {
+                "_id": { "$gte": int(from), "$lt": int(to) },
+                // Documents of one entry per document have no `last`.
+                "$or": [ { LAST: { "$lt": int(below) } }, { LAST: { "$exists": false } } ],
+            };
             if let Err(error) = outbox.delete_many(range).await {
                 tracing::warn!(
                     error = %describe(&error),
                     "deleting delivered outbox entries failed; the next clean-up deletes them"
                 );
+                done = false;
                 break;
             }
             from = to;
         }
-        deleted = Some(from);
+        if done {
+            cleared = below;
+        }
     }
 }
 
-/// The lowest sequence in the outbox, or `below` if none is lower.
+/// The lowest `_id` in the outbox, or `below` if none is lower.
 async fn lowest(outbox: &Collection<Document>, below: u64) -> Result<u64, mongodb::error::Error> {
     let first = outbox
         .find_one(doc! {})
@@ -613,34 +686,22 @@ async fn lowest(outbox: &Collection<Document>, below: u64) -> Result<u64, mongod
         .map_or(below, |lowest| lowest.min(below)))
 }
 
-/// What a relay marks delivered: entries deleted at once, the new watermark, the position.
+/// What a relay marks delivered: the new watermark, the entries delivered out of order
+/// (by document: its size and their sequences), the position to save.
 struct Marked<'a> {
-    others: &'a [u64],
+    others: &'a BTreeMap<u64, (u64, Vec<u64>)>,
     watermark: Option<u64>,
     position: Option<(ResumeToken, u64)>,
 }
 
-/// `sorted` as inclusive ranges of consecutive numbers.
-fn ranges(sorted: &[u64]) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for &n in sorted {
-        match ranges.last_mut() {
-            Some((_, hi)) if *hi + 1 == n => *hi = n,
-            Some((_, hi)) if *hi == n => {}
-            _ => ranges.push((n, n)),
-        }
-    }
-    ranges
-}
-
-/// Fenced by the lease: raises the watermark if `relay` still holds the lease, then
-/// deletes the other delivered entries and saves the position. `Ok(false)` if `relay` no
-/// longer holds the lease.
+/// Fenced by the lease: raises the watermark if `relay` still holds the lease, then records
+/// the entries delivered out of order (deleting the documents they make whole) and saves
+/// the position. `Ok(false)` if `relay` no longer holds the lease.
 ///
 /// No transaction: a process killed inside one would leave it open on the server, holding
 /// the lease document for the next relay until the server aborts it (60 s by default).
-/// Each step is safe on its own: the conditional update is the fence; the deleted entries
-/// were delivered by this relay; a position is only ever moved forward.
+/// Each step is safe on its own: the conditional update is the fence; the recorded and
+/// deleted entries were delivered by this relay; a position is only ever moved forward.
 async fn delete_delivered(
     store: &MongoStore,
     relay: &str,
@@ -658,12 +719,23 @@ async fn delete_delivered(
     if fenced.matched_count == 0 {
         return Ok(false);
     }
-    if !marked.others.is_empty() {
-        let ranges: Vec<Bson> = ranges(marked.others)
-            .into_iter()
-            .map(|(lo, hi)| Bson::Document(doc! { "_id": { "$gte": int(lo), "$lte": int(hi) } }))
-            .collect();
-        inner.outbox.delete_many(doc! { "$or": ranges }).await?;
+    let mut whole = Vec::new();
+    for (&document, (size, sequences)) in marked.others {
+        if sequences.len() as u64 >= *size {
+            whole.push(int(document));
+            continue;
+        }
+        let sequences: Vec<Bson> = sequences.iter().map(|&s| int(s)).collect();
+        inner
+            .outbox
+            .update_one(
+                doc! { "_id": int(document) },
+                doc! { "$addToSet": { DELIVERED: { "$each": sequences } } },
+            )
+            .await?;
+    }
+    if !whole.is_empty() {
+        inner.outbox.delete_many(doc! { "_id": { "$in": whole } }).await?;
     }
     if let Some(position) = marked.position {
         save_position(store, position).await?;
@@ -735,7 +807,8 @@ pub(crate) fn parse_position(saved: &str) -> Result<(ResumeToken, u64), String> 
     Ok((token, document::get_u64(&doc, "next")?))
 }
 
-/// How many outbox entries wait for the relay.
+/// How many outbox entries wait for the relay: those at or above the watermark, not
+/// delivered out of order.
 pub(crate) async fn backlog(store: &MongoStore) -> Result<u64, Error> {
     let lease = store
         .inner
@@ -746,21 +819,37 @@ pub(crate) async fn backlog(store: &MongoStore) -> Result<u64, Error> {
     let watermark = lease
         .and_then(|lease| document::get_u64(&lease, "delivered_below").ok())
         .unwrap_or(0);
-    store
+    let start = first_document_after(store, watermark.saturating_sub(1))
+        .await
+        .map_err(|e| backend("counting the outbox", e))?;
+    let documents: Vec<Document> = store
         .inner
         .outbox
-        .count_documents(doc! { "_id": { "$gte": int(watermark) } })
+        .find(doc! { "_id": { "$gte": int(start) } })
+        .projection(doc! { "_id": 1, LAST: 1, DELIVERED: 1 })
         .await
-        .map_err(|e| backend("counting the outbox", e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ranges;
-
-    #[test]
-    fn consecutive_sequences_make_one_range() {
-        assert_eq!(ranges(&[1, 2, 3, 5, 7, 8]), [(1, 3), (5, 5), (7, 8)]);
-        assert!(ranges(&[]).is_empty());
+        .map_err(|e| backend("counting the outbox", e))?
+        .try_collect()
+        .await
+        .map_err(|e| backend("counting the outbox", e))?;
+    let mut count = 0;
+    for doc in &documents {
+        let first = document::get_u64(doc, "_id")
+            .map_err(|reason| crate::error::unreadable("an outbox document", reason))?;
+        let last = document::get_u64(doc, LAST).unwrap_or(first);
+        let from = first.max(watermark);
+        if last < from {
+            continue;
+        }
+        let delivered = match doc.get(DELIVERED) {
+            Some(Bson::Array(sequences)) => sequences
+                .iter()
+                .filter_map(|s| s.as_i64().or_else(|| s.as_i32().map(i64::from)))
+                .filter(|&s| u64::try_from(s).is_ok_and(|s| (from..=last).contains(&s)))
+                .count() as u64,
+            _ => 0,
+        };
+        count += (last - from + 1).saturating_sub(delivered);
     }
+    Ok(count)
 }

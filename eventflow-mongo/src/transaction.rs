@@ -209,7 +209,7 @@ impl MongoTransaction {
         let outbox_count = self.outbox.len() as u64;
         if event_count + outbox_count > 0 {
             // Last, so the counter document stays locked only until the commit.
-            let (mut position, mut sequence) = self
+            let (mut position, sequence) = self
                 .store
                 .reserve_numbers(&mut self.session, event_count, outbox_count)
                 .await
@@ -250,19 +250,15 @@ impl MongoTransaction {
                 *head += append.events.len() as u64;
             }
             if !self.outbox.is_empty() {
-                let mut docs = Vec::with_capacity(self.outbox.len());
-                for envelope in &self.outbox {
-                    let mut doc = doc! { "_id": int(sequence) };
-                    document::put_envelope(&mut doc, envelope)?;
-                    docs.push(doc);
-                    sequence += 1;
-                }
+                // One document for the unit of work's entries (more only if they are large).
+                let docs = crate::outbox::layout::documents(sequence, &self.outbox)?;
                 if let Err(error) = inner.outbox.insert_many(docs).session(&mut self.session).await {
                     if is_duplicate_key(&error) {
                         return Err(Failure::Final(Error::backend(format!(
-                            "the outbox already holds an entry numbered like a new one: the \
+                            "the outbox already holds a document numbered like a new one: the \
                              counter in `{}` is behind the outbox `{}`; it was reset or edited. \
-                             Set its `outbox` field to the highest `_id` in the outbox",
+                             Set its `outbox` field to the highest `last` (or, in a document \
+                             without one, `_id`) in the outbox",
                             inner.names.counters, inner.names.outbox
                         ))));
                     }

@@ -205,3 +205,148 @@ async fn an_unreachable_server_is_a_clear_error() {
         "unhelpful error: {error}"
     );
 }
+
+fn outbox(store: &MongoStore) -> eventflow_mongo::mongodb::Collection<Document> {
+    store
+        .database()
+        .collection::<Document>(&store.collection_names().outbox)
+}
+
+#[tokio::test]
+async fn a_unit_of_work_is_one_outbox_document_claimed_as_its_entries() {
+    let store = mongo_support::store().await;
+    let sent: Vec<Envelope> = (1..=5).map(event).collect();
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&sent).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(outbox(&store).count_documents(doc! {}).await.unwrap(), 1);
+    assert_eq!(store.outbox_backlog().await.unwrap(), 5);
+
+    // A claim that ends inside the document, and one that goes on from there.
+    let lease = Duration::from_secs(5);
+    let first = store.claim_outbox("relay", lease, 0, 2).await.unwrap();
+    let rest = store
+        .claim_outbox("relay", lease, first[1].sequence, 10)
+        .await
+        .unwrap();
+    let claimed: Vec<_> = first.iter().chain(&rest).collect();
+    assert_eq!(
+        claimed.iter().map(|e| &e.envelope).collect::<Vec<_>>(),
+        sent.iter().collect::<Vec<_>>()
+    );
+    assert!(claimed.windows(2).all(|w| w[0].sequence + 1 == w[1].sequence));
+
+    // Half delivered: the watermark is inside the document, which stays.
+    let sequences: Vec<u64> = first.iter().map(|e| e.sequence).collect();
+    store.mark_delivered("relay", &sequences).await.unwrap();
+    assert_eq!(store.outbox_backlog().await.unwrap(), 3);
+    store.release_outbox("relay").await.unwrap();
+    let taken = store.claim_outbox("other", lease, 0, 10).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|e| &e.envelope).collect::<Vec<_>>(),
+        sent[2..].iter().collect::<Vec<_>>(),
+        "a relay taking over must start at the watermark inside the document"
+    );
+}
+
+#[tokio::test]
+async fn entries_delivered_out_of_order_are_not_claimed_again() {
+    let store = mongo_support::store().await;
+    let sent: Vec<Envelope> = (1..=3).map(event).collect();
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&sent).await.unwrap();
+    tx.commit().await.unwrap();
+    let lease = Duration::from_secs(5);
+    let claimed = store.claim_outbox("relay", lease, 0, 10).await.unwrap();
+    // The middle one, before the first: no watermark moves.
+    store
+        .mark_delivered("relay", &[claimed[1].sequence])
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_backlog().await.unwrap(), 2);
+    store.release_outbox("relay").await.unwrap();
+    let taken = store.claim_outbox("other", lease, 0, 10).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|e| &e.envelope).collect::<Vec<_>>(),
+        [&sent[0], &sent[2]]
+    );
+    let sequences: Vec<u64> = taken.iter().map(|e| e.sequence).collect();
+    store.mark_delivered("other", &sequences).await.unwrap();
+    assert_eq!(store.outbox_backlog().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_corrupt_entry_is_handed_over_alone_and_its_neighbours_whole() {
+    let store = mongo_support::store().await;
+    let sent: Vec<Envelope> = (1..=3).map(event).collect();
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&sent).await.unwrap();
+    tx.commit().await.unwrap();
+    outbox(&store)
+        .update_many(doc! {}, doc! { "$set": { "entries.1.created_at": "yesterday" } })
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(claimed[0].envelope, sent[0]);
+    assert_eq!(claimed[2].envelope, sent[2]);
+    assert!(claimed[0].corrupt.is_none() && claimed[2].corrupt.is_none());
+    let corrupt = claimed[1]
+        .corrupt
+        .as_deref()
+        .expect("the broken entry is not marked");
+    assert!(corrupt.contains("created_at"), "{corrupt}");
+    assert_eq!(claimed[1].envelope.id, sent[1].id, "what could be read was kept");
+}
+
+#[tokio::test]
+async fn outbox_documents_of_one_entry_each_are_still_relayed_and_deleted() {
+    let store = MongoStore::builder(mongo_support::client().await, &mongo_support::unique_database())
+        .outbox_cleanup_interval(Duration::from_millis(100))
+        .open()
+        .await
+        .unwrap();
+    // What an earlier version wrote: one document per entry, `_id` its sequence.
+    let old: Vec<Envelope> = (1..=2).map(event).collect();
+    let documents: Vec<Document> = (1..)
+        .zip(&old)
+        .map(|(sequence, envelope)| eventflow_mongo::__private::outbox_document(sequence, envelope).unwrap())
+        .collect();
+    outbox(&store).insert_many(documents).await.unwrap();
+    store
+        .database()
+        .collection::<Document>(&store.collection_names().counters)
+        .insert_one(doc! { "_id": "sequences", "position": 0_i64, "outbox": 2_i64 })
+        .await
+        .unwrap();
+    let new: Vec<Envelope> = (3..=4).map(event).collect();
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&new).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.outbox_backlog().await.unwrap(), 4);
+
+    let claimed = store
+        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|e| (e.sequence, &e.envelope))
+            .collect::<Vec<_>>(),
+        (1..).zip(old.iter().chain(&new)).collect::<Vec<_>>()
+    );
+    let sequences: Vec<u64> = claimed.iter().map(|e| e.sequence).collect();
+    store.mark_delivered("relay", &sequences).await.unwrap();
+    assert_eq!(store.outbox_backlog().await.unwrap(), 0);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while outbox(&store).count_documents(doc! {}).await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the clean-up left delivered documents of either layout");
+}
