@@ -45,9 +45,22 @@ pub fn require_broker(brokers: &str) {
     }
 }
 
+/// Sends eventflow's and librdkafka's log lines to the test's captured output, so a failing
+/// test shows what the transport saw (rebalances, failed commits, broker trouble).
+/// `RUST_LOG` overrides the default filter, warnings and eventflow-kafka's info lines.
+pub fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,eventflow_kafka=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// A transport builder on the broker under test whose topics and groups belong to `test`
 /// alone; consumers notice rebalances within a second.
 pub fn builder(test: &str) -> KafkaBuilder {
+    capture_logs();
     let brokers = brokers();
     require_broker(&brokers);
     let name = unique(test);
