@@ -9,6 +9,7 @@ use eventflow::{Envelope, Error};
 use futures_util::StreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::change_stream::ChangeStream;
 use mongodb::options::FullDocumentType;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,8 @@ use crate::MongoStore;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeOperation {
+    /// It was read by a [snapshot](Snapshot): it exists, as `document` shows.
+    Read,
     /// It was inserted.
     Insert,
     /// Some of its fields were set or removed.
@@ -30,6 +33,35 @@ pub enum ChangeOperation {
     Replace,
     /// It was deleted.
     Delete,
+}
+
+/// What a [`ChangeCapture`] publishes of the documents already in its collection, as
+/// Debezium's `snapshot.mode` does.
+///
+/// A snapshot first opens a change stream to learn where the oplog stands, then reads
+/// every document of the collection (in `_id` order) and publishes each as a
+/// [`Read`](ChangeOperation::Read) change, then captures the changes made since the stream
+/// opened. A document changed while the snapshot runs may be read in its new state and
+/// then have that change published too: each document's last event is its latest state.
+/// Deletes made before the snapshot are not published (the documents are simply absent).
+///
+/// The snapshot's start is saved first: a capture stopped mid-snapshot reads the whole
+/// collection again on its next run, with the same event ids, so consumers' inboxes drop
+/// what they handled before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Snapshot {
+    /// No snapshot: the first run captures the changes made from its start on, and a saved
+    /// resume token that left the oplog stops the capture with an error.
+    #[default]
+    Never,
+    /// A snapshot on the first run (no saved position), then changes.
+    Initial,
+    /// As [`Initial`](Snapshot::Initial), and a snapshot again whenever the saved resume
+    /// token cannot be resumed from (the capture was stopped longer than the oplog window),
+    /// instead of an error: consumers then see every document's current state, but not the
+    /// documents deleted in the gap.
+    WhenNeeded,
 }
 
 /// The payload of a change event from [`ChangeCapture`], in JSON. BSON values are in
@@ -60,7 +92,7 @@ pub struct DocumentChange {
     pub collection: String,
     /// The document's key: `{"_id": ...}` (plus the shard key on a sharded collection).
     pub key: serde_json::Value,
-    /// The document after the change: for inserts and replaces always; for updates, the
+    /// The document after the change: for inserts, replaces and snapshot reads always; for updates, the
     /// document as it was when the change was read (`null` if it was deleted since), unless
     /// [`full_documents`](ChangeCapture::full_documents) is off; `null` for deletes.
     pub document: Option<serde_json::Value>,
@@ -86,10 +118,11 @@ pub struct DocumentChange {
 ///
 /// The resume token is saved in the store's checkpoints after each published batch (under
 /// [`checkpoint`](ChangeCapture::checkpoint), default `eventflow.cdc.<db>.<collection>`); a
-/// restart resumes from it. The first run starts from the changes after it starts. If the
-/// token cannot be resumed from (it left the oplog), the capture fails with an error saying
-/// so, since the changes in between are gone from the oplog; delete the checkpoint to start
-/// from now.
+/// restart resumes from it. The first run starts from the changes after it starts, or with
+/// a [snapshot](ChangeCapture::snapshot) of the documents already there. If the token cannot
+/// be resumed from (it left the oplog), the capture fails with an error saying so, since the
+/// changes in between are gone from the oplog, unless it may take a snapshot again
+/// ([`Snapshot::WhenNeeded`]); or delete the checkpoint to start from now.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -113,6 +146,7 @@ pub struct ChangeCapture {
     checkpoint: String,
     full_documents: bool,
     batch: usize,
+    snapshot: Snapshot,
 }
 
 impl ChangeCapture {
@@ -134,6 +168,7 @@ impl ChangeCapture {
             collection,
             full_documents: true,
             batch: 256,
+            snapshot: Snapshot::Never,
         }
     }
 
@@ -171,6 +206,13 @@ impl ChangeCapture {
         self
     }
 
+    /// Whether the documents already in the collection are published first, and when.
+    /// Default [`Snapshot::Never`].
+    pub fn snapshot(mut self, snapshot: Snapshot) -> Self {
+        self.snapshot = snapshot;
+        self
+    }
+
     /// Publishes changes until `shutdown` turns true. Returns an error if the change stream
     /// cannot be opened or resumed, or fails in a way the driver does not recover from;
     /// publishing failures are retried.
@@ -179,45 +221,48 @@ impl ChangeCapture {
         transport: Arc<dyn Transport>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), Error> {
-        let saved = self.store.checkpoint(&self.checkpoint).await?;
-        let resume = match saved {
-            Some(saved) => Some(parse_token(&saved).map_err(|reason| {
-                Error::backend(format!(
-                    "the saved resume token of change capture `{}` is unreadable: {reason}; \
-                     delete the checkpoint to capture from now on",
-                    self.checkpoint
-                ))
-            })?),
-            None => None,
-        };
-        let resuming = resume.is_some();
-        let mut watch = self.collection.watch().resume_after(resume);
-        if self.full_documents {
-            watch = watch.full_document(FullDocumentType::UpdateLookup);
-        }
-        let mut stream = watch.await.map_err(|e| {
-            let hint = if resuming {
-                "; the saved resume token is no longer in the oplog (the capture was stopped \
-                 longer than the oplog window) or is invalid, so the changes since are lost \
-                 to change data capture: resynchronize the consumers, then delete the \
-                 checkpoint to capture from now on"
-            } else {
-                ""
-            };
-            Error::backend(format!(
-                "could not open the change stream of `{}` for change capture `{}`: {}{hint}",
-                self.collection.name(),
-                self.checkpoint,
-                describe(&e)
-            ))
-        })?;
-        if !resuming {
-            // Saved at once, so that changes made before the first event are not lost if
-            // this process stops before it.
-            if let Some(token) = stream.resume_token() {
-                self.save(&token).await?;
+        let mut stream = match self.saved_position().await? {
+            Position::Stream(token) => match self.watch(Some(token)).await {
+                Ok(stream) => stream,
+                Err(error) if self.snapshot == Snapshot::WhenNeeded && server_refused(&error) => {
+                    tracing::warn!(
+                        capture = %self.checkpoint, error = %describe(&error),
+                        "the saved resume token cannot be resumed from (it left the oplog?); \
+                         taking a snapshot of the collection instead"
+                    );
+                    match self.take_snapshot(None, &*transport, &mut shutdown).await? {
+                        Some(stream) => stream,
+                        None => return Ok(()),
+                    }
+                }
+                Err(error) => return Err(self.cannot_watch(error, true)),
+            },
+            Position::Snapshot(token) => {
+                tracing::info!(capture = %self.checkpoint, "a snapshot was cut short; taking it again");
+                match self
+                    .take_snapshot(Some(token), &*transport, &mut shutdown)
+                    .await?
+                {
+                    Some(stream) => stream,
+                    None => return Ok(()),
+                }
             }
-        }
+            Position::None if self.snapshot != Snapshot::Never => {
+                match self.take_snapshot(None, &*transport, &mut shutdown).await? {
+                    Some(stream) => stream,
+                    None => return Ok(()),
+                }
+            }
+            Position::None => {
+                let stream = self.watch(None).await.map_err(|e| self.cannot_watch(e, false))?;
+                // Saved at once, so that changes made before the first event are not lost
+                // if this process stops before it.
+                if let Some(token) = stream.resume_token() {
+                    self.save(&token).await?;
+                }
+                stream
+            }
+        };
         loop {
             let first = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
@@ -279,6 +324,142 @@ impl ChangeCapture {
         }
     }
 
+    async fn saved_position(&self) -> Result<Position, Error> {
+        let Some(saved) = self.store.checkpoint(&self.checkpoint).await? else {
+            return Ok(Position::None);
+        };
+        parse_position(&saved).map_err(|reason| {
+            Error::backend(format!(
+                "the saved position of change capture `{}` is unreadable: {reason}; delete the \
+                 checkpoint to capture from now on",
+                self.checkpoint
+            ))
+        })
+    }
+
+    /// Opens the change stream, after `resume` if given.
+    async fn watch(
+        &self,
+        resume: Option<ResumeToken>,
+    ) -> Result<ChangeStream<ChangeStreamEvent<Document>>, mongodb::error::Error> {
+        let mut watch = self.collection.watch().resume_after(resume);
+        if self.full_documents {
+            watch = watch.full_document(FullDocumentType::UpdateLookup);
+        }
+        watch.await
+    }
+
+    fn cannot_watch(&self, error: mongodb::error::Error, resuming: bool) -> Error {
+        let hint = if resuming {
+            "; the saved resume token is no longer in the oplog (the capture was stopped \
+             longer than the oplog window) or is invalid, so the changes since are lost to \
+             change data capture: take a snapshot with `.snapshot(Snapshot::WhenNeeded)`, or \
+             resynchronize the consumers and delete the checkpoint to capture from now on"
+        } else {
+            ""
+        };
+        Error::backend(format!(
+            "could not open the change stream of `{}` for change capture `{}`: {}{hint}",
+            self.collection.name(),
+            self.checkpoint,
+            describe(&error)
+        ))
+    }
+
+    /// Publishes every document of the collection as a `Read` change, then returns the
+    /// change stream from where the snapshot started; `None` if shutdown came first.
+    /// `start` is the token of a snapshot that was cut short, to take again with the same
+    /// event ids.
+    async fn take_snapshot(
+        &self,
+        start: Option<ResumeToken>,
+        transport: &dyn Transport,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<ChangeStream<ChangeStreamEvent<Document>>>, Error> {
+        let start = match start {
+            Some(token) => token,
+            None => {
+                let stream = self.watch(None).await.map_err(|e| self.cannot_watch(e, false))?;
+                let token = stream.resume_token().ok_or_else(|| {
+                    Error::backend(format!(
+                        "the change stream of `{}` gave no resume token to start a snapshot from",
+                        self.collection.name()
+                    ))
+                })?;
+                self.save_position(&Position::Snapshot(token.clone())).await?;
+                token
+            }
+        };
+        let started = std::time::Instant::now();
+        let namespace = self.collection.namespace();
+        let start_bson = mongodb::bson::to_bson(&start).unwrap_or(Bson::Null);
+        let read_failed = |error: mongodb::error::Error| {
+            Error::backend(format!(
+                "reading `{}` for the snapshot of change capture `{}` failed: {}; run the \
+                 capture again to take the snapshot again",
+                self.collection.name(),
+                self.checkpoint,
+                describe(&error)
+            ))
+        };
+        let mut documents = self
+            .collection
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(read_failed)?;
+        let mut read = 0u64;
+        let mut batch = Vec::with_capacity(self.batch);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+                next = documents.next() => next,
+            };
+            let last = next.is_none();
+            if let Some(document) = next {
+                let document = document.map_err(read_failed)?;
+                let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+                let key = json(doc! { "_id": id.clone() });
+                let change = DocumentChange {
+                    operation: ChangeOperation::Read,
+                    database: namespace.db.clone(),
+                    collection: namespace.coll.clone(),
+                    key,
+                    document: Some(json(document)),
+                    updated_fields: None,
+                    removed_fields: Vec::new(),
+                };
+                // The same document in the same snapshot always gets the same id.
+                let seed = doc! { "s": start_bson.clone(), "k": id };
+                batch.push(self.change_envelope(&change, &seed, None)?);
+                read += 1;
+            }
+            if batch.len() >= self.batch || (last && !batch.is_empty()) {
+                let envelopes = std::mem::replace(&mut batch, Vec::with_capacity(self.batch));
+                self.publish(transport, envelopes, shutdown).await?;
+                if *shutdown.borrow() {
+                    return Ok(None);
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        let stream = self.watch(Some(start.clone())).await.map_err(|error| {
+            Error::backend(format!(
+                "the snapshot of change capture `{}` read {read} documents in {:?}, but the \
+                 change stream cannot resume from where it started: {}; the snapshot took \
+                 longer than the oplog window, make the oplog larger and run the capture again",
+                self.checkpoint,
+                started.elapsed(),
+                describe(&error)
+            ))
+        })?;
+        self.save(&start).await?;
+        tracing::info!(capture = %self.checkpoint, documents = read, elapsed = ?started.elapsed(), "snapshot published; capturing changes");
+        Ok(Some(stream))
+    }
+
     /// Publishes a batch, retrying until the transport takes it (or shutdown), and for a
     /// transport that is not durable, until the groups handled it.
     async fn publish(
@@ -309,10 +490,23 @@ impl ChangeCapture {
     }
 
     async fn save(&self, token: &ResumeToken) -> Result<(), Error> {
-        let value = mongodb::bson::to_bson(token)
-            .map(|token| token.into_relaxed_extjson().to_string())
-            .map_err(|e| Error::backend(format!("could not encode a resume token: {e}")))?;
-        self.store.save_checkpoint(&self.checkpoint, &value).await
+        self.save_position(&Position::Stream(token.clone())).await
+    }
+
+    async fn save_position(&self, position: &Position) -> Result<(), Error> {
+        let encode = |token: &ResumeToken| {
+            mongodb::bson::to_bson(token)
+                .map(Bson::into_relaxed_extjson)
+                .map_err(|e| Error::backend(format!("could not encode a resume token: {e}")))
+        };
+        let value = match position {
+            Position::Stream(token) => encode(token)?,
+            Position::Snapshot(token) => serde_json::json!({ "snapshot": encode(token)? }),
+            Position::None => return Ok(()),
+        };
+        self.store
+            .save_checkpoint(&self.checkpoint, &value.to_string())
+            .await
     }
 
     /// The change as an envelope; `None` for events that are not document changes
@@ -325,7 +519,6 @@ impl ChangeCapture {
             OperationType::Delete => ChangeOperation::Delete,
             _ => return Ok(None),
         };
-        let json = |doc: Document| Bson::Document(doc).into_relaxed_extjson();
         let key = event.document_key.map(json).unwrap_or(serde_json::Value::Null);
         let (database, collection) = match &event.ns {
             Some(ns) => (ns.db.clone(), ns.coll.clone().unwrap_or_default()),
@@ -339,12 +532,26 @@ impl ChangeCapture {
             operation,
             database,
             collection,
-            key: key.clone(),
+            key,
             document: event.full_document.map(json),
             updated_fields,
             removed_fields,
         };
-        let payload = serde_json::to_vec(&change)
+        // The same change always gets the same id, so consumers' inboxes drop a replay.
+        let seed = doc! { "t": mongodb::bson::to_bson(&event.id).unwrap_or(Bson::Null) };
+        let timestamp = event.wall_time.map(|time| time.to_system_time());
+        self.change_envelope(&change, &seed, timestamp).map(Some)
+    }
+
+    /// The envelope of `change`: its id derived from `seed`, its partition key the
+    /// document key.
+    fn change_envelope(
+        &self,
+        change: &DocumentChange,
+        seed: &Document,
+        timestamp: Option<std::time::SystemTime>,
+    ) -> Result<Envelope, Error> {
+        let payload = serde_json::to_vec(change)
             .map_err(|e| Error::backend(format!("could not encode a change event: {e}")))?;
         let mut envelope = Envelope::new(
             self.event_name.clone(),
@@ -353,13 +560,13 @@ impl ChangeCapture {
             "application/json",
             payload,
         );
-        // The same change always gets the same id, so consumers' inboxes drop a replay.
-        let token =
-            mongodb::bson::to_vec(&doc! { "t": mongodb::bson::to_bson(&event.id).unwrap_or(Bson::Null) })
-                .unwrap_or_default();
-        envelope.id = Uuid::new_v5(&Uuid::NAMESPACE_OID, &token);
+        envelope.id = Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            &mongodb::bson::to_vec(seed).unwrap_or_default(),
+        );
         envelope.correlation_id = envelope.id;
-        envelope.key = Some(match &key {
+        let key = &change.key;
+        envelope.key = Some(match key {
             // `{"_id": "order-1"}` → `order-1`; other keys as their JSON.
             serde_json::Value::Object(fields) if fields.len() == 1 => match fields.get("_id") {
                 Some(serde_json::Value::String(id)) => id.clone(),
@@ -368,10 +575,10 @@ impl ChangeCapture {
             },
             _ => key.to_string(),
         });
-        if let Some(time) = event.wall_time {
-            envelope.timestamp = time.to_system_time();
+        if let Some(timestamp) = timestamp {
+            envelope.timestamp = timestamp;
         }
-        Ok(Some(envelope))
+        Ok(envelope)
     }
 }
 
@@ -385,8 +592,37 @@ impl std::fmt::Debug for ChangeCapture {
     }
 }
 
-fn parse_token(saved: &str) -> Result<ResumeToken, String> {
+/// Where a capture stands, as saved in its checkpoint.
+enum Position {
+    /// Never ran.
+    None,
+    /// Capturing changes after this token (saved as the token's extended JSON).
+    Stream(ResumeToken),
+    /// Taking a snapshot that started at this token (saved as `{"snapshot": token}`).
+    Snapshot(ResumeToken),
+}
+
+fn parse_position(saved: &str) -> Result<Position, String> {
     let json: serde_json::Value = serde_json::from_str(saved).map_err(|e| e.to_string())?;
-    let bson = Bson::try_from(json).map_err(|e| e.to_string())?;
-    mongodb::bson::from_bson(bson).map_err(|e| e.to_string())
+    let token = |json: serde_json::Value| -> Result<ResumeToken, String> {
+        let bson = Bson::try_from(json).map_err(|e| e.to_string())?;
+        mongodb::bson::from_bson(bson).map_err(|e| e.to_string())
+    };
+    match json {
+        serde_json::Value::Object(mut fields) if fields.contains_key("snapshot") => Ok(Position::Snapshot(
+            token(fields.remove("snapshot").unwrap_or_default())?,
+        )),
+        json => Ok(Position::Stream(token(json)?)),
+    }
+}
+
+/// A BSON document as relaxed extended JSON.
+fn json(document: Document) -> serde_json::Value {
+    Bson::Document(document).into_relaxed_extjson()
+}
+
+/// Whether the server answered with an error (as opposed to being unreachable): resuming
+/// from a token it no longer has (`ChangeStreamHistoryLost`, an invalid token, ...).
+fn server_refused(error: &mongodb::error::Error) -> bool {
+    matches!(*error.kind, mongodb::error::ErrorKind::Command(_))
 }

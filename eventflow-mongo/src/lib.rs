@@ -83,7 +83,7 @@ mod outbox;
 mod store;
 mod transaction;
 
-pub use cdc::{ChangeCapture, ChangeOperation, DocumentChange};
+pub use cdc::{ChangeCapture, ChangeOperation, DocumentChange, Snapshot};
 pub use mongodb;
 pub use outbox::OUTBOX_POSITION_CHECKPOINT;
 pub use store::{CollectionNames, MongoStore, MongoStoreBuilder, DEFAULT_URI};

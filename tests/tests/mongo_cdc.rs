@@ -9,7 +9,7 @@ use std::time::Duration;
 use eventflow::store::Storage;
 use eventflow::{subscribe, Context, Event, EventBus, InProcess, State};
 use eventflow_mongo::mongodb::bson::{doc, Document};
-use eventflow_mongo::{ChangeCapture, ChangeOperation, DocumentChange, MongoStore};
+use eventflow_mongo::{ChangeCapture, ChangeOperation, DocumentChange, MongoStore, Snapshot};
 use eventflow_tests::{eventually, within};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -56,10 +56,20 @@ struct Running {
     task: JoinHandle<Result<(), eventflow::Error>>,
 }
 
+fn checkpoint(store: &MongoStore) -> String {
+    format!("eventflow.cdc.{}.orders", store.database().name())
+}
+
 async fn start_capture(store: &MongoStore, transport: &InProcess) -> Running {
-    let checkpoint = format!("eventflow.cdc.{}.orders", store.database().name());
+    start_capture_with(store, transport, Snapshot::Never).await
+}
+
+async fn start_capture_with(store: &MongoStore, transport: &InProcess, snapshot: Snapshot) -> Running {
+    let checkpoint = checkpoint(store);
     let (stop, shutdown) = watch::channel(false);
-    let capture = ChangeCapture::new(store, "orders").topic("orders.changes");
+    let capture = ChangeCapture::new(store, "orders")
+        .topic("orders.changes")
+        .snapshot(snapshot);
     let task = tokio::spawn(capture.run(Arc::new(transport.clone()), shutdown));
     // The capture saves its starting token once its stream is open.
     within(10, "the change stream to open", async {
@@ -208,6 +218,142 @@ async fn a_restarted_capture_resumes_where_it_stopped() {
         .map(|(_, id, _)| id.clone())
         .collect();
     assert_eq!(ids.len(), 12, "two changes share an event id");
+    capture.stop().await;
+    bus.shutdown().await;
+}
+
+fn ids(changes: &Changes) -> std::collections::HashSet<String> {
+    changes
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, id, _)| id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_snapshot_publishes_the_documents_already_there_then_their_changes() {
+    let store = mongo_support::store().await;
+    let transport = InProcess::new();
+    let (bus, changes) = observer(&transport).await;
+    let orders = store.database().collection::<Document>("orders");
+    for (n, order) in ["order-a", "order-b", "order-c"].into_iter().enumerate() {
+        orders
+            .insert_one(doc! { "_id": order, "total": n as i32 })
+            .await
+            .unwrap();
+    }
+
+    let capture = start_capture_with(&store, &transport, Snapshot::Initial).await;
+    eventually(10, "the three documents read", || changes.len() >= 3).await;
+    orders
+        .update_one(doc! { "_id": "order-b" }, doc! { "$set": { "total": 7 } })
+        .await
+        .unwrap();
+    eventually(10, "the change after the snapshot", || changes.len() >= 4).await;
+
+    let read = changes.of("order-a");
+    assert_eq!(operations(&read), [ChangeOperation::Read]);
+    assert_eq!(read[0].key, serde_json::json!({ "_id": "order-a" }));
+    assert_eq!(read[0].collection, "orders");
+    assert_eq!(
+        read[0].document,
+        Some(serde_json::json!({ "_id": "order-a", "total": 0 }))
+    );
+    assert_eq!(
+        operations(&changes.of("order-b")),
+        [ChangeOperation::Read, ChangeOperation::Update],
+        "the document's read comes before its later change"
+    );
+    capture.stop().await;
+
+    // A restart resumes the changes; the snapshot is not taken again.
+    let capture = start_capture_with(&store, &transport, Snapshot::Initial).await;
+    orders
+        .insert_one(doc! { "_id": "order-d", "total": 3 })
+        .await
+        .unwrap();
+    eventually(10, "the insert after the restart", || changes.len() >= 5).await;
+    within(5, "the observer to finish", transport.wait_idle()).await;
+    assert_eq!(
+        changes.len(),
+        5,
+        "the snapshot was published again: {:?}",
+        changes.of("order-a")
+    );
+    assert_eq!(operations(&changes.of("order-d")), [ChangeOperation::Insert]);
+    assert_eq!(ids(&changes).len(), 5, "two events share an id");
+    capture.stop().await;
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_resume_token_is_an_error_unless_a_snapshot_may_be_taken_again() {
+    let store = mongo_support::store().await;
+    let transport = InProcess::new();
+    let (bus, changes) = observer(&transport).await;
+    let orders = store.database().collection::<Document>("orders");
+
+    let capture = start_capture(&store, &transport).await;
+    orders
+        .insert_one(doc! { "_id": "order-1", "total": 1 })
+        .await
+        .unwrap();
+    eventually(10, "the first insert", || changes.len() >= 1).await;
+    capture.stop().await;
+
+    // What a capture finds after being stopped longer than the oplog window: a token the
+    // server no longer knows, and changes it never saw.
+    store
+        .save_checkpoint(
+            &checkpoint(&store),
+            r#"{"_data":"8200000001000000012B0229296E04"}"#,
+        )
+        .await
+        .unwrap();
+    orders
+        .insert_one(doc! { "_id": "order-2", "total": 2 })
+        .await
+        .unwrap();
+
+    let (_stop, shutdown) = watch::channel(false);
+    let refused = within(
+        10,
+        "the capture to give up",
+        ChangeCapture::new(&store, "orders").run(Arc::new(transport.clone()), shutdown),
+    )
+    .await
+    .expect_err("a lost token was resumed from");
+    assert!(
+        refused.to_string().contains("Snapshot::WhenNeeded"),
+        "the error should say how to recover: {refused}"
+    );
+    assert_eq!(changes.len(), 1, "nothing is published without the token");
+
+    let capture = start_capture_with(&store, &transport, Snapshot::WhenNeeded).await;
+    eventually(10, "both documents read", || changes.len() >= 3).await;
+    assert_eq!(
+        operations(&changes.of("order-2")),
+        [ChangeOperation::Read],
+        "the document inserted while the token was lost is read by the snapshot"
+    );
+    assert_eq!(
+        operations(&changes.of("order-1")),
+        [ChangeOperation::Insert, ChangeOperation::Read]
+    );
+    // And it captures changes again after the snapshot.
+    orders.delete_one(doc! { "_id": "order-1" }).await.unwrap();
+    eventually(10, "the delete after the snapshot", || changes.len() >= 4).await;
+    within(5, "the observer to finish", transport.wait_idle()).await;
+    assert_eq!(
+        operations(&changes.of("order-1")),
+        [
+            ChangeOperation::Insert,
+            ChangeOperation::Read,
+            ChangeOperation::Delete
+        ]
+    );
     capture.stop().await;
     bus.shutdown().await;
 }
