@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventflow_mongo::mongodb::options::ClientOptions;
@@ -15,16 +15,48 @@ pub fn uri() -> String {
     std::env::var("MONGODB_URI").unwrap_or_else(|_| DEFAULT_URI.to_owned())
 }
 
-/// A database name no other test or test run uses.
+/// What every test database's name starts with.
+const PREFIX: &str = "eventflow_test_";
+
+/// Test databases older than this are dropped by the next test run.
+const KEEP_FOR: Duration = Duration::from_secs(3600);
+
+/// A database name no other test or test run uses: `eventflow_test_<unix secs>_<pid>_<n>`.
 pub fn unique_database() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     format!(
-        "eventflow_test_{}_{}_{}",
+        "{PREFIX}{}_{}_{}",
+        unix_secs(),
         std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos % 1_000_000_000_000
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Drops the test databases earlier runs left more than an hour ago, once per test process,
+/// so that running the suite against a real deployment does not pile them up. A database
+/// still in use by a running test is younger than that.
+async fn drop_stale_databases(client: &Client) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let Ok(names) = client.list_database_names().await else {
+        return;
+    };
+    let cutoff = unix_secs().saturating_sub(KEEP_FOR.as_secs());
+    for name in names {
+        let created = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|created| created < cutoff) {
+            let _ = client.database(&name).drop().await;
+        }
+    }
 }
 
 /// A client that gives up quickly when there is no server.
@@ -44,7 +76,9 @@ pub async fn store() -> MongoStore {
 
 /// A store in `database`.
 pub async fn store_in(database: &str) -> MongoStore {
-    MongoStore::builder(client().await, database)
+    let client = client().await;
+    drop_stale_databases(&client).await;
+    MongoStore::builder(client, database)
         .open()
         .await
         .unwrap_or_else(|e| {
