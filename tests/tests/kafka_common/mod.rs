@@ -57,12 +57,66 @@ pub fn capture_logs() {
         .try_init();
 }
 
+/// Deletes the topics test runs created more than an hour ago, once per test process, so
+/// that running the suite against a real cluster does not pile them up. A topic still in
+/// use by a running test is younger than that.
+fn delete_stale_topics(brokers: &str) {
+    use eventflow_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+    use eventflow_kafka::rdkafka::client::DefaultClientContext;
+    use std::sync::atomic::AtomicBool;
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let metadata_client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("creating a Kafka client");
+    let Ok(metadata) = metadata_client.fetch_metadata(None, Duration::from_secs(10)) else {
+        return;
+    };
+    let cutoff = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() - 3600 * 1_000_000_000;
+    // `unique` names: `t-<test>-<pid>-<n>-<nanos>`, then `.` and the topic.
+    let stale: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|name| {
+            let Some(prefix) = name.strip_prefix("t-").and_then(|rest| rest.split('.').next()) else {
+                return false;
+            };
+            let created = prefix.rsplit('-').next().and_then(|n| n.parse::<u128>().ok());
+            created.is_some_and(|created| created < cutoff)
+        })
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let Ok(admin) = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create::<AdminClient<DefaultClientContext>>()
+    else {
+        return;
+    };
+    let names: Vec<&str> = stale.iter().map(String::as_str).collect();
+    // Best effort, on a thread of its own since the callers run on a runtime already: a
+    // broker that cannot delete topics keeps them.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let _ = runtime.block_on(admin.delete_topics(&names, &AdminOptions::new()));
+            }
+        });
+    });
+}
+
 /// A transport builder on the broker under test whose topics and groups belong to `test`
 /// alone; consumers notice rebalances within a second.
 pub fn builder(test: &str) -> KafkaBuilder {
     capture_logs();
     let brokers = brokers();
     require_broker(&brokers);
+    delete_stale_topics(&brokers);
     let name = unique(test);
     Kafka::builder(brokers)
         .topic_prefix(format!("{name}."))
