@@ -95,14 +95,22 @@ const RESERVED: [&str; 8] = [
 /// The headers carrying `envelope`'s metadata: the [`EVENTFLOW`] header and the free-form
 /// headers.
 pub(crate) fn encode(envelope: &Envelope) -> OwnedHeaders {
+    encode_timed(envelope).0
+}
+
+/// [`encode`], and the envelope's timestamp in milliseconds for the Kafka timestamp, read
+/// from the clock value once.
+pub(crate) fn encode_timed(envelope: &Envelope) -> (OwnedHeaders, i64) {
+    let nanos = nanos_since_epoch(envelope.timestamp);
+    let millis = (nanos / 1_000_000) as i64;
     if envelope.name.contains(';') {
-        return encode_individually(envelope);
+        return (encode_individually(envelope), millis);
     }
     let (mut version, mut timestamp) = ([0; 20], [0; 20]);
     let fields = Fields {
         envelope,
         version: decimal(envelope.version.into(), &mut version),
-        timestamp: decimal(nanos_since_epoch(envelope.timestamp), &mut timestamp),
+        timestamp: decimal(nanos, &mut timestamp),
     };
     // Built on the stack when it fits, as it does for any name eventflow's derive accepts:
     // librdkafka copies the value anyway.
@@ -116,13 +124,14 @@ pub(crate) fn encode(envelope: &Envelope) -> OwnedHeaders {
         &mut spilled[..]
     };
     fields.write(buffer);
-    with_free_headers(
+    let headers = with_free_headers(
         OwnedHeaders::new_with_capacity(1 + envelope.headers.len()).insert(Header {
             key: EVENTFLOW,
             value: Some(&*buffer),
         }),
         envelope,
-    )
+    );
+    (headers, millis)
 }
 
 /// The fields of an [`EVENTFLOW`] value, the numbers already in decimal.
