@@ -40,18 +40,20 @@
 //!
 //! Marking the oldest claimed entries delivered raises a watermark kept in the lease
 //! document (`delivered_below`: every entry below it is delivered), per entry, by the same
-//! conditional update that checks the relay still holds the lease. A document whose
-//! entries are all below the watermark is deleted by a background task, off the delivery
-//! path, every second by default (`MongoStoreBuilder::outbox_cleanup_interval`), in `_id`
-//! ranges of at most [`CLEANUP_CHUNK`] sequences, one delete at a time: one unbounded
-//! delete of a large backlog is one long operation (on some servers it holds the
-//! collection while it runs, stalling the commits that insert into it), while bounded ones
-//! let commits in between and keep the oplog free of bursts. A document the watermark has
-//! only partly passed stays until it has passed it whole. Entries marked delivered out of
-//! order are recorded in their document's `delivered` list (the document is deleted at
-//! once if that covers all of it), so that no relay claims them again. Claims never read
-//! below the watermark.
+//! conditional update that checks the relay still holds the lease. A document stays until
+//! the watermark has passed all of its entries; then its `_id` goes to a background task
+//! that deletes such documents by `_id`, off the delivery path, every second by default
+//! (`MongoStoreBuilder::outbox_cleanup_interval`), at most [`CLEANUP_CHUNK`] entries per
+//! delete, one delete at a time: one unbounded delete of a large backlog is one long
+//! operation (on some servers it holds the collection while it runs, stalling the commits
+//! that insert into it), while bounded ones let commits in between. When a relay starts or
+//! takes the outbox over, the task also sweeps the documents left wholly below the
+//! watermark by an earlier relay, in `_id` ranges. Entries marked delivered out of order
+//! are recorded in their document's `delivered` list (the document is deleted at once if
+//! that covers all of it), so that no relay claims them again. Claims never read below the
+//! watermark.
 
+mod cleanup;
 pub(crate) mod layout;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -65,12 +67,12 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 use mongodb::options::ReturnDocument;
-use mongodb::Collection;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::document::{self, int, now_nanos};
-use crate::error::{backend, describe, is_duplicate_key, is_transient};
+use crate::error::{backend, is_duplicate_key, is_transient};
+pub(crate) use crate::outbox::cleanup::{Cleaner, CLEANUP_CHUNK};
 use crate::outbox::layout::{Stored, DELIVERED, LAST};
 use crate::store::{Inner, MongoStore};
 
@@ -82,9 +84,6 @@ const LEASE_ID: &str = "outbox";
 
 /// How often delivered entries below the watermark are deleted, by default.
 pub(crate) const CLEANUP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The widest range of sequences one clean-up delete covers.
-pub(crate) const CLEANUP_CHUNK: u64 = 1024;
 
 /// Outbox documents the stream may read ahead of the relay.
 const READ_AHEAD: usize = 1024;
@@ -99,6 +98,9 @@ pub(crate) struct Feed {
     stream: Option<Stream>,
     /// Claimed and not yet marked delivered, in sequence order: claimed again until marked.
     pending: VecDeque<Pending>,
+    /// The documents entries were claimed from, as `_id` and last sequence, in order, until
+    /// the watermark passes them whole and they go to the clean-up.
+    documents: VecDeque<(u64, u64)>,
     /// The sequence the change stream should yield next.
     next: u64,
     /// Every entry below this sequence is delivered.
@@ -158,6 +160,9 @@ impl Feed {
     /// `position`.
     fn push(&mut self, stored: Stored, from: u64, position: Option<(ResumeToken, u64)>) {
         let (document, size) = (stored.first, stored.size());
+        if self.documents.back().is_none_or(|&(first, _)| first < document) {
+            self.documents.push_back((document, stored.last));
+        }
         let start = self.pending.len();
         self.pending.extend(
             stored
@@ -176,6 +181,22 @@ impl Feed {
                 last.position = position;
             }
         }
+    }
+
+    /// Hands the documents the watermark has passed whole to the clean-up.
+    fn clean_up(&mut self, store: &MongoStore) {
+        let mut delivered = Vec::new();
+        while let Some(&(first, last)) = self.documents.front() {
+            if last >= self.watermark {
+                break;
+            }
+            delivered.push((first, last - first + 1));
+            self.documents.pop_front();
+        }
+        let inner = &store.inner;
+        inner
+            .cleaner
+            .delete(&inner.outbox, inner.cleanup_interval, self.watermark, delivered);
     }
 
     /// Scans next, from after `after`, on a new stream.
@@ -503,9 +524,11 @@ pub(crate) async fn claim(
     if !continuous || feed.owner.as_deref() != Some(relay) {
         // Another relay may have delivered entries meanwhile: start from the saved position.
         feed.reset(Some(relay));
+        // Documents delivered before may be left: by another relay, or an earlier layout.
+        store.inner.cleaner.sweep();
     }
     feed.watermark = feed.watermark.max(watermark);
-    store.inner.cleaner.delete_below(&store.inner, feed.watermark);
+    feed.clean_up(store);
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -578,112 +601,8 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
     if let Some(watermark) = watermark {
         feed.watermark = feed.watermark.max(watermark);
     }
-    store.inner.cleaner.delete_below(&store.inner, feed.watermark);
+    feed.clean_up(store);
     Ok(())
-}
-
-/// Deletes the documents whose entries are all below the watermark in the background:
-/// every cleanup interval, in `_id` ranges of at most [`CLEANUP_CHUNK`] sequences, one
-/// delete at a time.
-///
-/// The work is the same as deleting each document when it is delivered, batched: the
-/// outbox holds at most about one interval's worth of delivered documents, whatever the
-/// load.
-#[derive(Default)]
-pub(crate) struct Cleaner {
-    /// The watermark the task deletes below; the task starts with the first one.
-    watermark: std::sync::OnceLock<watch::Sender<u64>>,
-    task: std::sync::OnceLock<JoinHandle<()>>,
-}
-
-impl Cleaner {
-    /// Lets the task delete the entries below `watermark`.
-    fn delete_below(&self, inner: &Inner, watermark: u64) {
-        if watermark <= 1 {
-            return;
-        }
-        let sender = self.watermark.get_or_init(|| {
-            let (sender, receiver) = watch::channel(watermark);
-            let task = clean_up(inner.outbox.clone(), receiver, inner.cleanup_interval);
-            let _ = self.task.set(tokio::spawn(task));
-            sender
-        });
-        sender.send_if_modified(|below| {
-            let raised = watermark > *below;
-            *below = (*below).max(watermark);
-            raised
-        });
-    }
-}
-
-impl Drop for Cleaner {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.get() {
-            task.abort();
-        }
-    }
-}
-
-async fn clean_up(outbox: Collection<Document>, mut watermark: watch::Receiver<u64>, interval: Duration) {
-    // Every document holding only entries below this is deleted.
-    let mut cleared = 0;
-    loop {
-        tokio::time::sleep(interval).await;
-        let below = *watermark.borrow_and_update();
-        if cleared >= below {
-            // Nothing new was delivered: wait for the watermark to move.
-            if watermark.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        // From the lowest document: one the watermark had only partly passed last time
-        // may be whole below it now.
-        let mut from = match lowest(&outbox, below).await {
-            Ok(from) => from,
-            Err(error) => {
-                tracing::warn!(
-                    error = %describe(&error),
-                    "reading the outbox for delivered entries to delete failed; the next \
-                     clean-up tries again"
-                );
-                continue;
-            }
-        };
-        let mut done = true;
-        while from < below {
-            let to = below.min(from.saturating_add(CLEANUP_CHUNK));
-            let range = doc! {
-                "_id": { "$gte": int(from), "$lt": int(to) },
-                // Documents of one entry per document have no `last`.
-                "$or": [ { LAST: { "$lt": int(below) } }, { LAST: { "$exists": false } } ],
-            };
-            if let Err(error) = outbox.delete_many(range).await {
-                tracing::warn!(
-                    error = %describe(&error),
-                    "deleting delivered outbox entries failed; the next clean-up deletes them"
-                );
-                done = false;
-                break;
-            }
-            from = to;
-        }
-        if done {
-            cleared = below;
-        }
-    }
-}
-
-/// The lowest `_id` in the outbox, or `below` if none is lower.
-async fn lowest(outbox: &Collection<Document>, below: u64) -> Result<u64, mongodb::error::Error> {
-    let first = outbox
-        .find_one(doc! {})
-        .sort(doc! { "_id": 1 })
-        .projection(doc! { "_id": 1 })
-        .await?;
-    Ok(first
-        .and_then(|doc| document::get_u64(&doc, "_id").ok())
-        .map_or(below, |lowest| lowest.min(below)))
 }
 
 /// What a relay marks delivered: the new watermark, the entries delivered out of order
