@@ -95,6 +95,7 @@ mod config;
 mod consumer;
 mod error;
 pub mod headers;
+mod lag;
 mod transaction;
 mod transport;
 

@@ -201,6 +201,65 @@ async fn scaling_a_group_from_one_to_three_instances_and_back_loses_and_doubles_
     publisher.shutdown().await;
 }
 
+/// The lag of `group` on `orders`, once it settles at `expected` (commits are asynchronous).
+async fn settled_lag(kafka: &Kafka, expected: u64) -> u64 {
+    let mut lag = u64::MAX;
+    for _ in 0..100 {
+        lag = kafka.lag("orders", "ledger").await.unwrap();
+        if lag == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lag
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_the_events_a_group_has_not_committed() {
+    let kafka = kafka_common::builder("lag")
+        .start_from(StartFrom::Earliest)
+        .build()
+        .unwrap();
+    let publisher = EventBus::builder()
+        .transport(kafka.clone())
+        .start()
+        .await
+        .unwrap();
+    let publish = |seqs: std::ops::Range<u64>| {
+        let publisher = publisher.clone();
+        async move {
+            for seq in seqs {
+                let order_id = format!("order-{seq}");
+                publisher.publish(&OrderPaid { order_id, seq }).await.unwrap();
+            }
+        }
+    };
+    publish(0..7).await;
+    assert_eq!(
+        kafka.lag("orders", "ledger").await.unwrap(),
+        7,
+        "a group that never ran, starting from the earliest, is behind by every event"
+    );
+
+    let (store, effects) = (MemoryStore::new(), Effects::default());
+    let instance = ledger_instance(&kafka, &store, &effects).await;
+    eventually(30, "the group to handle the backlog", || {
+        effects.0.lock().unwrap().len() == 7
+    })
+    .await;
+    assert_eq!(settled_lag(&kafka, 0).await, 0, "a group that handled everything");
+    instance.shutdown().await;
+
+    publish(7..10).await;
+    assert_eq!(
+        settled_lag(&kafka, 3).await,
+        3,
+        "published while the group was down"
+    );
+    assert_eq!(kafka.lag("no-such-topic", "ledger").await.unwrap(), 0);
+    publisher.shutdown().await;
+}
+
 /// The follow-up the transactional handlers publish.
 #[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[event(name = "order.shipped", topic = "shipments")]
