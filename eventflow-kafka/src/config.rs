@@ -176,7 +176,8 @@ impl KafkaBuilder {
     /// that was aborted, and its events are handled again.
     ///
     /// - A follow-up is sent when its handler returns `Ok`; a failed attempt publishes
-    ///   nothing. An event that is dead-lettered commits with its batch.
+    ///   nothing. An event that is dead-lettered commits with its batch, its copy on the
+    ///   dead-letter topic too.
     /// - If sending a follow-up or committing fails, the transaction is aborted and the
     ///   member reads the batch again.
     /// - Effects outside Kafka (a database write, an e-mail) are still at least once, and

@@ -169,6 +169,19 @@ impl Transaction {
         Ok(())
     }
 
+    /// Writes `letter` to its dead-letter topic in the open transaction, or through the
+    /// transport's producer if none is open. A failure dooms the transaction.
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
+        if !lock(&self.state).open {
+            return self.inner.publish_dead_letter(letter).await;
+        }
+        let written = self.inner.publish_dead_letter_on(&self.producer, letter).await;
+        if let Err(error) = &written {
+            lock(&self.state).failed.get_or_insert_with(|| error.to_string());
+        }
+        written
+    }
+
     /// Adds `offsets` to the open transaction and commits it; aborts it instead if a
     /// follow-up failed or the commit does. Blocks until the broker answers.
     pub(crate) fn commit(
@@ -266,8 +279,11 @@ impl Transport for TransactionalPublisher {
         self.kafka.subscribe(group, topics).await
     }
 
+    /// In the open transaction, so a batch that aborts leaves no dead letter on the topic
+    /// (it is written again when the batch is handled again); outside of a batch through the
+    /// transport's producer.
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), eventflow::Error> {
-        self.kafka.dead_letter(letter).await
+        Ok(self.transaction.dead_letter(letter).await?)
     }
 }
 

@@ -378,11 +378,22 @@ impl Inner {
 
     /// Writes a dead letter to its group's dead-letter topic and waits for the broker.
     pub(crate) async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
+        self.publish_dead_letter_on(&self.producer, letter).await
+    }
+
+    /// Writes a dead letter through `producer` (this transport's, or a transactional
+    /// member's, in its open transaction) and waits for the broker.
+    pub(crate) async fn publish_dead_letter_on(
+        &self,
+        producer: &FutureProducer,
+        letter: &DeadLetter,
+    ) -> Result<(), Error> {
         let origin = self.config.kafka_topic(&letter.envelope.topic);
         let topic = self.config.dead_letter_topic_for(&origin, &letter.group);
         self.ensure_topic(&topic).await?;
         let delivery = self
-            .enqueue(
+            .enqueue_on(
+                producer,
                 &topic,
                 letter.envelope.key.as_deref().map(str::as_bytes),
                 &letter.envelope.payload,

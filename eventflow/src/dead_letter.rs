@@ -12,7 +12,9 @@ use crate::{Envelope, Error};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
     /// Id of this dead letter (not of the event: one event can be dead-lettered by several
-    /// groups).
+    /// groups). The bus derives it from the group and the event id
+    /// ([`DeadLetter::id_for`]), so an event dead-lettered again by the same group (after
+    /// a crash before its commit, say) replaces its letter instead of adding a second.
     pub id: Uuid,
     /// The group that gave up.
     pub group: String,
@@ -24,6 +26,14 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// When the group gave up.
     pub failed_at: SystemTime,
+}
+
+impl DeadLetter {
+    /// The id the bus gives the dead letter of event `event` in group `group`: a UUID v5
+    /// of the group's name in the event id's namespace, the same every time.
+    pub fn id_for(group: &str, event: Uuid) -> Uuid {
+        Uuid::new_v5(&event, group.as_bytes())
+    }
 }
 
 /// Where dead letters are kept until someone replays or discards them.

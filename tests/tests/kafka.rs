@@ -358,6 +358,9 @@ async fn bill(
     State(hang): State<Hang>,
     State(billed): State<Billed>,
 ) -> Result {
+    if event.seq == 0 {
+        return Err("card declined".into());
+    }
     billed.0.lock().unwrap().push(event.seq);
     ctx.publish(&OrderShipped {
         order_id: event.order_id.clone(),
@@ -376,6 +379,7 @@ async fn billing(builder: &KafkaBuilder, hang: bool, billed: &Billed) -> EventBu
         .transport(builder.clone().build().unwrap())
         .state(Hang(hang))
         .state(billed.clone())
+        .backoff(Backoff::none())
         .handler(bill)
         .start()
         .await
@@ -398,9 +402,9 @@ async fn a_transaction_cut_short_by_a_crash_is_invisible_and_its_batch_is_handle
         .start()
         .await
         .unwrap();
-    // One key, so one partition and one batch: 1 is handled and its follow-up written in
-    // the batch's transaction, then the member hangs on 2 and dies.
-    for seq in [1, 2] {
+    // One key, so one partition and one batch: 0 is dead-lettered, 1 is handled and its
+    // follow-up written in the batch's transaction, then the member hangs on 2 and dies.
+    for seq in [0, 1, 2] {
         let paid = OrderPaid {
             order_id: "order-1".into(),
             seq,
@@ -432,6 +436,12 @@ async fn a_transaction_cut_short_by_a_crash_is_invisible_and_its_batch_is_handle
         Vec::<u64>::new(),
         "an open transaction's output is invisible to read_committed"
     );
+    let dead_letters = kafka.dead_letter_topic("orders", "billing");
+    kafka_common::read_topic(&dead_letters, 1, 30, false).await;
+    assert!(
+        kafka_common::read_for(&dead_letters, 3, true).await.is_empty(),
+        "the dead letter is written in the transaction, invisible until it commits"
+    );
     std::thread::spawn(move || {
         let (runtime, bus) = crashing;
         // A crash: no shutdown, no commit, no abort.
@@ -452,6 +462,11 @@ async fn a_transaction_cut_short_by_a_crash_is_invisible_and_its_batch_is_handle
         shipped(&kafka_common::read_for(&shipments, 3, true).await),
         [1, 2],
         "each follow-up exactly once to read_committed"
+    );
+    assert_eq!(
+        kafka_common::read_for(&dead_letters, 3, true).await.len(),
+        1,
+        "the dead letter of the aborted batch is gone, the one of the batch handled again stays"
     );
     restarted.shutdown().await;
 

@@ -358,14 +358,14 @@ async fn deliver(
         Err(Failure::Interrupted) => Outcome::Interrupted,
         Err(Failure::Failed { error, attempts }) => {
             let letter = DeadLetter {
-                id: Uuid::now_v7(),
+                id: DeadLetter::id_for(&group.name, envelope.id),
                 group: group.name.to_string(),
                 envelope: Envelope::clone(envelope),
                 error,
                 attempts,
                 failed_at: SystemTime::now(),
             };
-            dead_letter(shared, letter, shutdown).await
+            dead_letter(shared, publisher, letter, shutdown).await
         }
     }
 }
@@ -750,8 +750,16 @@ impl Publisher {
 }
 
 /// Stores a dead letter, retrying until the store takes it: an event is committed only
-/// once it is handled or safely dead-lettered.
-async fn dead_letter(shared: &Shared, letter: DeadLetter, shutdown: &mut watch::Receiver<bool>) -> Outcome {
+/// once it is handled or safely dead-lettered. The transport's copy goes through the
+/// consumer's `publisher` if it has one, so that in a broker transaction it commits or
+/// aborts with the batch.
+async fn dead_letter(
+    shared: &Shared,
+    publisher: Option<&Arc<dyn Transport>>,
+    letter: DeadLetter,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let transport = publisher.unwrap_or(&shared.transport);
     let stored = with_retries(shared, shutdown, "storing a dead letter", || {
         shared.dead_letters.put(letter.clone())
     });
@@ -759,7 +767,7 @@ async fn dead_letter(shared: &Shared, letter: DeadLetter, shutdown: &mut watch::
         return Outcome::Interrupted;
     }
     match with_retries(shared, shutdown, "handing a dead letter to the transport", || {
-        shared.transport.dead_letter(&letter)
+        transport.dead_letter(&letter)
     })
     .await
     {
