@@ -7,6 +7,9 @@
 //! RELAY_EVENTS=50000 RELAY_BATCH=512 RELAY_RATE=200 RELAY_SECONDS=5 cargo bench -p eventflow-mongo --bench relay
 //! ```
 //!
+//! `RELAY_SERVER_PID` (the server's process id, on Linux) adds the CPU time per event that
+//! the server and this process spent in each throughput run: where the time goes.
+//!
 //! `RELAY_LATENCY_CLEANUP_MS` sets the clean-up interval of the latency run (default: the
 //! store's default, 1 s), to see what the clean-up's deletes do to commit latency.
 //!
@@ -105,6 +108,45 @@ fn envelope(seq: u64) -> Envelope {
     envelope
 }
 
+/// CPU seconds used so far by process `pid` (`self` for this one), from `/proc`.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ, 100 on Linux.
+    Some(ticks / 100.0)
+}
+
+/// Measures the CPU time the server (at `RELAY_SERVER_PID`) and this process spend.
+struct Cpu {
+    server: Option<String>,
+    start: (Option<f64>, Option<f64>),
+}
+
+impl Cpu {
+    fn start() -> Self {
+        let server = std::env::var("RELAY_SERVER_PID").ok();
+        let start = (server.as_deref().and_then(cpu_seconds), cpu_seconds("self"));
+        Cpu { server, start }
+    }
+
+    /// "server X µs/event, bench Y µs/event" since `start`, if known.
+    fn per_event(&self, events: u64) -> String {
+        let Some(server) = self.server.as_deref() else {
+            return String::new();
+        };
+        let used = |start: Option<f64>, now: Option<f64>| match (start, now) {
+            (Some(start), Some(now)) => format!("{:.0}", (now - start) / events as f64 * 1e6),
+            _ => "?".to_owned(),
+        };
+        format!(
+            "; CPU per event: server {} us, bench {} us",
+            used(self.start.0, cpu_seconds(server)),
+            used(self.start.1, cpu_seconds("self"))
+        )
+    }
+}
+
 fn uri() -> String {
     std::env::var("MONGODB_URI").unwrap_or_else(|_| DEFAULT_URI.to_owned())
 }
@@ -132,11 +174,16 @@ async fn baseline(n: u64, batch: usize) -> Duration {
     let docs: Vec<Document> = (1..=n)
         .map(|seq| eventflow_mongo::__private::outbox_document(seq, &envelope(seq)).unwrap())
         .collect();
+    let cpu = Cpu::start();
     let started = Instant::now();
     for chunk in docs.chunks(batch) {
         collection.insert_many(chunk.to_vec()).await.unwrap();
     }
     let elapsed = started.elapsed();
+    let cpu = cpu.per_event(n);
+    if !cpu.is_empty() {
+        println!("  raw insert_many of {n}: {:.2} s{cpu}", elapsed.as_secs_f64());
+    }
     store.database().drop().await.unwrap();
     elapsed
 }
@@ -197,6 +244,7 @@ struct Relayed {
 async fn relay_throughput(n: u64, batch: usize, cleanup: Duration) -> Relayed {
     let rig = rig("relay", batch, cleanup).await;
     let envelopes: Vec<Envelope> = (1..=n).map(envelope).collect();
+    let cpu = Cpu::start();
     let started = Instant::now();
     for chunk in envelopes.chunks(batch) {
         let mut tx = rig.store.begin().await.unwrap();
@@ -212,29 +260,44 @@ async fn relay_throughput(n: u64, batch: usize, cleanup: Duration) -> Relayed {
         .store
         .database()
         .collection::<Document>(&rig.store.collection_names().outbox);
-    let left = outbox.count_documents(Document::new()).await.unwrap();
+    // The units of work's documents, by `_id`: their first sequences.
+    let ids: Vec<i64> = (1..=n as i64).step_by(batch).collect();
     let cleaned = if cleanup == DEFERRED_CLEANUP {
         // The store's clean-up, done here: by `_id` (each unit of work's first sequence),
         // at most its chunk of entries per delete, one delete at a time.
         let chunk = eventflow_mongo::__private::OUTBOX_CLEANUP_CHUNK as usize;
-        let ids: Vec<i64> = (1..=n as i64).step_by(batch).collect();
+        let left = outbox.count_documents(Document::new()).await.unwrap();
+        println!("  relay: {left} delivered documents in the outbox");
         let started = Instant::now();
         for ids in ids.chunks((chunk / batch).max(1)) {
             outbox.delete_many(doc! { "_id": { "$in": ids } }).await.unwrap();
         }
-        let elapsed = started.elapsed();
-        let left = outbox.count_documents(Document::new()).await.unwrap();
-        assert_eq!(left, 0, "the outbox documents are not one per unit of work");
-        elapsed
+        started.elapsed()
     } else {
-        while outbox.count_documents(Document::new()).await.unwrap() > 0 {
+        // The clean-up deletes in commit order: the last document goes last. (Looked up by
+        // `_id`: a count, or a query by range, reads every document, and on some servers
+        // costs more than the clean-up it waits for. Checked by a count below.)
+        let last = ids.last().copied().unwrap_or(1);
+        while outbox
+            .find_one(doc! { "_id": last })
+            .projection(doc! { "_id": 1 })
+            .await
+            .unwrap()
+            .is_some()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         started.elapsed()
     };
+    let cpu = cpu.per_event(n);
+    let left = outbox.count_documents(Document::new()).await.unwrap();
+    assert_eq!(
+        left, 0,
+        "documents were left in the outbox when the clock stopped"
+    );
     println!(
-        "  relay: committed in {:.2} s, delivered {:.2} s after the first commit ({left} \
-         delivered documents not deleted yet); {} {:.2} s",
+        "  relay: committed in {:.2} s, delivered {:.2} s after the first commit; {} {:.2} \
+         s{cpu}",
         committed.as_secs_f64(),
         delivered.as_secs_f64(),
         match cleanup == DEFERRED_CLEANUP {

@@ -24,7 +24,11 @@
 //! the entries before it were marked delivered, and meaning: "every entry committed before
 //! this token, and every entry below this sequence, is delivered". It is taken at the end
 //! of a document, so a relay resuming from it streams the next document whole. It only
-//! moves forward. A relay that takes the outbox over resumes the stream from it.
+//! moves forward. A relay that takes the outbox over resumes the stream from it, and skips
+//! what lies below the delivered watermark (see below), which every mark moves: so the
+//! position is saved at most once a second while a relay delivers (and when it stops or
+//! goes idle), not with every batch; an older one only makes a restarted relay read a
+//! little more of the oplog again.
 //!
 //! The scan opens a new change stream first, then reads the undelivered entries from the
 //! collection in sequence order, starting with the document that holds the first sequence
@@ -35,6 +39,13 @@
 //!
 //! A document's entries are read one by one: an entry that does not read whole is handed to
 //! the relay as corrupt, to be dead-lettered on its own, and its neighbours are delivered.
+//!
+//! # The lease
+//!
+//! A claim takes or renews the lease (`holder`, `expires_at` in the lease document), unless
+//! the same relay took or renewed it less than a third of the lease ago: it still holds it
+//! then, since no other relay takes it before it expires, and the claim saves a write. A
+//! claim of no entries always renews it.
 //!
 //! # Delivered entries
 //!
@@ -58,7 +69,7 @@ pub(crate) mod layout;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eventflow::store::OutboxEntry;
 use eventflow::Error;
@@ -85,6 +96,9 @@ const LEASE_ID: &str = "outbox";
 /// How often delivered entries below the watermark are deleted, by default.
 pub(crate) const CLEANUP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often, at most, a relay saves its position while it delivers.
+const POSITION_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Outbox documents the stream may read ahead of the relay.
 const READ_AHEAD: usize = 1024;
 
@@ -105,6 +119,12 @@ pub(crate) struct Feed {
     next: u64,
     /// Every entry below this sequence is delivered.
     watermark: u64,
+    /// Until when the owner surely holds the lease: claims before then do not take it again.
+    held_until: Option<Instant>,
+    /// When the owner last saved its position.
+    saved_at: Option<Instant>,
+    /// A position reached since then, not saved yet.
+    unsaved: Option<(ResumeToken, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -181,6 +201,12 @@ impl Feed {
                 last.position = position;
             }
         }
+    }
+
+    /// Whether the position may be saved again.
+    fn position_due(&self) -> bool {
+        self.saved_at
+            .is_none_or(|saved| saved.elapsed() >= POSITION_INTERVAL)
     }
 
     /// Hands the documents the watermark has passed whole to the clean-up.
@@ -494,10 +520,11 @@ async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Opt
     }
 }
 
-/// Moves the expiry of `relay`'s lease to `lease` from now, if it still holds it.
-async fn renew(store: &MongoStore, relay: &str, lease: Duration) -> Result<(), Error> {
+/// Moves the expiry of `relay`'s lease to `lease` from now, if it still holds it; whether
+/// it does.
+async fn renew(store: &MongoStore, relay: &str, lease: Duration) -> Result<bool, Error> {
     let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
-    store
+    let renewed = store
         .inner
         .leases
         .update_one(
@@ -506,7 +533,7 @@ async fn renew(store: &MongoStore, relay: &str, lease: Duration) -> Result<(), E
         )
         .await
         .map_err(|e| backend("renewing the outbox lease", e))?;
-    Ok(())
+    Ok(renewed.matched_count > 0)
 }
 
 pub(crate) async fn claim(
@@ -516,19 +543,36 @@ pub(crate) async fn claim(
     after: u64,
     limit: usize,
 ) -> Result<Vec<OutboxEntry>, Error> {
-    let acquired = std::time::Instant::now();
-    let Some((continuous, watermark)) = acquire(store, relay, lease).await? else {
-        return Ok(Vec::new());
-    };
+    let acquired = Instant::now();
     let mut feed = store.inner.feed.lock().await;
-    if !continuous || feed.owner.as_deref() != Some(relay) {
-        // Another relay may have delivered entries meanwhile: start from the saved position.
-        feed.reset(Some(relay));
-        // Documents delivered before may be left: by another relay, or an earlier layout.
-        store.inner.cleaner.sweep();
+    // Within a third of the lease from taking or renewing it, `relay` still holds it: no
+    // other relay takes it before it expires. A claim of 0 entries always renews it.
+    let held = feed.owner.as_deref() == Some(relay)
+        && feed.held_until.is_some_and(|until| acquired < until)
+        && limit > 0;
+    if !held {
+        let Some((continuous, watermark)) = acquire(store, relay, lease).await? else {
+            return Ok(Vec::new());
+        };
+        if !continuous || feed.owner.as_deref() != Some(relay) {
+            // Another relay may have delivered entries meanwhile: start from the saved position.
+            feed.reset(Some(relay));
+            // Documents delivered before may be left: by another relay, or an earlier layout.
+            store.inner.cleaner.sweep();
+        }
+        feed.held_until = Some(acquired + lease / 3);
+        feed.watermark = feed.watermark.max(watermark);
+        feed.clean_up(store);
     }
-    feed.watermark = feed.watermark.max(watermark);
-    feed.clean_up(store);
+    if feed.position_due() {
+        // Reached in a mark that came too soon after the last save; nothing moved since.
+        if let Some(position) = feed.unsaved.take() {
+            save_position(store, position)
+                .await
+                .map_err(|e| backend("saving the outbox relay position", e))?;
+            feed.saved_at = Some(Instant::now());
+        }
+    }
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -541,7 +585,12 @@ pub(crate) async fn claim(
     feed.fill(store, sent + limit).await?;
     if acquired.elapsed() > lease / 4 {
         // Opening the stream or scanning took a while: the lease runs from now.
-        renew(store, relay, lease).await?;
+        let renewed = Instant::now();
+        if !renew(store, relay, lease).await? {
+            feed.reset(None);
+            return Ok(Vec::new());
+        }
+        feed.held_until = Some(renewed + lease / 3);
     }
     let unsent = feed.pending.iter().skip(sent);
     Ok(unsent.take(limit).map(|p| p.entry.clone()).collect())
@@ -560,7 +609,7 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
             .collect(),
         false => Vec::new(),
     };
-    let position = prefix.iter().rev().find_map(|p| p.position.clone());
+    let reached = prefix.iter().rev().find_map(|p| p.position.clone());
     let watermark = prefix.last().map(|p| p.entry.sequence + 1);
     // Sequences not claimed through this feed (it was reset) are left alone: they may be
     // delivered again, as after any takeover.
@@ -571,6 +620,17 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
             sequences.push(p.entry.sequence);
         }
     }
+    // Saved at most every POSITION_INTERVAL: the watermark, moved by every mark, already
+    // keeps a relay resuming from an older position from delivering anything again.
+    let position = match (reached, feed.position_due()) {
+        (Some(reached), true) => Some(reached),
+        (Some(reached), false) => {
+            feed.unsaved = Some(reached);
+            None
+        }
+        (None, true) => feed.unsaved.take(),
+        (None, false) => None,
+    };
     let mut attempt = 0;
     loop {
         let marked = Marked {
@@ -596,6 +656,10 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
             }
             Err(error) => return Err(backend("marking outbox entries delivered", error)),
         }
+    }
+    if position.is_some() {
+        feed.saved_at = Some(Instant::now());
+        feed.unsaved = None;
     }
     feed.pending.retain(|p| !delivered.contains(&p.entry.sequence));
     if let Some(watermark) = watermark {
@@ -688,11 +752,22 @@ async fn save_position(
 }
 
 pub(crate) async fn release(store: &MongoStore, relay: &str) -> Result<(), Error> {
-    {
+    let unsaved = {
         let mut feed = store.inner.feed.lock().await;
-        if feed.owner.as_deref() == Some(relay) {
-            feed.reset(None);
+        match feed.owner.as_deref() == Some(relay) {
+            true => {
+                let unsaved = feed.unsaved.take();
+                feed.reset(None);
+                unsaved
+            }
+            false => None,
         }
+    };
+    // Everything before it was marked delivered: it holds whoever has the lease now.
+    if let Some(position) = unsaved {
+        save_position(store, position)
+            .await
+            .map_err(|e| backend("saving the outbox relay position", e))?;
     }
     // Expired rather than deleted: the document keeps the delivered watermark.
     store
