@@ -9,11 +9,15 @@
 //!   concurrent append into [`Error::Conflict`](eventflow::Error::Conflict).
 //! - **Inbox**: a unique index on (group, event id); a duplicate key (11000) means the group
 //!   processed the event already.
+//! - **Outbox**: one document per unit of work, holding its entries (each with its own
+//!   sequence), so a unit of work costs the server one insert, one change-stream read and
+//!   one delete however many events it publishes.
 //! - **Outbox relay**: follows a change stream on the outbox collection, so commits of any
-//!   process reach the transport without polling; it saves the stream's resume token with
-//!   each delivered batch and resumes from it, and scans the outbox when the token is gone
-//!   from the oplog or the stream breaks. The relays of several processes share the outbox
-//!   through a lease. See [`MongoStore`] and the [`OUTBOX_POSITION_CHECKPOINT`].
+//!   process reach the transport without polling; it saves the stream's resume token as it
+//!   delivers (at most once a second) and resumes from it, and scans the outbox when the
+//!   token is gone from the oplog or the stream breaks. The relays of several processes
+//!   share the outbox through a lease. See [`MongoStore`] and the
+//!   [`OUTBOX_POSITION_CHECKPOINT`].
 //! - **Change data capture**: [`ChangeCapture`] turns the inserts, updates, replaces and
 //!   deletes of any collection into events.
 //!

@@ -88,7 +88,8 @@ use crate::outbox::layout::{Stored, DELIVERED, LAST};
 use crate::store::{Inner, MongoStore};
 
 /// The checkpoint holding the outbox relay's saved position: a change-stream resume token
-/// and the outbox sequence expected after it, as extended JSON.
+/// and the outbox sequence expected after it, as extended JSON. Saved at most once a
+/// second while the relay delivers, and when it stops.
 pub const OUTBOX_POSITION_CHECKPOINT: &str = "eventflow.outbox.position";
 
 const LEASE_ID: &str = "outbox";

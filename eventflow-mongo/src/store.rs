@@ -34,8 +34,9 @@ pub struct CollectionNames {
     /// Events, one document per event; unique index on (stream, version). Default
     /// `eventflow_events`.
     pub events: String,
-    /// Outbox entries waiting for the relay; delivered ones are deleted in the background,
-    /// every second by default. Default `eventflow_outbox`.
+    /// Outbox entries waiting for the relay, one document per unit of work (`_id` the
+    /// sequence of its first entry, `last` that of its last, `entries`); delivered ones are
+    /// deleted in the background, every second by default. Default `eventflow_outbox`.
     pub outbox: String,
     /// Processed-event markers; unique index on (group, event id). Default `eventflow_inbox`.
     pub inbox: String,
@@ -179,11 +180,12 @@ impl MongoStoreBuilder {
 
     /// How often the relay deletes the outbox entries it delivered. Default 1 s.
     ///
-    /// A background task deletes them in `_id` ranges of at most 1024 entries, one delete
-    /// at a time, so commits are never held up behind one long delete. Deleting costs the
-    /// server about as much as inserting, whatever the interval: a longer interval lets the
-    /// outbox hold up to that long's worth of delivered entries, and moves the work out of
-    /// a burst shorter than it (it is done after the burst, not avoided).
+    /// A background task deletes the documents whose entries are all delivered, by `_id`,
+    /// at most 1024 entries per delete, one delete at a time, so commits are never held up
+    /// behind one long delete. Deleting costs the server the same whatever the interval: a
+    /// longer interval lets the outbox hold up to that long's worth of delivered entries,
+    /// and moves the work out of a burst shorter than it (it is done after the burst, not
+    /// avoided).
     pub fn outbox_cleanup_interval(mut self, interval: Duration) -> Self {
         self.cleanup_interval = interval;
         self
