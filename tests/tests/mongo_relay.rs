@@ -179,6 +179,37 @@ async fn delivered_entries_are_deleted_in_the_background_and_nothing_else_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_entry_in_a_unit_of_works_document_is_dead_lettered_alone() {
+    let store = mongo_support::store().await;
+    let envelopes: Vec<Envelope> = (0..3).map(paid).collect();
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&envelopes).await.unwrap();
+    tx.commit().await.unwrap();
+    // Broken by hand inside the unit of work's one document: the middle entry's time.
+    store
+        .database()
+        .collection::<Document>(&store.collection_names().outbox)
+        .update_many(doc! {}, doc! { "$set": { "entries.1.created_at": "yesterday" } })
+        .await
+        .unwrap();
+    let transport = InProcess::new();
+    let (bus, rec) = observer(&transport).await;
+    let relay = start_relay(&store, &transport);
+    eventually(10, "the readable entries", || rec.seen("audit").len() >= 2).await;
+    drained(&store).await;
+    within(5, "the observer to finish", transport.wait_idle()).await;
+    assert_eq!(rec.sorted_seqs("audit"), [0, 2], "its neighbours are delivered");
+    let letters = eventflow::DeadLetterStore::list(&store, Some(Relay::DEAD_LETTER_GROUP))
+        .await
+        .unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].envelope.id, envelopes[1].id);
+    assert!(letters[0].error.contains("created_at"), "{}", letters[0].error);
+    relay.stop().await;
+    bus.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_relay_resumes_from_its_saved_token_and_delivers_everything_once() {
     let database = mongo_support::unique_database();
     let store = mongo_support::store_in(&database).await;
