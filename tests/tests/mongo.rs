@@ -350,3 +350,67 @@ async fn outbox_documents_of_one_entry_each_are_still_relayed_and_deleted() {
     .await
     .expect("the clean-up left delivered documents of either layout");
 }
+
+#[tokio::test]
+async fn documents_a_stopped_relay_delivered_but_left_are_swept_by_the_next() {
+    let database = mongo_support::unique_database();
+    let open = |cleanup: Duration| {
+        let database = database.clone();
+        async move {
+            MongoStore::builder(mongo_support::client().await, &database)
+                .outbox_cleanup_interval(cleanup)
+                .open()
+                .await
+                .unwrap()
+        }
+    };
+    // A relay whose clean-up never runs: it stops with its delivered documents left.
+    let first = open(Duration::from_secs(3600)).await;
+    let mut tx = first.begin().await.unwrap();
+    tx.enqueue(&[event(1), event(2)]).await.unwrap();
+    tx.commit().await.unwrap();
+    let lease = Duration::from_secs(5);
+    let claimed = first.claim_outbox("first", lease, 0, 10).await.unwrap();
+    let sequences: Vec<u64> = claimed.iter().map(|e| e.sequence).collect();
+    first.mark_delivered("first", &sequences).await.unwrap();
+    first.release_outbox("first").await.unwrap();
+    // One of the one-document-per-entry layout, below the watermark too.
+    let old = eventflow_mongo::__private::outbox_document(0, &event(0)).unwrap();
+    outbox(&first).insert_one(old).await.unwrap();
+    let waiting = event(3);
+    let mut tx = first.begin().await.unwrap();
+    tx.enqueue(std::slice::from_ref(&waiting)).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(first);
+
+    let next = open(Duration::from_millis(100)).await;
+    assert_eq!(outbox(&next).count_documents(doc! {}).await.unwrap(), 3);
+    // Resumed from the saved position: the change stream brings the waiting entry.
+    let claimed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let claimed = next.claim_outbox("next", lease, 0, 10).await.unwrap();
+            if !claimed.is_empty() {
+                return claimed;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the waiting entry never came");
+    assert_eq!(
+        claimed.iter().map(|e| &e.envelope).collect::<Vec<_>>(),
+        [&waiting]
+    );
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while outbox(&next).count_documents(doc! {}).await.unwrap() > 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the delivered documents left behind were not swept");
+    assert_eq!(
+        next.outbox_backlog().await.unwrap(),
+        1,
+        "the waiting entry was swept"
+    );
+}
