@@ -23,13 +23,22 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn kafka(what: impl Into<String>, brokers: &str, source: rdkafka::error::KafkaError) -> Self {
-        Error::Kafka {
-            what: what.into(),
-            source: Box::new(source),
-            hint: format!(
+        let hint = match source.rdkafka_error_code() {
+            Some(rdkafka::types::RDKafkaErrorCode::Fatal) => {
+                "librdkafka's client failed for good (a fatal error, logged with its reason); \
+                 eventflow replaces the transport's producer, so publishing again goes through \
+                 a new one"
+                    .to_owned()
+            }
+            _ => format!(
                 "check that the Kafka brokers at `{brokers}` are running and reachable (the address \
                  comes from `KAFKA_BROKERS` with `Kafka::from_env`); eventflow retries with backoff"
             ),
+        };
+        Error::Kafka {
+            what: what.into(),
+            source: Box::new(source),
+            hint,
         }
     }
 }

@@ -43,7 +43,8 @@ pub struct Kafka {
 
 pub(crate) struct Inner {
     pub(crate) config: KafkaBuilder,
-    pub(crate) producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error, after which it produces nothing.
+    producer: RwLock<FutureProducer>,
     admin: AdminClient<DefaultClientContext>,
     /// Kafka topics by eventflow topic, so a publish neither formats the name nor asks the
     /// broker again.
@@ -143,12 +144,19 @@ impl Kafka {
         tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;
             inner
-                .producer
+                .producer()
                 .flush(timeout)
                 .map_err(|e| inner.error("flushing the producer", e))
         })
         .await
         .unwrap_or_else(|panic| Err(Error::Config(format!("flush panicked: {panic}"))))
+    }
+
+    /// The producer this transport publishes with: a handle (clones share it) for what
+    /// eventflow does not cover, such as librdkafka's statistics. It is replaced when
+    /// librdkafka reports a fatal error, so take it again rather than keeping it.
+    pub fn producer(&self) -> FutureProducer {
+        self.inner.producer()
     }
 
     pub(crate) fn from_builder(config: KafkaBuilder) -> Result<Kafka, Error> {
@@ -157,24 +165,7 @@ impl Kafka {
                 "no brokers given; pass `host:port` to `Kafka::builder` or set `KAFKA_BROKERS`".into(),
             ));
         }
-        let mut producer = base_config(&config);
-        producer
-            .set("enable.idempotence", config.idempotence.to_string())
-            .set("acks", "all")
-            .set("linger.ms", config.linger.as_millis().to_string())
-            .set("batch.num.messages", config.batch_size.to_string())
-            .set(
-                "message.timeout.ms",
-                config.delivery_timeout.as_millis().to_string(),
-            )
-            // Java clients' default partitioner, so keys land where they would from the JVM.
-            .set("partitioner", "murmur2_random");
-        for (key, value) in &config.producer_config {
-            producer.set(key, value);
-        }
-        let producer: FutureProducer = producer
-            .create()
-            .map_err(|e| Error::kafka("creating the Kafka producer", &config.brokers, e))?;
+        let producer = create_producer(&config)?;
         let admin: AdminClient<DefaultClientContext> = base_config(&config)
             .create()
             .map_err(|e| Error::kafka("creating the Kafka admin client", &config.brokers, e))?;
@@ -185,7 +176,7 @@ impl Kafka {
         Ok(Kafka {
             inner: Arc::new(Inner {
                 config,
-                producer,
+                producer: RwLock::new(producer),
                 admin,
                 event_topics: TopicMap::default(),
                 kafka_topics: TopicMap::default(),
@@ -194,6 +185,28 @@ impl Kafka {
             }),
         })
     }
+}
+
+/// The transport's producer: idempotent unless turned off, `acks=all`.
+fn create_producer(config: &KafkaBuilder) -> Result<FutureProducer, Error> {
+    let mut producer = base_config(config);
+    producer
+        .set("enable.idempotence", config.idempotence.to_string())
+        .set("acks", "all")
+        .set("linger.ms", config.linger.as_millis().to_string())
+        .set("batch.num.messages", config.batch_size.to_string())
+        .set(
+            "message.timeout.ms",
+            config.delivery_timeout.as_millis().to_string(),
+        )
+        // Java clients' default partitioner, so keys land where they would from the JVM.
+        .set("partitioner", "murmur2_random");
+    for (key, value) in &config.producer_config {
+        producer.set(key, value);
+    }
+    producer
+        .create()
+        .map_err(|e| Error::kafka("creating the Kafka producer", &config.brokers, e))
 }
 
 /// Settings every client of this transport shares.
@@ -208,6 +221,55 @@ pub(crate) fn base_config(config: &KafkaBuilder) -> ClientConfig {
 impl Inner {
     pub(crate) fn error(&self, what: impl Into<String>, source: KafkaError) -> Error {
         Error::kafka(what, &self.config.brokers, source)
+    }
+
+    /// The producer publishes go through now.
+    pub(crate) fn producer(&self) -> FutureProducer {
+        read(&self.producer).clone()
+    }
+
+    /// The error of a message `producer` did not take or deliver. If it is librdkafka's
+    /// fatal error (the idempotent producer can no longer keep its guarantees, and produces
+    /// nothing from then on), the transport's producer is replaced by a new one: the failed
+    /// message's publisher gets the error and publishes again (the outbox relay does so by
+    /// itself), through the new producer.
+    fn publish_failed(&self, producer: Option<&FutureProducer>, topic: &str, error: KafkaError) -> Error {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.replace_failed_producer(producer);
+        }
+        self.error(format!("publishing to `{topic}`"), error)
+    }
+
+    /// Replaces the transport's producer if it failed for good, and `failed` is it (or
+    /// unknown): of several publishes that saw the failure, the first replaces it.
+    fn replace_failed_producer(&self, failed: Option<&FutureProducer>) {
+        use rdkafka::producer::Producer;
+        let mut current = write(&self.producer);
+        if failed.is_some_and(|failed| !std::ptr::eq(failed.client(), current.client())) {
+            return;
+        }
+        let Some((code, reason)) = current.client().fatal_error() else {
+            return;
+        };
+        match create_producer(&self.config) {
+            Ok(fresh) => {
+                tracing::error!(
+                    %code, reason,
+                    "the Kafka producer failed for good (librdkafka fatal error); replaced it with \
+                     a new one. Messages it had not delivered fail and are published again"
+                );
+                let failed = std::mem::replace(&mut *current, fresh);
+                drop(current);
+                // Dropping it purges its queue and waits up to 500 ms: not on this thread.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn_blocking(move || drop(failed))),
+                    Err(_) => drop(failed),
+                }
+            }
+            Err(error) => {
+                tracing::error!(%code, reason, %error, "the Kafka producer failed for good and a new one could not be created; publishing fails until it can")
+            }
+        }
     }
 
     /// The Kafka topic `key` stands for in `map` (named by `name` the first time), created
@@ -279,7 +341,7 @@ impl Inner {
         headers: OwnedHeaders,
         timestamp_ms: i64,
     ) -> Result<DeliveryFuture, Error> {
-        self.enqueue_on(&self.producer, topic, key, payload, headers, timestamp_ms)
+        self.enqueue_on(&self.producer(), topic, key, payload, headers, timestamp_ms)
             .await
     }
 
@@ -308,7 +370,7 @@ impl Inner {
                     record = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((error, _)) => return Err(self.error(format!("publishing to `{topic}`"), error)),
+                Err((error, _)) => return Err(self.publish_failed(Some(producer), topic, error)),
             }
         }
     }
@@ -328,10 +390,11 @@ impl Inner {
         if let Some(key) = &envelope.key {
             record = record.key(key.as_bytes());
         }
-        match self.producer.send_result(record) {
+        let sent = read(&self.producer).send_result(record);
+        match sent {
             Ok(delivery) => Some(Ok((delivery, topic))),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => None,
-            Err((error, _)) => Some(Err(self.error(format!("publishing to `{}`", topic.name), error))),
+            Err((error, _)) => Some(Err(self.publish_failed(None, &topic.name, error))),
         }
     }
 
@@ -371,14 +434,14 @@ impl Inner {
     fn outcome(&self, answer: <DeliveryFuture as Future>::Output, topic: &str) -> Result<(), Error> {
         match answer {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((error, _))) => Err(self.error(format!("publishing to `{topic}`"), error)),
+            Ok(Err((error, _))) => Err(self.publish_failed(None, topic, error)),
             Err(_canceled) => Err(self.error(format!("publishing to `{topic}`"), KafkaError::Canceled)),
         }
     }
 
     /// Writes a dead letter to its group's dead-letter topic and waits for the broker.
     pub(crate) async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
-        self.publish_dead_letter_on(&self.producer, letter).await
+        self.publish_dead_letter_on(&self.producer(), letter).await
     }
 
     /// Writes a dead letter through `producer` (this transport's, or a transactional

@@ -260,6 +260,47 @@ async fn lag_counts_the_events_a_group_has_not_committed() {
     publisher.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_failed_for_good_is_replaced_and_publishing_goes_on() {
+    use eventflow_kafka::rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+    use eventflow_kafka::rdkafka::producer::Producer;
+
+    let kafka = kafka_common::kafka("fatal");
+    let (store, effects) = (MemoryStore::new(), Effects::default());
+    let bus = ledger_instance(&kafka, &store, &effects).await;
+    let paid = |seq: u64| OrderPaid {
+        order_id: format!("order-{seq}"),
+        seq,
+    };
+    bus.publish(&paid(0)).await.unwrap();
+
+    // librdkafka's hook for the fatal error its idempotent producer raises when it can no
+    // longer keep its guarantees; the producer produces nothing after it.
+    let producer = kafka.producer();
+    // SAFETY: a live client handle and a NUL-terminated reason.
+    unsafe {
+        rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            c"injected by the test".as_ptr(),
+        );
+    }
+    assert!(producer.client().fatal_error().is_some());
+    drop(producer);
+
+    let failed = bus.publish(&paid(1)).await;
+    assert!(
+        failed.is_err(),
+        "the publish that met the failed producer reports it"
+    );
+    for seq in 1..4 {
+        bus.publish(&paid(seq)).await.unwrap();
+    }
+    assert!(kafka.producer().client().fatal_error().is_none());
+    eventually(30, "every event handled", || effects.0.lock().unwrap().len() == 4).await;
+    bus.shutdown().await;
+}
+
 /// The follow-up the transactional handlers publish.
 #[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[event(name = "order.shipped", topic = "shipments")]
