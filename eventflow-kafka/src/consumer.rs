@@ -1,7 +1,7 @@
 //! One member of a Kafka consumer group, as eventflow's [`Consumer`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::StartFrom;
@@ -58,6 +58,11 @@ struct Foreign {
 pub(crate) struct Member {
     revocations: AtomicU64,
     group: String,
+    /// Whether the group uses the cooperative protocol (`cooperative-sticky`): partitions
+    /// are then assigned and revoked incrementally.
+    cooperative: bool,
+    /// Set once the member committed for the last time and is leaving the group.
+    leaving: AtomicBool,
 }
 
 impl ClientContext for Member {
@@ -73,6 +78,40 @@ impl ClientContext for Member {
 }
 
 impl ConsumerContext for Member {
+    /// rdkafka's default, without its one hazard: it asks librdkafka for the rebalance
+    /// protocol, a request to the consumer group's handle. Once that handle has terminated
+    /// (the consumer is closing), librdkafka drops every request to it unanswered and the
+    /// caller waits forever (librdkafka#4041, rust-rdkafka#509): a member that was shut
+    /// down hung in its final revocation. The protocol is known from the configuration, and
+    /// a terminated handle is asked nothing.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        if consumer.closed() {
+            return;
+        }
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(partitions),
+            _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        let assigned = match (err, self.cooperative) {
+            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => consumer.assign(partitions),
+            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => {
+                consumer.incremental_assign(partitions)
+            }
+            (_, false) => consumer.unassign(),
+            (_, true) => consumer.incremental_unassign(partitions),
+        };
+        if let Err(error) = assigned {
+            tracing::warn!(group = %self.group, %error, "applying a rebalance failed; librdkafka rejoins the group");
+        }
+    }
+
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -88,8 +127,13 @@ impl ConsumerContext for Member {
                 // Every record handled so far has its offset stored (the worker commits
                 // before it polls again, and rebalances are only served while it polls);
                 // the commits of those offsets are asynchronous, so finish them now,
-                // before the partitions move.
-                if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // before the partitions move. A member leaving the group committed already.
+                let leaving = self.leaving.load(Ordering::Acquire);
+                let committed = match leaving {
+                    true => Ok(()),
+                    false => consumer.commit_consumer_state(CommitMode::Sync),
+                };
+                if let Err(error) = committed {
                     if !matches!(error, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
                         tracing::warn!(group = %self.group, %error, "committing before a rebalance failed; the new owner handles those events again");
                     }
@@ -130,6 +174,11 @@ impl KafkaConsumer {
         let member = Member {
             revocations: AtomicU64::new(0),
             group: group.to_owned(),
+            leaving: AtomicBool::new(false),
+            cooperative: config
+                .consumer_config
+                .iter()
+                .any(|(key, value)| key == "partition.assignment.strategy" && value.contains("cooperative")),
         };
         let consumer: StreamConsumer<Member> = client
             .create_with_context(member)
@@ -528,6 +577,7 @@ impl Consumer for KafkaConsumer {
                         tracing::warn!(%group, %error, "committing on close failed; those events are handled again")
                     }
                 }
+                consumer.context().leaving.store(true, Ordering::Release);
                 drop(consumer)
             })
             .await;
