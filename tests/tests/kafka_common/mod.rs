@@ -111,7 +111,10 @@ fn delete_stale_topics(brokers: &str) {
 }
 
 /// A transport builder on the broker under test whose topics and groups belong to `test`
-/// alone; consumers notice rebalances within a second.
+/// alone; consumers notice rebalances within a second, and a rebalance waits at most 15 s
+/// for a member to rejoin (`max.poll.interval.ms`, the rebalance timeout, is 5 minutes by
+/// default: a member the broker still counts but that does not rejoin would stall the
+/// group that long).
 pub fn builder(test: &str) -> KafkaBuilder {
     capture_logs();
     let brokers = brokers();
@@ -124,6 +127,7 @@ pub fn builder(test: &str) -> KafkaBuilder {
         .partitions(6)
         .consumer_config("session.timeout.ms", "6000")
         .consumer_config("heartbeat.interval.ms", "500")
+        .consumer_config("max.poll.interval.ms", "15000")
 }
 
 /// A transport on the broker under test, private to `test`.
