@@ -210,14 +210,7 @@ async fn a_restarted_capture_resumes_where_it_stopped() {
             "{key}: a change was lost or captured twice"
         );
     }
-    let ids: std::collections::HashSet<_> = changes
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, id, _)| id.clone())
-        .collect();
-    assert_eq!(ids.len(), 12, "two changes share an event id");
+    assert_eq!(ids(&changes).len(), 12, "two changes share an event id");
     capture.stop().await;
     bus.shutdown().await;
 }
