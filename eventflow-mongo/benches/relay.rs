@@ -13,6 +13,8 @@
 //! `RELAY_LATENCY_CLEANUP_MS` sets the clean-up interval of the latency run (default: the
 //! store's default, 1 s), to see what the clean-up's deletes do to commit latency.
 //!
+//! `RELAY_ONLY=latency` (or `throughput`) runs only that part.
+//!
 //! Needs the server at `MONGODB_URI` (default `mongodb://127.0.0.1:27017/?directConnection=true`);
 //! each run uses a fresh database and drops it.
 //!
@@ -35,7 +37,9 @@
 //!   not remove that work, it only moves it: a relay that delivers for longer than the
 //!   interval does it inside the run, as above.
 //! - **Latency**: units of work of one event each, committed at `RELAY_RATE` per second for
-//!   `RELAY_SECONDS`; the time from `commit()` returning to the handler starting.
+//!   `RELAY_SECONDS`; the time from `commit()` returning to the handler starting. Printed
+//!   with it: how long the commits themselves took, the slowest one and the latest
+//!   deliveries, with when they happened: a stall of the server shows there.
 //!
 //! Steady state: the relay deletes the documents it delivered every second by default, by
 //! `_id`, at most 1024 entries per delete, so the outbox holds about one second's worth of
@@ -319,12 +323,21 @@ async fn latency(rate: u64, seconds: u64, cleanup: Duration) -> Vec<Duration> {
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    let mut slowest_commit = (0, Duration::ZERO, Duration::ZERO);
+    let mut commits = Vec::with_capacity(total as usize);
     for seq in 1..=total {
         tick.tick().await;
+        let begun = Instant::now();
         let mut tx = rig.store.begin().await.unwrap();
         tx.enqueue(&[envelope(seq)]).await.unwrap();
         tx.commit().await.unwrap();
-        committed_at.insert(seq, Instant::now());
+        let now = Instant::now();
+        commits.push(now - begun);
+        if now - begun > slowest_commit.2 {
+            slowest_commit = (seq, begun - started, now - begun);
+        }
+        committed_at.insert(seq, now);
     }
     while rig.seen.count.load(Ordering::Relaxed) < total {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -335,6 +348,31 @@ async fn latency(rate: u64, seconds: u64, cleanup: Duration) -> Vec<Duration> {
         .iter()
         .map(|(seq, committed)| arrivals[seq].saturating_duration_since(*committed))
         .collect();
+    // Where the worst of it was: a stall shows as one slow commit or a run of late
+    // deliveries at one moment.
+    let (seq, at, took) = slowest_commit;
+    commits.sort();
+    println!(
+        "  commits took p50 {:.1} ms, p99 {:.1} ms; {total} in {:.2} s; slowest: #{seq} at \
+         {:.3} s, {:.1} ms",
+        percentile(&commits, 0.50).as_secs_f64() * 1e3,
+        percentile(&commits, 0.99).as_secs_f64() * 1e3,
+        committed_at[&total].duration_since(started).as_secs_f64(),
+        at.as_secs_f64(),
+        took.as_secs_f64() * 1e3
+    );
+    let mut late: Vec<(u64, Duration)> = committed_at
+        .iter()
+        .map(|(seq, committed)| (*seq, arrivals[seq].saturating_duration_since(*committed)))
+        .collect();
+    late.sort_by_key(|&(_, latency)| std::cmp::Reverse(latency));
+    for &(seq, latency) in late.iter().take(3) {
+        println!(
+            "  slow delivery: #{seq} committed at {:.3} s, handled {:.1} ms later",
+            committed_at[&seq].duration_since(started).as_secs_f64(),
+            latency.as_secs_f64() * 1e3
+        );
+    }
     latencies.sort();
     latencies
 }
@@ -368,64 +406,78 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        println!(
-            "relay: {n} events, {batch} per insert_many / unit of work, server {}",
-            uri()
-        );
-        // Warm-up: connections, collections, code paths.
-        baseline(n.min(2_000), batch).await;
-        relay_throughput(n.min(2_000), batch, DEFAULT_CLEANUP).await;
-
-        let per_second = |time: Duration| n as f64 / time.as_secs_f64();
-        // The baseline runs before and after the relay runs, so that a server or machine that
-        // slows down over time does not favour either side.
-        let before = baseline(n, batch).await;
-        let steady = relay_throughput(n, batch, DEFAULT_CLEANUP).await;
-        let deferred = relay_throughput(n, batch, DEFERRED_CLEANUP).await;
-        let after = baseline(n, batch).await;
-        println!(
-            "  raw insert_many: {:.0} events/s before the relay runs, {:.0} events/s after",
-            per_second(before),
-            per_second(after)
-        );
-        let raw = per_second((before + after) / 2);
-        let relayed = per_second(steady.cleaned);
-        let ratio = relayed / raw;
-        println!(
-            "throughput: relay {relayed:.0} events/s (commit -> in-process delivery -> outbox \
-             empty, default clean-up) | raw insert_many {raw:.0} events/s (one document \
-             each) | ratio {ratio:.2} (target >= {TARGET_RATIO:.2}: {})",
-            if ratio >= TARGET_RATIO { "met" } else { "NOT met" }
-        );
-        println!(
-            "  for information, not the target: delivery alone {:.0} events/s ({:.2}x) with the \
-             clean-up inside the run, {:.0} events/s ({:.2}x) with it deferred; the deferred \
-             clean-up then deleted the documents of {:.0} events/s ({:.2}x raw insert_many)",
-            per_second(steady.delivered),
-            per_second(steady.delivered) / raw,
-            per_second(deferred.delivered),
-            per_second(deferred.delivered) / raw,
-            per_second(deferred.cleaned),
-            per_second(deferred.cleaned) / raw,
-        );
-
-        let cleanup = match std::env::var("RELAY_LATENCY_CLEANUP_MS") {
-            Ok(_) => Duration::from_millis(env_or("RELAY_LATENCY_CLEANUP_MS", 0)),
-            Err(_) => DEFAULT_CLEANUP,
-        };
-        let latencies = latency(rate, seconds, cleanup).await;
-        let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
-        println!(
-            "latency commit -> handler at {rate} commits/s for {seconds} s ({} events, clean-up \
-             every {:.1} s): p50 \
-             {:.1} ms | p99 {:.1} ms | max {:.1} ms (target p99 <= {} ms: {})",
-            latencies.len(),
-            cleanup.as_secs_f64(),
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3,
-            latencies.last().unwrap().as_secs_f64() * 1e3,
-            TARGET_P99.as_millis(),
-            if p99 <= TARGET_P99 { "met" } else { "NOT met" }
-        );
+        let only = std::env::var("RELAY_ONLY").unwrap_or_default();
+        if only != "latency" {
+            throughput(n, batch).await;
+        }
+        if only != "throughput" {
+            report_latency(rate, seconds).await;
+        }
     });
+}
+
+/// The throughput runs: baseline, relay, relay with the clean-up deferred, baseline.
+async fn throughput(n: u64, batch: usize) {
+    println!(
+        "relay: {n} events, {batch} per insert_many / unit of work, server {}",
+        uri()
+    );
+    // Warm-up: connections, collections, code paths.
+    baseline(n.min(2_000), batch).await;
+    relay_throughput(n.min(2_000), batch, DEFAULT_CLEANUP).await;
+
+    let per_second = |time: Duration| n as f64 / time.as_secs_f64();
+    // The baseline runs before and after the relay runs, so that a server or machine that
+    // slows down over time does not favour either side.
+    let before = baseline(n, batch).await;
+    let steady = relay_throughput(n, batch, DEFAULT_CLEANUP).await;
+    let deferred = relay_throughput(n, batch, DEFERRED_CLEANUP).await;
+    let after = baseline(n, batch).await;
+    println!(
+        "  raw insert_many: {:.0} events/s before the relay runs, {:.0} events/s after",
+        per_second(before),
+        per_second(after)
+    );
+    let raw = per_second((before + after) / 2);
+    let relayed = per_second(steady.cleaned);
+    let ratio = relayed / raw;
+    println!(
+        "throughput: relay {relayed:.0} events/s (commit -> in-process delivery -> outbox \
+         empty, default clean-up) | raw insert_many {raw:.0} events/s (one document \
+         each) | ratio {ratio:.2} (target >= {TARGET_RATIO:.2}: {})",
+        if ratio >= TARGET_RATIO { "met" } else { "NOT met" }
+    );
+    println!(
+        "  for information, not the target: delivery alone {:.0} events/s ({:.2}x) with the \
+         clean-up inside the run, {:.0} events/s ({:.2}x) with it deferred; the deferred \
+         clean-up then deleted the documents of {:.0} events/s ({:.2}x raw insert_many)",
+        per_second(steady.delivered),
+        per_second(steady.delivered) / raw,
+        per_second(deferred.delivered),
+        per_second(deferred.delivered) / raw,
+        per_second(deferred.cleaned),
+        per_second(deferred.cleaned) / raw,
+    );
+}
+
+/// The latency run, and its figures.
+async fn report_latency(rate: u64, seconds: u64) {
+    let cleanup = match std::env::var("RELAY_LATENCY_CLEANUP_MS") {
+        Ok(_) => Duration::from_millis(env_or("RELAY_LATENCY_CLEANUP_MS", 0)),
+        Err(_) => DEFAULT_CLEANUP,
+    };
+    let latencies = latency(rate, seconds, cleanup).await;
+    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    println!(
+        "latency commit -> handler at {rate} commits/s for {seconds} s ({} events, clean-up \
+         every {:.1} s): p50 \
+         {:.1} ms | p99 {:.1} ms | max {:.1} ms (target p99 <= {} ms: {})",
+        latencies.len(),
+        cleanup.as_secs_f64(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+        TARGET_P99.as_millis(),
+        if p99 <= TARGET_P99 { "met" } else { "NOT met" }
+    );
 }
