@@ -25,10 +25,10 @@
 //! this token, and every entry below this sequence, is delivered". It is taken at the end
 //! of a document, so a relay resuming from it streams the next document whole. It only
 //! moves forward. A relay that takes the outbox over resumes the stream from it, and skips
-//! what lies below the delivered watermark (see below), which every mark moves: so the
-//! position is saved at most once a second while a relay delivers (and when it stops or
-//! goes idle), not with every batch; an older one only makes a restarted relay read a
-//! little more of the oplog again.
+//! what lies below the delivered watermark (see below). Both are written together, at most
+//! once a second while a relay delivers (and when it stops or goes idle), not with every
+//! batch; an older one only makes a relay taking over after a crash read a little more of
+//! the oplog again and deliver again what was delivered since.
 //!
 //! The scan opens a new change stream first, then reads the undelivered entries from the
 //! collection in sequence order, starting with the document that holds the first sequence
@@ -51,18 +51,27 @@
 //!
 //! Marking the oldest claimed entries delivered raises a watermark kept in the lease
 //! document (`delivered_below`: every entry below it is delivered), per entry, by the same
-//! conditional update that checks the relay still holds the lease. A document stays until
-//! the watermark has passed all of its entries; then its `_id` goes to a background task
-//! that deletes such documents by `_id`, off the delivery path, every second by default
-//! (`MongoStoreBuilder::outbox_cleanup_interval`), at most [`CLEANUP_CHUNK`] entries per
-//! delete, one delete at a time: one unbounded delete of a large backlog is one long
-//! operation (on some servers it holds the collection while it runs, stalling the commits
-//! that insert into it), while bounded ones let commits in between. When a relay starts or
-//! takes the outbox over, the task also sweeps the documents left wholly below the
-//! watermark by an earlier relay, in `_id` ranges. Entries marked delivered out of order
-//! are recorded in their document's `delivered` list (the document is deleted at once if
-//! that covers all of it), so that no relay claims them again. Claims never read below the
-//! watermark.
+//! conditional update that checks the relay still holds the lease. While the relay surely
+//! holds it (within a third of the lease from taking or renewing it), a mark only raises
+//! the watermark in memory, and a background write carries it, with the position, at most
+//! once a second: the server then pays one such write per second rather than one per
+//! batch, and delivery never waits for one. (On a server where a retryable write is slow,
+//! a write per batch kept it busy enough to hold commits up by hundreds of milliseconds.)
+//! Other marks (entries delivered out of order, a lease near its end, a relay without it)
+//! write at once, and giving the lease up writes the watermark with the release.
+//!
+//! A document stays until the watermark (in memory: its entries are delivered, whether or
+//! not that is written yet) has passed all of its entries; then its `_id` goes to a
+//! background task that deletes such documents by `_id`, off the delivery path, every
+//! second by default (`MongoStoreBuilder::outbox_cleanup_interval`), at most
+//! [`CLEANUP_CHUNK`] entries per delete, one delete at a time: one unbounded delete of a
+//! large backlog is one long operation (on some servers it holds the collection while it
+//! runs, stalling the commits that insert into it), while bounded ones let commits in
+//! between. When a relay starts or takes the outbox over, the task also sweeps the
+//! documents left wholly below the watermark by an earlier relay, in `_id` ranges. Entries
+//! marked delivered out of order are recorded in their document's `delivered` list (the
+//! document is deleted at once if that covers all of it), so that no relay claims them
+//! again. Claims never read below the watermark.
 
 mod cleanup;
 pub(crate) mod layout;
@@ -97,8 +106,9 @@ const LEASE_ID: &str = "outbox";
 /// How often delivered entries below the watermark are deleted, by default.
 pub(crate) const CLEANUP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often, at most, a relay saves its position while it delivers.
-const POSITION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, at most, a relay writes its delivered watermark and saves its position while
+/// it delivers.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Outbox documents the stream may read ahead of the relay.
 const READ_AHEAD: usize = 1024;
@@ -120,12 +130,22 @@ pub(crate) struct Feed {
     next: u64,
     /// Every entry below this sequence is delivered.
     watermark: u64,
-    /// Until when the owner surely holds the lease: claims before then do not take it again.
+    /// Until when the owner surely holds the lease: claims before then do not take it again,
+    /// and marks before then need not check it.
     held_until: Option<Instant>,
-    /// When the owner last saved its position.
-    saved_at: Option<Instant>,
+    /// When the owner last wrote its watermark and position.
+    flushed_at: Option<Instant>,
+    /// A watermark reached since then, not written yet.
+    unflushed: Option<u64>,
     /// A position reached since then, not saved yet.
     unsaved: Option<(ResumeToken, u64)>,
+    /// The last position reached, saved or not: what a relay giving the lease up saves.
+    reached: Option<(ResumeToken, u64)>,
+    /// Whether a background write of the watermark and position is under way.
+    flushing: bool,
+    /// Bumped by every reset, so that a background write that finishes after one leaves
+    /// the new state alone.
+    epoch: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -173,6 +193,7 @@ impl Feed {
     fn reset(&mut self, owner: Option<&str>) {
         *self = Feed {
             owner: owner.map(str::to_owned),
+            epoch: self.epoch.wrapping_add(1),
             ..Feed::default()
         };
     }
@@ -204,10 +225,76 @@ impl Feed {
         }
     }
 
-    /// Whether the position may be saved again.
-    fn position_due(&self) -> bool {
-        self.saved_at
-            .is_none_or(|saved| saved.elapsed() >= POSITION_INTERVAL)
+    /// Records that the oldest claimed entries up to `watermark` (exclusive) are delivered,
+    /// and the position reached with them, to be written by the next flush.
+    fn reach(&mut self, watermark: Option<u64>, position: Option<(ResumeToken, u64)>) {
+        if let Some(watermark) = watermark {
+            self.watermark = self.watermark.max(watermark);
+            self.unflushed = Some(self.watermark);
+        }
+        if let Some(position) = position {
+            self.unsaved = Some(position.clone());
+            self.reached = Some(position);
+        }
+    }
+
+    /// Writes the watermark and position reached since the last write, in the background,
+    /// if the last write was at least [`FLUSH_INTERVAL`] ago and none is under way: one
+    /// write of each per interval, whatever the rate of marks, and none on the delivery
+    /// path.
+    fn flush_if_due(&mut self, store: &MongoStore) {
+        let due = self
+            .flushed_at
+            .is_none_or(|flushed| flushed.elapsed() >= FLUSH_INTERVAL);
+        let dirty = self.unflushed.is_some() || self.unsaved.is_some();
+        let Some(relay) = self.owner.clone() else {
+            return;
+        };
+        if !due || !dirty || self.flushing {
+            return;
+        }
+        let (watermark, position) = (self.unflushed.take(), self.unsaved.take());
+        self.flushing = true;
+        self.flushed_at = Some(Instant::now());
+        let (store, epoch) = (store.clone(), self.epoch);
+        tokio::spawn(async move {
+            let marked = Marked {
+                others: &BTreeMap::new(),
+                watermark,
+                position: position.clone(),
+            };
+            let written = delete_delivered(&store, &relay, marked).await;
+            let mut feed = store.inner.feed.lock().await;
+            if feed.epoch != epoch {
+                return;
+            }
+            feed.flushing = false;
+            match written {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The lease cannot expire within a third of it from taking it, and
+                    // marks after that check it themselves: only a clock jump gets here.
+                    tracing::warn!(
+                        relay,
+                        "the outbox relay lost its lease before writing its delivered \
+                         watermark; the entries it delivered since its last write will be \
+                         delivered again"
+                    );
+                    feed.reset(None);
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        relay,
+                        error = %crate::error::describe(&error),
+                        "writing the outbox relay's delivered watermark failed; the next \
+                         write carries it"
+                    );
+                    // Unless a later one is waiting: that one covers it.
+                    feed.unflushed = feed.unflushed.or(watermark);
+                    feed.unsaved = feed.unsaved.take().or(position);
+                }
+            }
+        });
     }
 
     /// Hands the documents the watermark has passed whole to the clean-up.
@@ -565,15 +652,8 @@ pub(crate) async fn claim(
         feed.watermark = feed.watermark.max(watermark);
         feed.clean_up(store);
     }
-    if feed.position_due() {
-        // Reached in a mark that came too soon after the last save; nothing moved since.
-        if let Some(position) = feed.unsaved.take() {
-            save_position(store, position)
-                .await
-                .map_err(|e| backend("saving the outbox relay position", e))?;
-            feed.saved_at = Some(Instant::now());
-        }
-    }
+    // Reached in marks that came too soon after the last write; nothing moved since.
+    feed.flush_if_due(store);
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -621,16 +701,27 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
             sequences.push(p.entry.sequence);
         }
     }
-    // Saved at most every POSITION_INTERVAL: the watermark, moved by every mark, already
-    // keeps a relay resuming from an older position from delivering anything again.
-    let position = match (reached, feed.position_due()) {
-        (Some(reached), true) => Some(reached),
-        (Some(reached), false) => {
-            feed.unsaved = Some(reached);
-            None
+    // While `relay` surely holds the lease, a mark that only raises the watermark is
+    // written with the next flush, at most every FLUSH_INTERVAL and in the background: no
+    // write per batch on the delivery path, and none that commits queue behind on the
+    // server. Until it is written, a relay taking over after a crash delivers those
+    // entries again, as it does entries sent and not marked; one that takes over after
+    // `release` does not, since the release writes it.
+    let surely_held = feed.held_until.is_some_and(|until| Instant::now() < until);
+    if owned && others.is_empty() && surely_held {
+        feed.reach(watermark, reached);
+        feed.pending.retain(|p| !delivered.contains(&p.entry.sequence));
+        feed.clean_up(store);
+        feed.flush_if_due(store);
+        return Ok(());
+    }
+    // Otherwise written now, fenced by the lease, with what earlier marks reached.
+    let (watermark, position) = match owned {
+        true => {
+            feed.reach(watermark, reached);
+            (feed.unflushed, feed.unsaved.clone())
         }
-        (None, true) => feed.unsaved.take(),
-        (None, false) => None,
+        false => (None, None),
     };
     let mut attempt = 0;
     loop {
@@ -658,14 +749,12 @@ pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &
             Err(error) => return Err(backend("marking outbox entries delivered", error)),
         }
     }
-    if position.is_some() {
-        feed.saved_at = Some(Instant::now());
+    if owned {
+        feed.flushed_at = Some(Instant::now());
+        feed.unflushed = None;
         feed.unsaved = None;
     }
     feed.pending.retain(|p| !delivered.contains(&p.entry.sequence));
-    if let Some(watermark) = watermark {
-        feed.watermark = feed.watermark.max(watermark);
-    }
     feed.clean_up(store);
     Ok(())
 }
@@ -753,31 +842,35 @@ async fn save_position(
 }
 
 pub(crate) async fn release(store: &MongoStore, relay: &str) -> Result<(), Error> {
-    let unsaved = {
+    let reached = {
         let mut feed = store.inner.feed.lock().await;
         match feed.owner.as_deref() == Some(relay) {
             true => {
-                let unsaved = feed.unsaved.take();
+                let reached = (feed.watermark, feed.reached.take());
                 feed.reset(None);
-                unsaved
+                Some(reached)
             }
             false => None,
         }
     };
-    // Everything before it was marked delivered: it holds whoever has the lease now.
-    if let Some(position) = unsaved {
-        save_position(store, position)
-            .await
-            .map_err(|e| backend("saving the outbox relay position", e))?;
+    let mut release = doc! { "$set": { "expires_at": 0_i64 } };
+    if let Some((watermark, position)) = reached {
+        // Everything before it was marked delivered: it holds whoever has the lease now.
+        if let Some(position) = position {
+            save_position(store, position)
+                .await
+                .map_err(|e| backend("saving the outbox relay position", e))?;
+        }
+        // With the release: whoever takes the lease next starts from it.
+        if watermark > 0 {
+            release.insert("$max", doc! { "delivered_below": int(watermark) });
+        }
     }
     // Expired rather than deleted: the document keeps the delivered watermark.
     store
         .inner
         .leases
-        .update_one(
-            doc! { "_id": LEASE_ID, "holder": relay },
-            doc! { "$set": { "expires_at": 0_i64 } },
-        )
+        .update_one(doc! { "_id": LEASE_ID, "holder": relay }, release)
         .await
         .map_err(|e| backend("releasing the outbox lease", e))?;
     Ok(())
@@ -811,9 +904,16 @@ pub(crate) async fn backlog(store: &MongoStore) -> Result<u64, Error> {
         .find_one(doc! { "_id": LEASE_ID })
         .await
         .map_err(|e| backend("reading the outbox lease", e))?;
-    let watermark = lease
+    let written = lease
         .and_then(|lease| document::get_u64(&lease, "delivered_below").ok())
         .unwrap_or(0);
+    // This handle's relay may have delivered more than it has written yet.
+    let feed = store.inner.feed.lock().await;
+    let watermark = match feed.owner {
+        Some(_) => written.max(feed.watermark),
+        None => written,
+    };
+    drop(feed);
     let start = first_document_after(store, watermark.saturating_sub(1))
         .await
         .map_err(|e| backend("counting the outbox", e))?;
