@@ -37,8 +37,10 @@
 //!   not remove that work, it only moves it: a relay that delivers for longer than the
 //!   interval does it inside the run, as above.
 //! - **Latency**: units of work of one event each, committed at `RELAY_RATE` per second for
-//!   `RELAY_SECONDS`; the time from `commit()` returning to the handler starting. Printed
-//!   with it: how long the commits themselves took, the slowest one and the latest
+//!   `RELAY_SECONDS`; the time to the handler starting from `commit()` returning, and from
+//!   `begin()` (the whole unit of work, its commit included: the target is judged on this
+//!   one, since the handler often starts before the committing task sees `commit()`
+//!   return). Printed with it: how long the commits themselves took, the slowest one and the latest
 //!   deliveries, with when they happened: a stall of the server shows there.
 //!
 //! Steady state: the relay deletes the documents it delivered every second by default, by
@@ -315,11 +317,14 @@ async fn relay_throughput(n: u64, batch: usize, cleanup: Duration) -> Relayed {
 }
 
 /// Latency from commit to handler at `rate` units of work per second for `seconds`.
-async fn latency(rate: u64, seconds: u64, cleanup: Duration) -> Vec<Duration> {
+/// Commit-to-handler latencies, sorted: from `commit()` returning, and from `begin()` (the
+/// whole unit of work, its commit included).
+async fn latency(rate: u64, seconds: u64, cleanup: Duration) -> (Vec<Duration>, Vec<Duration>) {
     let rig = rig("latency", 512, cleanup).await;
     rig.seen.timing.store(true, Ordering::Relaxed);
     let total = rate * seconds;
     let mut committed_at = HashMap::new();
+    let mut begun_at = HashMap::new();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -338,6 +343,7 @@ async fn latency(rate: u64, seconds: u64, cleanup: Duration) -> Vec<Duration> {
             slowest_commit = (seq, begun - started, now - begun);
         }
         committed_at.insert(seq, now);
+        begun_at.insert(seq, begun);
     }
     while rig.seen.count.load(Ordering::Relaxed) < total {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -374,7 +380,12 @@ async fn latency(rate: u64, seconds: u64, cleanup: Duration) -> Vec<Duration> {
         );
     }
     latencies.sort();
-    latencies
+    let mut from_begin: Vec<Duration> = begun_at
+        .iter()
+        .map(|(seq, begun)| arrivals[seq].saturating_duration_since(*begun))
+        .collect();
+    from_begin.sort();
+    (latencies, from_begin)
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -466,18 +477,29 @@ async fn report_latency(rate: u64, seconds: u64) {
         Ok(_) => Duration::from_millis(env_or("RELAY_LATENCY_CLEANUP_MS", 0)),
         Err(_) => DEFAULT_CLEANUP,
     };
-    let latencies = latency(rate, seconds, cleanup).await;
-    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    let (latencies, from_begin) = latency(rate, seconds, cleanup).await;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    // The handler often starts before the committing task has seen `commit()` return, so
+    // the first figure has many zeros; the second, from `begin()`, counts the whole commit.
+    // The target is judged on the second, the stricter.
     println!(
         "latency commit -> handler at {rate} commits/s for {seconds} s ({} events, clean-up \
-         every {:.1} s): p50 \
-         {:.1} ms | p99 {:.1} ms | max {:.1} ms (target p99 <= {} ms: {})",
+         every {:.1} s): from commit() returning p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms; \
+         from begin(), commit included: p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms (target p99 \
+         <= {} ms: {})",
         latencies.len(),
         cleanup.as_secs_f64(),
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-        latencies.last().unwrap().as_secs_f64() * 1e3,
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().unwrap()),
+        ms(percentile(&from_begin, 0.50)),
+        ms(percentile(&from_begin, 0.99)),
+        ms(*from_begin.last().unwrap()),
         TARGET_P99.as_millis(),
-        if p99 <= TARGET_P99 { "met" } else { "NOT met" }
+        if percentile(&from_begin, 0.99) <= TARGET_P99 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
 }
