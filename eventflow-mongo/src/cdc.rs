@@ -221,47 +221,8 @@ impl ChangeCapture {
         transport: Arc<dyn Transport>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), Error> {
-        let mut stream = match self.saved_position().await? {
-            Position::Stream(token) => match self.watch(Some(token)).await {
-                Ok(stream) => stream,
-                Err(error) if self.snapshot == Snapshot::WhenNeeded && server_refused(&error) => {
-                    tracing::warn!(
-                        capture = %self.checkpoint, error = %describe(&error),
-                        "the saved resume token cannot be resumed from (it left the oplog?); \
-                         taking a snapshot of the collection instead"
-                    );
-                    match self.take_snapshot(None, &*transport, &mut shutdown).await? {
-                        Some(stream) => stream,
-                        None => return Ok(()),
-                    }
-                }
-                Err(error) => return Err(self.cannot_watch(error, true)),
-            },
-            Position::Snapshot(token) => {
-                tracing::info!(capture = %self.checkpoint, "a snapshot was cut short; taking it again");
-                match self
-                    .take_snapshot(Some(token), &*transport, &mut shutdown)
-                    .await?
-                {
-                    Some(stream) => stream,
-                    None => return Ok(()),
-                }
-            }
-            Position::None if self.snapshot != Snapshot::Never => {
-                match self.take_snapshot(None, &*transport, &mut shutdown).await? {
-                    Some(stream) => stream,
-                    None => return Ok(()),
-                }
-            }
-            Position::None => {
-                let stream = self.watch(None).await.map_err(|e| self.cannot_watch(e, false))?;
-                // Saved at once, so that changes made before the first event are not lost
-                // if this process stops before it.
-                if let Some(token) = stream.resume_token() {
-                    self.save(&token).await?;
-                }
-                stream
-            }
+        let Some(mut stream) = self.start(&*transport, &mut shutdown).await? else {
+            return Ok(());
         };
         loop {
             let first = tokio::select! {
@@ -320,6 +281,45 @@ impl ChangeCapture {
             }
             if let Some(failure) = failure {
                 return Err(failure);
+            }
+        }
+    }
+
+    /// The change stream to capture from, where the saved position says, after a snapshot
+    /// if one is due; `None` if shutdown came first.
+    async fn start(
+        &self,
+        transport: &dyn Transport,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<ChangeStream<ChangeStreamEvent<Document>>>, Error> {
+        match self.saved_position().await? {
+            Position::Stream(token) => match self.watch(Some(token)).await {
+                Ok(stream) => Ok(Some(stream)),
+                Err(error) if self.snapshot == Snapshot::WhenNeeded && server_refused(&error) => {
+                    tracing::warn!(
+                        capture = %self.checkpoint, error = %describe(&error),
+                        "the saved resume token cannot be resumed from (it left the oplog?); \
+                         taking a snapshot of the collection instead"
+                    );
+                    self.take_snapshot(None, transport, shutdown).await
+                }
+                Err(error) => Err(self.cannot_watch(error, true)),
+            },
+            Position::Snapshot(token) => {
+                tracing::info!(capture = %self.checkpoint, "a snapshot was cut short; taking it again");
+                self.take_snapshot(Some(token), transport, shutdown).await
+            }
+            Position::None if self.snapshot != Snapshot::Never => {
+                self.take_snapshot(None, transport, shutdown).await
+            }
+            Position::None => {
+                let stream = self.watch(None).await.map_err(|e| self.cannot_watch(e, false))?;
+                // Saved at once, so that changes made before the first event are not lost
+                // if this process stops before it.
+                if let Some(token) = stream.resume_token() {
+                    self.save(&token).await?;
+                }
+                Ok(Some(stream))
             }
         }
     }
