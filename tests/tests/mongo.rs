@@ -206,6 +206,15 @@ async fn an_unreachable_server_is_a_clear_error() {
     );
 }
 
+/// Commits events 1..=`count` in one unit of work, and returns them.
+async fn commit_unit(store: &MongoStore, count: u32) -> Vec<Envelope> {
+    let sent: Vec<Envelope> = (1..=count).map(event).collect();
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue(&sent).await.unwrap();
+    tx.commit().await.unwrap();
+    sent
+}
+
 fn outbox(store: &MongoStore) -> eventflow_mongo::mongodb::Collection<Document> {
     store
         .database()
@@ -215,10 +224,7 @@ fn outbox(store: &MongoStore) -> eventflow_mongo::mongodb::Collection<Document> 
 #[tokio::test]
 async fn a_unit_of_work_is_one_outbox_document_claimed_as_its_entries() {
     let store = mongo_support::store().await;
-    let sent: Vec<Envelope> = (1..=5).map(event).collect();
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&sent).await.unwrap();
-    tx.commit().await.unwrap();
+    let sent = commit_unit(&store, 5).await;
     assert_eq!(outbox(&store).count_documents(doc! {}).await.unwrap(), 1);
     assert_eq!(store.outbox_backlog().await.unwrap(), 5);
 
@@ -252,10 +258,7 @@ async fn a_unit_of_work_is_one_outbox_document_claimed_as_its_entries() {
 #[tokio::test]
 async fn entries_delivered_out_of_order_are_not_claimed_again() {
     let store = mongo_support::store().await;
-    let sent: Vec<Envelope> = (1..=3).map(event).collect();
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&sent).await.unwrap();
-    tx.commit().await.unwrap();
+    let sent = commit_unit(&store, 3).await;
     let lease = Duration::from_secs(5);
     let claimed = store.claim_outbox("relay", lease, 0, 10).await.unwrap();
     // The middle one, before the first: no watermark moves.
@@ -278,10 +281,7 @@ async fn entries_delivered_out_of_order_are_not_claimed_again() {
 #[tokio::test]
 async fn a_corrupt_entry_is_handed_over_alone_and_its_neighbours_whole() {
     let store = mongo_support::store().await;
-    let sent: Vec<Envelope> = (1..=3).map(event).collect();
-    let mut tx = store.begin().await.unwrap();
-    tx.enqueue(&sent).await.unwrap();
-    tx.commit().await.unwrap();
+    let sent = commit_unit(&store, 3).await;
     outbox(&store)
         .update_many(doc! {}, doc! { "$set": { "entries.1.created_at": "yesterday" } })
         .await
