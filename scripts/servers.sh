@@ -1,12 +1,16 @@
 # Test servers for the backend suites, sourced by scripts/test.
 #
-# Kafka protocol: noida-db. MongoDB protocol: secantusdb (a single-node replica set, so
-# transactions and change streams work). Both come from PyPI into a venv under
-# target/test-servers. A server is started only when its address is not given
-# (KAFKA_BROKERS, MONGODB_URI) and nothing answers on the default port; the ones started
-# here are stopped when the calling script exits.
+# Kafka: Apache Kafka 4.1.1 itself, one combined KRaft broker+controller, its jars resolved
+# from Maven Central by scripts/kafka/pom.xml into target/test-servers/kafka/libs (once;
+# later runs reuse them). KAFKA_SERVER=noida runs the noida-db emulator instead, as a
+# cross-check. MongoDB protocol: secantusdb (a single-node replica set, so transactions and
+# change streams work), from PyPI into a venv under target/test-servers, as noida-db.
+# A server is started only when its address is not given (KAFKA_BROKERS, MONGODB_URI) and
+# nothing answers on its port (KAFKA_PORT, default 9092, controller on KAFKA_PORT+1); the
+# ones started here are stopped when the calling script exits.
 
 SERVERS_DIR="${SERVERS_DIR:-$PWD/target/test-servers}"
+KAFKA_VERSION=4.1.1
 NOIDA_VERSION=0.2.3
 SECANTUS_VERSION=0.7.0b3
 STARTED_PIDS=()
@@ -41,30 +45,113 @@ ensure_venv() {
   export NOIDA_DB_BIN=$venv/lib/python3.11/site-packages/noida_db/noida-db
 }
 
+# Apache Kafka's jars, from Maven Central into target/test-servers/kafka/libs unless there.
+# Exports KAFKA_LIBS and KAFKA_LOG4J, with which the tests that run private brokers of their
+# own (kafka_outage, kafka_failover) start them.
+ensure_kafka_jars() {
+  local libs=$SERVERS_DIR/kafka/libs
+  if [[ ! -f $libs/kafka_2.13-$KAFKA_VERSION.jar ]]; then
+    echo "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $libs"
+    command -v java >/dev/null || { echo "error: java not found; Kafka $KAFKA_VERSION needs a JDK 17 or later (or set KAFKA_BROKERS, or KAFKA_SERVER=noida)" >&2; return 1; }
+    command -v mvn >/dev/null || { echo "error: mvn not found; install Maven to resolve Kafka's jars (or set KAFKA_BROKERS, or KAFKA_SERVER=noida)" >&2; return 1; }
+    rm -rf "$libs.partial"
+    mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$libs.partial"
+    # Renamed only when complete, so an interrupted download is not taken for the jars.
+    rm -rf "$libs" && mv "$libs.partial" "$libs"
+  fi
+  export KAFKA_LIBS=$libs
+  export KAFKA_LOG4J=$PWD/scripts/kafka/log4j2.properties
+}
+
+# Waits until the Kafka broker at 127.0.0.1:$port lists itself in a Metadata answer.
+wait_kafka() {
+  local port=$1 pid=$2 log=$3
+  for _ in $(seq 1 120); do
+    python3 scripts/kafka/ready.py "127.0.0.1:$port" && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "error: Kafka exited before serving on port $port; its log ($log):" >&2
+      tail -n 40 "$log" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "error: Kafka did not serve metadata on port $port within 60 s; its log: $log" >&2
+  return 1
+}
+
+# One combined KRaft broker+controller, with the settings a test suite needs on a single
+# node (internal topics with one replica, no delay before a new group's first rebalance)
+# and Kafka's defaults otherwise (automatic topic creation included).
+start_apache_kafka() {
+  local port=$1 controller=$2 dir=$SERVERS_DIR/kafka
+  ensure_kafka_jars
+  local data=$dir/data-$port log=$dir/kafka-$port.log props=$dir/server-$port.properties
+  rm -rf "$data" && mkdir -p "$data"
+  cat >"$props" <<EOF_PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$data
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF_PROPS
+  local cluster_id
+  cluster_id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_LOG4J" kafka.tools.StorageTool \
+    format -t "$cluster_id" -c "$props" >"$log" 2>&1 ||
+    { echo "error: formatting Kafka's log dir $data failed:" >&2; cat "$log" >&2; return 1; }
+  java -Xmx512m -Xms512m -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_LOG4J" \
+    kafka.Kafka "$props" >>"$log" 2>&1 &
+  STARTED_PIDS+=($!)
+  wait_kafka "$port" $! "$log"
+  echo "started Apache Kafka $KAFKA_VERSION on $KAFKA_BROKERS (log: $log)"
+}
+
 stop_servers() {
   local pid
   for pid in "${STARTED_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
   for pid in "${STARTED_PIDS[@]}"; do
-    # noida-db needs a few seconds to exit cleanly.
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    # noida-db needs a few seconds to exit cleanly, Kafka's controlled shutdown up to 30.
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$pid" 2>/dev/null || true
   done
 }
 
 start_kafka() {
   if [[ -n ${KAFKA_BROKERS:-} ]]; then return 0; fi
-  export KAFKA_BROKERS=127.0.0.1:9092
-  if port_open 9092; then echo "using the Kafka broker already on $KAFKA_BROKERS"; return 0; fi
+  local port=${KAFKA_PORT:-9092}
+  export KAFKA_BROKERS=127.0.0.1:$port
+  if port_open "$port"; then echo "using the Kafka broker already on $KAFKA_BROKERS"; return 0; fi
+  case ${KAFKA_SERVER:-apache} in
+    apache) start_apache_kafka "$port" "${KAFKA_CONTROLLER_PORT:-$((port + 1))}" ;;
+    noida) start_noida "$port" ;;
+    *) echo "error: KAFKA_SERVER=$KAFKA_SERVER; use apache (the default) or noida" >&2; return 1 ;;
+  esac
+}
+
+start_noida() {
+  local port=$1
   ensure_venv
   local data=$SERVERS_DIR/kafka-data log=$SERVERS_DIR/kafka.log
   rm -rf "$data" && mkdir -p "$data"
   # The binary inside the package, not the pip wrapper: the PID stopped is the broker's.
   "$VENV/lib/python3.11/site-packages/noida_db/noida-db" start --only kafka \
-    --host 127.0.0.1 --kafka-port 9092 --data-dir "$data" >"$log" 2>&1 &
+    --host 127.0.0.1 --kafka-port "$port" --data-dir "$data" >"$log" 2>&1 &
   STARTED_PIDS+=($!)
-  wait_port noida-db 9092 $! "$log"
+  wait_port noida-db "$port" $! "$log"
   echo "started noida-db (Kafka protocol) on $KAFKA_BROKERS"
 }
 
