@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::{Error, Kafka};
+use crate::{Error, GroupProtocol, Kafka};
 
 /// The broker address used when `KAFKA_BROKERS` is not set.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -45,6 +45,7 @@ pub struct KafkaBuilder {
     pub(crate) start_from: StartFrom,
     pub(crate) producer_config: Vec<(String, String)>,
     pub(crate) consumer_config: Vec<(String, String)>,
+    pub(crate) group_protocol: GroupProtocol,
     pub(crate) transactional_groups: HashSet<String>,
     pub(crate) transactional_id_prefix: Option<String>,
 }
@@ -67,6 +68,7 @@ impl KafkaBuilder {
             start_from: StartFrom::Latest,
             producer_config: Vec::new(),
             consumer_config: Vec::new(),
+            group_protocol: GroupProtocol::Classic,
             transactional_groups: HashSet::new(),
             transactional_id_prefix: None,
         }
@@ -167,6 +169,16 @@ impl KafkaBuilder {
         self
     }
 
+    /// The consumer group protocol of every group on this transport. Default
+    /// [`GroupProtocol::Classic`]; [`GroupProtocol::Consumer`] is Kafka 4's (KIP-848), under
+    /// which the classic settings `session.timeout.ms`, `heartbeat.interval.ms` and
+    /// `partition.assignment.strategy` are the broker's and [`build`](KafkaBuilder::build)
+    /// refuses them in [`consumer_config`](KafkaBuilder::consumer_config).
+    pub fn group_protocol(mut self, protocol: GroupProtocol) -> Self {
+        self.group_protocol = protocol;
+        self
+    }
+
     /// Runs eventflow group `group` exactly once from Kafka to Kafka: each member handles
     /// every polled batch in a Kafka transaction of its own transactional producer. The
     /// follow-ups its handlers publish with [`Context::publish`](eventflow::Context::publish)
@@ -208,8 +220,10 @@ impl KafkaBuilder {
     }
 
     /// Creates the producer and the admin client. Does not contact the broker yet: a
-    /// broker that is down shows up as errors of `publish` and `subscribe`.
+    /// broker that is down shows up as errors of `publish` and `subscribe`. Fails on a
+    /// consumer setting the [group protocol](KafkaBuilder::group_protocol) does not have.
     pub fn build(self) -> Result<Kafka, Error> {
+        self.group_protocol.check(&self.consumer_config)?;
         Kafka::from_builder(self)
     }
 

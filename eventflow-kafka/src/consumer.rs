@@ -1,8 +1,8 @@
 //! One member of a Kafka consumer group, as eventflow's [`Consumer`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +18,7 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::config::StartFrom;
+use crate::group_protocol::{is_incremental, GroupProtocol};
 use crate::headers;
 use crate::transaction::{Transaction, TransactionalPublisher};
 use crate::transport::{base_config, Inner};
@@ -52,17 +53,27 @@ struct Foreign {
     headers: Option<OwnedHeaders>,
 }
 
-/// Counts revocations, so a poll can tell that the records it already took belong to a
-/// partition that moved.
+/// Counts revocations and remembers the partitions revoked, so a poll can tell that records
+/// it already took belong to a partition that moved.
 #[derive(Default)]
 pub(crate) struct Member {
     revocations: AtomicU64,
+    /// The partitions revoked since the current poll began.
+    revoked: Mutex<HashSet<(String, i32)>>,
     group: String,
-    /// Whether the group uses the cooperative protocol (`cooperative-sticky`): partitions
-    /// are then assigned and revoked incrementally.
-    cooperative: bool,
+    /// Whether partitions are assigned and revoked incrementally: under the consumer group
+    /// protocol (KIP-848) always, under the classic one with `cooperative-sticky`. The eager
+    /// `assign`/`unassign` are for the classic eager protocol only; librdkafka's KIP-848
+    /// guide forbids them under the consumer protocol.
+    incremental: bool,
     /// Set once the member committed for the last time and is leaving the group.
     leaving: AtomicBool,
+}
+
+impl Member {
+    fn take_revoked(&self) -> HashSet<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl ClientContext for Member {
@@ -99,7 +110,7 @@ impl ConsumerContext for Member {
             _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
         };
         self.pre_rebalance(consumer, &rebalance);
-        let assigned = match (err, self.cooperative) {
+        let assigned = match (err, self.incremental) {
             (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => consumer.assign(partitions),
             (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => {
                 consumer.incremental_assign(partitions)
@@ -138,6 +149,11 @@ impl ConsumerContext for Member {
                         tracing::warn!(group = %self.group, %error, "committing before a rebalance failed; the new owner handles those events again");
                     }
                 }
+                let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+                for partition in partitions.elements() {
+                    revoked.insert((partition.topic().to_owned(), partition.partition()));
+                }
+                drop(revoked);
                 self.revocations.fetch_add(1, Ordering::AcqRel);
                 tracing::debug!(group = %self.group, partitions = partitions.count(), "partitions revoked");
             }
@@ -168,17 +184,18 @@ impl KafkaConsumer {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "false");
+        if config.group_protocol != GroupProtocol::Classic {
+            client.set("group.protocol", config.group_protocol.name());
+        }
         for (key, value) in &config.consumer_config {
             client.set(key, value);
         }
         let member = Member {
             revocations: AtomicU64::new(0),
+            revoked: Mutex::default(),
             group: group.to_owned(),
             leaving: AtomicBool::new(false),
-            cooperative: config
-                .consumer_config
-                .iter()
-                .any(|(key, value)| key == "partition.assignment.strategy" && value.contains("cooperative")),
+            incremental: is_incremental(&client),
         };
         let consumer: StreamConsumer<Member> = client
             .create_with_context(member)
@@ -378,7 +395,9 @@ impl KafkaConsumer {
     async fn poll_records(&mut self) -> Result<Vec<Record>, eventflow::Error> {
         let consumer = self.consumer().clone();
         let max = self.inner.config.max_batch;
-        let mut revocations = consumer.context().revocations.load(Ordering::Acquire);
+        let member = consumer.context();
+        let mut revocations = member.revocations.load(Ordering::Acquire);
+        member.take_revoked();
         let mut records = Vec::new();
         loop {
             let message = if records.is_empty() {
@@ -416,12 +435,17 @@ impl KafkaConsumer {
                 tracing::info!(group = %self.group, errors = self.transient_errors, "the Kafka consumer is receiving again");
                 self.transient_errors = 0;
             }
-            let now = consumer.context().revocations.load(Ordering::Acquire);
+            let now = member.revocations.load(Ordering::Acquire);
             if now != revocations {
-                // The records taken before the rebalance may belong to partitions this
-                // member lost: leave them to their new owner.
+                // Records taken before the rebalance from a partition this member lost are
+                // left to their new owner, which reads from the committed offset. The others
+                // stay: an incremental rebalance (cooperative, KIP-848) keeps a partition's
+                // fetch position, so a record dropped there would be skipped for good.
                 revocations = now;
-                records.clear();
+                let revoked = member.take_revoked();
+                records.retain(|record: &Record| {
+                    !revoked.contains(&(record.topic.to_string(), record.partition as i32))
+                });
             }
             let record = self.record(&message);
             records.push(record);

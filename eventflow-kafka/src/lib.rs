@@ -86,7 +86,9 @@
 //! # Configuration
 //!
 //! [`KafkaBuilder`] covers prefixes, partitions, replication, the dead-letter topic name,
-//! batching (`linger`, `batch_size`), the delivery timeout and poll size; any other
+//! batching (`linger`, `batch_size`), the delivery timeout and poll size, and the consumer
+//! group protocol ([`GroupProtocol`]: classic, eager or cooperative, or Kafka 4's KIP-848
+//! protocol with [`KafkaBuilder::group_protocol`]); any other
 //! librdkafka property goes through [`KafkaBuilder::producer_config`] and
 //! [`KafkaBuilder::consumer_config`] (security settings, `session.timeout.ms`, ...).
 #![warn(missing_docs)]
@@ -94,6 +96,7 @@
 mod config;
 mod consumer;
 mod error;
+mod group_protocol;
 pub mod headers;
 mod lag;
 mod transaction;
@@ -101,6 +104,7 @@ mod transport;
 
 pub use config::{KafkaBuilder, StartFrom, DEFAULT_BROKERS};
 pub use error::Error;
+pub use group_protocol::GroupProtocol;
 /// The rdkafka version this crate is built on, for raw access next to eventflow.
 pub use rdkafka;
 pub use transport::Kafka;
