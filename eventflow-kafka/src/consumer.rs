@@ -20,6 +20,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::config::StartFrom;
 use crate::group_protocol::{is_incremental, GroupProtocol};
 use crate::headers;
+use crate::start_offsets;
 use crate::transaction::{Transaction, TransactionalPublisher};
 use crate::transport::{base_config, Inner};
 use crate::{Error, Kafka};
@@ -207,7 +208,12 @@ impl KafkaConsumer {
         let subscribed_topics = topics.clone();
         tokio::task::spawn_blocking(move || {
             if start_from == StartFrom::Latest {
-                start_new_partitions_at_end(&joined_inner, &joining, &group_id, &subscribed_topics)?;
+                start_offsets::start_new_partitions_at_end(
+                    &joined_inner,
+                    &joining,
+                    &group_id,
+                    &subscribed_topics,
+                )?;
             }
             let names: Vec<&str> = subscribed_topics.iter().map(String::as_str).collect();
             joining
@@ -335,60 +341,6 @@ impl KafkaConsumer {
             .await?;
         self.inner.delivered(delivery, &dlq).await
     }
-}
-
-/// Commits the current end of every partition `group_id` has no offset for, so the group
-/// reads what is published from now on, even before the group has finished joining.
-fn start_new_partitions_at_end(
-    inner: &Inner,
-    consumer: &StreamConsumer<Member>,
-    group_id: &str,
-    topics: &[String],
-) -> Result<(), Error> {
-    let mut all = TopicPartitionList::new();
-    for topic in topics {
-        let mut partitions = 0;
-        for attempt in 0..50 {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-                .map_err(|e| inner.error(format!("reading the metadata of topic `{topic}`"), e))?;
-            partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
-            if partitions > 0 || attempt == 49 {
-                break;
-            }
-            // A topic created a moment ago may not have its partitions in metadata yet.
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if partitions == 0 {
-            return Err(Error::Config(format!(
-                "topic `{topic}` has no partitions in the broker's metadata; check that it exists"
-            )));
-        }
-        all.add_partition_range(topic, 0, partitions as i32 - 1);
-    }
-    let committed = consumer
-        .committed_offsets(all, METADATA_TIMEOUT)
-        .map_err(|e| inner.error(format!("reading the committed offsets of group `{group_id}`"), e))?;
-    let mut start = TopicPartitionList::new();
-    for element in committed.elements() {
-        if element.offset() != Offset::Invalid {
-            continue;
-        }
-        let (_low, high) = consumer
-            .fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)
-            .map_err(|e| inner.error(format!("reading the end of topic `{}`", element.topic()), e))?;
-        start
-            .add_partition_offset(element.topic(), element.partition(), Offset::Offset(high))
-            .map_err(|e| inner.error("building an offset list", e))?;
-    }
-    if start.count() > 0 {
-        if let Err(error) = consumer.commit(&start, CommitMode::Sync) {
-            // Another member is active, so this one may not commit before joining; the
-            // partitions start at the earliest offset instead, losing nothing.
-            tracing::warn!(group = group_id, %error, "could not set the start offsets of new partitions; they are read from the beginning");
-        }
-    }
-    Ok(())
 }
 
 impl KafkaConsumer {

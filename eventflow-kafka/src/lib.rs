@@ -99,6 +99,7 @@ mod error;
 mod group_protocol;
 pub mod headers;
 mod lag;
+mod start_offsets;
 mod transaction;
 mod transport;
 
