@@ -113,11 +113,8 @@ fn delete_stale_topics(brokers: &str) {
 }
 
 /// A transport builder on the broker under test whose topics and groups belong to `test`
-/// alone; consumers notice rebalances within a second, and a rebalance waits at most 15 s
-/// for a member to rejoin (`max.poll.interval.ms`, the rebalance timeout, is 5 minutes by
-/// default: a member the broker still counts but that does not rejoin would stall the
-/// group that long).
-pub fn builder(test: &str) -> KafkaBuilder {
+/// alone, with librdkafka's consumer defaults.
+pub fn bare_builder(test: &str) -> KafkaBuilder {
     capture_logs();
     let brokers = brokers();
     require_broker(&brokers);
@@ -127,6 +124,15 @@ pub fn builder(test: &str) -> KafkaBuilder {
         .topic_prefix(format!("{name}."))
         .group_prefix(format!("{name}."))
         .partitions(6)
+}
+
+/// A transport builder on the broker under test whose topics and groups belong to `test`
+/// alone; consumers (of the classic group protocol) notice rebalances within a second, and
+/// a rebalance waits at most 15 s for a member to rejoin (`max.poll.interval.ms`, the
+/// rebalance timeout, is 5 minutes by default: a member the broker still counts but that
+/// does not rejoin would stall the group that long).
+pub fn builder(test: &str) -> KafkaBuilder {
+    bare_builder(test)
         .consumer_config("session.timeout.ms", "6000")
         .consumer_config("heartbeat.interval.ms", "500")
         .consumer_config("max.poll.interval.ms", "15000")
