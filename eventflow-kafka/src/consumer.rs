@@ -159,6 +159,20 @@ impl ConsumerContext for Member {
                 tracing::debug!(group = %self.group, partitions = partitions.count(), "partitions revoked");
             }
             Rebalance::Assign(partitions) => {
+                // An incremental rebalance lets a member keep consuming the partitions it
+                // keeps, but the broker refuses their commits until the rebalance completes
+                // (ILLEGAL_GENERATION, STALE_MEMBER_EPOCH): the offsets handled meanwhile
+                // are stored, not committed, and without another commit on those
+                // partitions their events would be handled again by a later owner. The
+                // rebalance is complete here: commit them now.
+                if self.incremental && !self.leaving.load(Ordering::Acquire) {
+                    match consumer.commit_consumer_state(CommitMode::Async) {
+                        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                        Err(error) => {
+                            tracing::warn!(group = %self.group, %error, "committing after a rebalance failed; the next commit covers it")
+                        }
+                    }
+                }
                 tracing::debug!(group = %self.group, partitions = partitions.count(), "partitions assigned");
             }
             Rebalance::Error(error) => {

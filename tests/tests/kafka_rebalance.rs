@@ -73,8 +73,8 @@ impl Handled {
     }
 }
 
-/// The instance a bus stands for, and whether it stalls on the first event from
-/// `stall.from` on, for `stall.pause`, then handles it.
+/// The instance a bus stands for, and whether it stalls on the first event after `stall`
+/// is armed, for `stall.pause`, then handles it.
 #[derive(Clone)]
 struct Instance {
     name: &'static str,
@@ -82,7 +82,6 @@ struct Instance {
 }
 
 struct Stall {
-    from: u64,
     pause: Duration,
     armed: AtomicBool,
     /// The `seq` it stalled on, and when the stall ended.
@@ -96,7 +95,7 @@ async fn ledger(
     State(me): State<Instance>,
 ) -> Result<(), String> {
     if let Some(stall) = &me.stall {
-        if event.seq >= stall.from && stall.armed.swap(false, Ordering::AcqRel) {
+        if stall.armed.swap(false, Ordering::AcqRel) {
             // Longer than the rebalance timeout: a pause of the process, a slow call.
             tokio::time::sleep(stall.pause).await;
             *stall.on.lock().unwrap() = Some((event.seq, Instant::now()));
@@ -244,9 +243,8 @@ async fn stalled_member_is_replaced(protocol: Protocol) {
         .expect("building the Kafka transport");
     let handled = Handled::default();
     let stall = Arc::new(Stall {
-        from: 20,
         pause: Duration::from_secs(18),
-        armed: AtomicBool::new(true),
+        armed: AtomicBool::new(false),
         on: Mutex::new(None),
     });
     let stalling = Instance {
@@ -257,6 +255,17 @@ async fn stalled_member_is_replaced(protocol: Protocol) {
     let second = instance(&kafka, &handled, plain("replacement")).await;
     let total = 500;
     let publishing = publish(&kafka, total, Duration::from_millis(60));
+    // Armed once both members handle events, so the group has settled: the stall is the
+    // only thing that moves partitions.
+    eventually(60, "both members handling events", || {
+        let handled = handled.0.lock().unwrap();
+        ["stalling", "replacement"]
+            .iter()
+            .all(|me| handled.iter().any(|(_, name, _)| name == me))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stall.armed.store(true, Ordering::Release);
     let publisher = publishing.await.unwrap();
     eventually(120, "every event handled", || handled.count() as u64 >= total).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
