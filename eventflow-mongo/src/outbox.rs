@@ -75,6 +75,7 @@
 
 mod cleanup;
 pub(crate) mod layout;
+pub(crate) mod lease;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Weak;
@@ -603,7 +604,14 @@ async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Opt
             document::get_u64(&previous, "delivered_below").unwrap_or(0),
         ))),
         // Another relay holds it: the filter did not match, and the upsert hit its `_id`.
-        Err(error) if is_duplicate_key(&error) => Ok(None),
+        // Unless that relay's process is provably gone, it keeps the lease.
+        Err(error) if is_duplicate_key(&error) => {
+            Ok(
+                lease::take_from_gone(store, relay, Duration::from_nanos(lease as u64))
+                    .await?
+                    .map(|watermark| (false, watermark)),
+            )
+        }
         Err(error) => Err(backend("taking the outbox lease", error)),
     }
 }

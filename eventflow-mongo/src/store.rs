@@ -476,6 +476,10 @@ impl Storage for MongoStore {
         crate::outbox::release(self, relay).await
     }
 
+    async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {
+        crate::outbox::lease::read(self).await
+    }
+
     fn commit_signal(&self) -> watch::Receiver<u64> {
         self.inner.commits.subscribe()
     }

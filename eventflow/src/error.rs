@@ -111,6 +111,19 @@ pub enum Error {
     #[error("the event bus has shut down; create a new one to publish or handle events")]
     Closed,
 
+    /// [`EventBus::settled_within`](crate::EventBus::settled_within) ran out of time.
+    #[error(
+        "not everything published or committed through the bus was handled within {waited:?}: \
+         {pending}; wait longer, or look in the log for handlers that keep failing (they retry \
+         with backoff before their events become dead letters)"
+    )]
+    NotSettled {
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// What was still waiting, in words.
+        pending: String,
+    },
+
     /// A transport or storage backend failed.
     #[error(transparent)]
     Backend(BoxError),

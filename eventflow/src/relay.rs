@@ -9,10 +9,11 @@ use uuid::Uuid;
 
 use crate::codec;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
+use crate::outbox_progress::{OutboxProgress, Relayed};
 use crate::retry::Backoff;
-use crate::store::{OutboxEntry, Storage};
+use crate::store::{new_relay_id, OutboxEntry, Storage};
 use crate::transport::Transport;
-use crate::Error;
+use crate::{Error, RelaySettings};
 
 /// Batches a relay sends ahead of the ones the groups have not finished, with a transport
 /// that is not durable.
@@ -25,7 +26,10 @@ const MAX_UNSETTLED: usize = 16;
 /// [`poll_interval`](Relay::poll_interval). Entries are marked delivered only after the
 /// transport accepted them, so a crash in between delivers them again (consumers' inbox
 /// absorbs the duplicate). Several relays on one store take turns through the store's
-/// outbox lease: one delivers, the others wait for its lease to expire.
+/// outbox lease: one delivers, the others wait for its lease to expire, and log once which
+/// relay holds it and until when. The relay's id names its host and process (see
+/// [`relay_is_gone`](crate::store::relay_is_gone)), so a relay restarted on the same host
+/// after a crash takes the outbox over at once.
 ///
 /// An entry that cannot be delivered as it is (a row the store cannot read, a JSON payload
 /// that does not parse) is not sent: it becomes a dead letter of the group
@@ -43,6 +47,8 @@ pub struct Relay {
     lease: Duration,
     poll_interval: Duration,
     backoff: Backoff,
+    /// The commit count through which every entry has been relayed: [`OutboxProgress`].
+    relayed: watch::Sender<Relayed>,
 }
 
 impl Relay {
@@ -55,12 +61,31 @@ impl Relay {
             dead_letters: storage.clone(),
             storage,
             transport,
-            id: format!("relay-{}", Uuid::now_v7()),
+            id: new_relay_id(),
             batch: 512,
             lease: Duration::from_secs(10),
             poll_interval: Duration::from_millis(500),
             backoff: Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10)),
+            relayed: watch::channel(Relayed::default()).0,
         }
+    }
+
+    /// Takes lease, batch and poll interval from `settings`.
+    pub fn settings(self, settings: &RelaySettings) -> Self {
+        self.lease(settings.lease)
+            .batch(settings.batch)
+            .poll_interval(settings.poll_interval)
+    }
+
+    /// This relay's id, as the outbox lease names it.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// How far this relay has brought the committed entries to the transport; what
+    /// [`EventBus::settled`](crate::EventBus::settled) waits on.
+    pub fn progress(&self) -> OutboxProgress {
+        OutboxProgress::new(self.storage.commit_signal(), self.relayed.subscribe())
     }
 
     /// Where entries that cannot be delivered go. Default: the storage itself.
@@ -156,23 +181,46 @@ impl Relay {
         // error, or by a relay that lost the lease) is skipped for good.
         let mut cursor = 0;
         let mut last_claim = Instant::now();
+        let mut lease = LeaseView::default();
+        // The commit count every entry of which has been claimed, once the batches sent
+        // (`unsettled`) are marked delivered: reported then as `relayed`.
+        let mut claimed_through = 0;
         while !*shutdown.borrow() {
             let mut full = false;
             let mut result = Ok(());
             if unsettled.len() < MAX_UNSETTLED {
-                commits.borrow_and_update();
+                let seen = *commits.borrow_and_update();
                 last_claim = Instant::now();
                 result = match self.send_batch(cursor).await {
                     Ok(sent) => {
                         full = sent.sequences.len() == self.batch;
+                        // A claim that was not full saw every entry committed before it: if
+                        // it was this relay's to make (it returned entries, or the lease is
+                        // this relay's), the commits counted before it are all claimed.
+                        let ours = !sent.sequences.is_empty() || lease.is_ours(&self, last_claim).await;
+                        if !sent.sequences.is_empty() {
+                            lease.held(&self, last_claim);
+                        }
+                        let through = (!full && ours).then_some(seen);
                         match (sent.sequences.last(), self.transport.until_handled()) {
-                            (None, _) => Ok(()),
-                            (Some(_), None) => self.storage.mark_delivered(&self.id, &sent.sequences).await,
+                            (None, _) => {
+                                if let Some(through) = through {
+                                    claimed_through = claimed_through.max(through);
+                                }
+                                Ok(())
+                            }
+                            (Some(_), None) => {
+                                let marked = self.storage.mark_delivered(&self.id, &sent.sequences).await;
+                                if let (Ok(()), Some(through)) = (&marked, through) {
+                                    claimed_through = claimed_through.max(through);
+                                }
+                                marked
+                            }
                             (Some(&last), Some(handled)) => {
                                 cursor = last;
                                 unsettled.push_back(async move {
                                     handled.await;
-                                    sent.sequences
+                                    (sent.sequences, through)
                                 });
                                 Ok(())
                             }
@@ -180,6 +228,10 @@ impl Relay {
                     }
                     Err(error) => Err(error),
                 };
+                if unsettled.is_empty() {
+                    self.relayed
+                        .send_if_modified(|relayed| raise(relayed, claimed_through));
+                }
             } else if last_claim.elapsed() >= self.lease / 3 {
                 // Waiting for the groups: keep the lease.
                 last_claim = Instant::now();
@@ -195,6 +247,7 @@ impl Relay {
                 tracing::error!(relay = %self.id, %error, ?wait, "relaying the outbox failed; entries stay in the outbox and will be retried");
                 unsettled.clear();
                 cursor = 0;
+                claimed_through = 0;
                 tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -209,22 +262,106 @@ impl Relay {
                 MAX_UNSETTLED.. => self.lease / 3,
                 _ => self.poll_interval,
             };
-            let handled = tokio::select! {
+            let (handled, through) = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 Some(sequences) = unsettled.next(), if !unsettled.is_empty() => sequences,
                 _ = commits.changed() => continue,
                 _ = tokio::time::sleep(wait) => continue,
             };
-            if let Err(error) = self.storage.mark_delivered(&self.id, &handled).await {
-                tracing::warn!(relay = %self.id, %error, "marking handled outbox entries delivered failed; they will be delivered again and the inbox will skip them");
-                unsettled.clear();
+            match self.storage.mark_delivered(&self.id, &handled).await {
+                Ok(()) => {
+                    if let Some(through) = through {
+                        self.relayed.send_if_modified(|relayed| raise(relayed, through));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(relay = %self.id, %error, "marking handled outbox entries delivered failed; they will be delivered again and the inbox will skip them");
+                    unsettled.clear();
+                    claimed_through = 0;
+                }
             }
             if unsettled.is_empty() {
                 cursor = 0;
+                self.relayed
+                    .send_if_modified(|relayed| raise(relayed, claimed_through));
             }
         }
         if let Err(error) = self.storage.release_outbox(&self.id).await {
             tracing::warn!(relay = %self.id, %error, "releasing the outbox lease failed; another relay takes over when it expires");
+        }
+    }
+}
+
+/// Raises `relayed` to `through`; whether it moved.
+fn raise(relayed: &mut Relayed, through: u64) -> bool {
+    let raised = through > relayed.through;
+    relayed.through = relayed.through.max(through);
+    raised
+}
+
+/// Sets whether the relay stands by for another holder of the lease; whether it changed.
+fn stand_by(relay: &Relay, standing_by: bool) {
+    relay.relayed.send_if_modified(|relayed| {
+        let changed = relayed.standing_by != standing_by;
+        relayed.standing_by = standing_by;
+        changed
+    });
+}
+
+/// What a relay knows of the outbox lease, to tell an empty outbox from one another relay
+/// delivers without reading the lease after every claim, and to log another holder once.
+#[derive(Default)]
+struct LeaseView {
+    /// When a claim last found the lease this relay's.
+    held_at: Option<Instant>,
+    /// The other holder last logged.
+    logged: Option<String>,
+}
+
+impl LeaseView {
+    /// A claim made at `claimed_at` returned entries: the lease is the relay's.
+    fn held(&mut self, relay: &Relay, claimed_at: Instant) {
+        self.held_at = Some(claimed_at);
+        stand_by(relay, false);
+        if let Some(previous) = self.logged.take() {
+            tracing::info!(relay = %relay.id, %previous, "this relay now delivers the outbox");
+        }
+    }
+
+    /// Whether the lease was the relay's at its empty claim made at `claimed_at`.
+    async fn is_ours(&mut self, relay: &Relay, claimed_at: Instant) -> bool {
+        // Each claim renews the lease of the relay that holds it, and nobody takes a live
+        // relay's lease before it runs out: held at the last claim, held at this one. Half
+        // the lease leaves room for the wall clock the lease is written in.
+        if self
+            .held_at
+            .is_some_and(|at| claimed_at.duration_since(at) < relay.lease / 2)
+        {
+            self.held_at = Some(claimed_at);
+            return true;
+        }
+        match relay.storage.outbox_lease().await {
+            Ok(Some(lease)) if lease.holder != relay.id => {
+                self.held_at = None;
+                stand_by(relay, true);
+                if self.logged.as_deref() != Some(&lease.holder) {
+                    tracing::info!(relay = %relay.id, holder = %lease.holder, until = %lease.expires_at_utc(),
+                        "another relay holds the outbox lease and delivers the outbox; this relay takes \
+                         over when that lease runs out, or at once if the holder ran on this host and its \
+                         process is gone");
+                    self.logged = Some(lease.holder);
+                }
+                false
+            }
+            // This relay's, or nobody's (a backend that does not tell): the claim was ours.
+            Ok(_) => {
+                self.held(relay, claimed_at);
+                true
+            }
+            Err(error) => {
+                tracing::debug!(relay = %relay.id, %error, "reading the outbox lease failed");
+                false
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::relay::Relay;
 use crate::retry::Backoff;
 use crate::store::{MemoryStore, Storage};
 use crate::transport::{Consumer, InProcess, Transport};
-use crate::Error;
+use crate::{Error, RelaySettings};
 
 /// Configures and starts an [`EventBus`].
 ///
@@ -41,6 +41,8 @@ pub struct EventBusBuilder {
     group_workers: HashMap<String, usize>,
     routes: Vec<Arc<dyn Route>>,
     inbox_retention: Duration,
+    relay: RelaySettings,
+    shutdown_timeout: Duration,
 }
 
 impl EventBusBuilder {
@@ -57,6 +59,8 @@ impl EventBusBuilder {
             group_workers: HashMap::new(),
             routes: Vec::new(),
             inbox_retention: inbox::DEFAULT_RETENTION,
+            relay: RelaySettings::default(),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 
@@ -109,6 +113,22 @@ impl EventBusBuilder {
     /// once, duplicates suppressed).
     pub fn storage(mut self, storage: impl Storage) -> Self {
         self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// How the outbox relay claims and delivers: its lease, batch size and poll interval.
+    /// Default: [`RelaySettings::default`] (10 s, 512, 500 ms). Only used with a
+    /// [`storage`](Self::storage).
+    pub fn relay(mut self, settings: RelaySettings) -> Self {
+        self.relay = settings;
+        self
+    }
+
+    /// How long a graceful [`EventBus::shutdown`] waits for the groups to handle what was
+    /// published and committed before it stops them anyway. Default 30 s. What is left
+    /// then stays in the outbox or the broker.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
         self
     }
 
@@ -169,6 +189,15 @@ impl EventBusBuilder {
             (None, Some(storage)) => storage.clone() as Arc<dyn DeadLetterStore>,
             (None, None) => Arc::new(MemoryStore::new()),
         };
+        let relay = self.storage.as_ref().map(|storage| {
+            Relay::new(storage.clone(), transport.clone())
+                .dead_letters(dead_letters.clone())
+                .settings(&self.relay)
+        });
+        let outbox = relay.as_ref().map(Relay::progress);
+        if let Some(outbox) = &outbox {
+            transport.relays_from(outbox.clone());
+        }
         let shared = Arc::new(Shared {
             transport,
             codec: self.codec,
@@ -177,6 +206,10 @@ impl EventBusBuilder {
             storage: self.storage,
             backoff: self.backoff,
             groups,
+            outbox,
+            relay_id: relay.as_ref().map(|relay| relay.id().to_owned()),
+            shutdown_timeout: self.shutdown_timeout,
+            draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             savepoints: AtomicBool::new(true),
         });
@@ -187,9 +220,7 @@ impl EventBusBuilder {
                 tokio::spawn(worker::run(shared.clone(), group, consumer, shutdown.subscribe()))
             })
             .collect();
-        if let Some(storage) = &shared.storage {
-            let relay = Relay::new(storage.clone(), shared.transport.clone())
-                .dead_letters(shared.dead_letters.clone());
+        if let (Some(storage), Some(relay)) = (&shared.storage, relay) {
             workers.push(tokio::spawn(relay.run(shutdown.subscribe())));
             if self.inbox_retention != Duration::MAX {
                 let pruning = inbox::prune(storage.clone(), self.inbox_retention, shutdown.subscribe());

@@ -3,12 +3,14 @@
 mod builder;
 mod inbox;
 mod route;
+mod settle;
 mod unit_of_work;
 mod worker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -26,7 +28,7 @@ use crate::relay::Relay;
 use crate::retry::Backoff;
 use crate::store::Storage;
 use crate::transport::Transport;
-use crate::{Envelope, Error, Event};
+use crate::{Envelope, Error, Event, OutboxProgress};
 use route::Route;
 
 /// Publishes events and runs the handlers registered on it.
@@ -35,8 +37,8 @@ use route::Route;
 /// event; within a group, the handler for the event's name runs once per event (at least
 /// once: after a crash, an event whose handling was not committed is handled again).
 ///
-/// The workers stop when [`shutdown`](EventBus::shutdown) is called or the last clone is
-/// dropped.
+/// The workers stop when [`shutdown`](EventBus::shutdown) is called (after handling what
+/// was published) or the last clone is dropped (at once).
 #[derive(Clone)]
 pub struct EventBus {
     shared: Arc<Shared>,
@@ -52,6 +54,14 @@ pub(crate) struct Shared {
     storage: Option<Arc<dyn Storage>>,
     backoff: Backoff,
     groups: HashMap<Arc<str>, Arc<Group>>,
+    /// The relay's progress and id, with storage.
+    outbox: Option<OutboxProgress>,
+    relay_id: Option<String>,
+    shutdown_timeout: Duration,
+    /// Set when a shutdown begins: the bus takes no new publishes or units of work, while
+    /// handlers still publish their follow-ups.
+    draining: AtomicBool,
+    /// Set when the workers stop: nothing is published any more.
     closed: AtomicBool,
     /// Whether the storage's units of work have savepoints, so that transactional
     /// handlers share one (see [`Transaction::savepoint`]); cleared when one says no.
@@ -106,12 +116,17 @@ impl EventBus {
     /// joins them as [`Context::publish`](crate::Context::publish) describes: it goes out
     /// with the handler's unit of work or transaction, never from a failed attempt. It
     /// returns at once then.
+    ///
+    /// Once [`shutdown`](Self::shutdown) began it fails with [`Error::Closed`]; handlers
+    /// still publish their follow-ups with [`Context::publish`](crate::Context::publish).
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Uuid, Error> {
+        self.shared.refuse_when_draining()?;
         self.shared.publish_caused_by(event, None).await
     }
 
     /// Publishes an already-built envelope as it is.
     pub async fn publish_envelope(&self, envelope: Envelope) -> Result<Uuid, Error> {
+        self.shared.refuse_when_draining()?;
         self.shared.publish_envelope(envelope).await
     }
 
@@ -122,8 +137,10 @@ impl EventBus {
 
     /// Starts a unit of work on the bus's storage: the application's writes and the
     /// events it publishes commit together. Fails if the bus has no
-    /// [`storage`](EventBusBuilder::storage).
+    /// [`storage`](EventBusBuilder::storage), or once [`shutdown`](Self::shutdown) began
+    /// ([`Error::Closed`]).
     pub async fn begin(&self) -> Result<UnitOfWork, Error> {
+        self.shared.refuse_when_draining()?;
         let storage = self.shared.storage.as_ref().ok_or_else(|| {
             Error::Config("this bus has no storage for units of work; add one with `EventBus::builder().storage(store)`".into())
         })?;
@@ -190,10 +207,39 @@ impl EventBus {
         self.shared.groups.keys().map(|g| &**g)
     }
 
-    /// Stops taking new events, lets the handlers that are running finish, commits what
-    /// they finished, and returns. Events not yet handled stay in the transport for the next
-    /// start (or another instance of the group).
+    /// Shuts the bus down gracefully, as `axum::serve(..).with_graceful_shutdown` does:
+    ///
+    /// 1. it stops taking new work: [`publish`](Self::publish) and [`begin`](Self::begin)
+    ///    fail with [`Error::Closed`] (handlers still publish follow-ups);
+    /// 2. it hands every event already published, and every outbox entry already
+    ///    committed, to this bus's groups, and lets them handle it or dead-letter it after
+    ///    its retries, follow-ups included ([`settled`](Self::settled), repeated until
+    ///    nothing new comes);
+    /// 3. it stops the workers and the relay, commits what they finished, gives the outbox
+    ///    lease up and returns.
+    ///
+    /// Step 2 lasts at most the [`shutdown_timeout`](EventBusBuilder::shutdown_timeout)
+    /// (30 s by default). What is left then stays where it is safe: committed entries in
+    /// the outbox, events in the broker, for the next start (or another instance of the
+    /// group); a warning says how much. Events published to the in-process transport
+    /// without storage live in memory only and are lost then.
     pub async fn shutdown(self) {
+        self.shared.draining.store(true, Ordering::Release);
+        let deadline = self.shared.shutdown_timeout;
+        match tokio::time::timeout(deadline, self.shared.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "handing the published events to the groups before shutting down failed; what was not handled stays in the outbox or the broker");
+            }
+            Err(_) => {
+                let pending = self.shared.unsettled().await;
+                tracing::warn!(?deadline, %pending,
+                    "the shutdown deadline passed before every published event was handled; \
+                     committed outbox entries and broker events stay for the next start, events \
+                     held only by the in-process transport are dropped (raise \
+                     `EventBusBuilder::shutdown_timeout` to wait longer)");
+            }
+        }
         self.shared.closed.store(true, Ordering::Release);
         self.running.shutdown.send_replace(true);
         let workers = std::mem::take(&mut *self.running.workers.lock().unwrap());
@@ -216,6 +262,13 @@ impl std::fmt::Debug for EventBus {
 impl Shared {
     pub(crate) fn codec(&self) -> &dyn Codec {
         &*self.codec
+    }
+
+    fn refuse_when_draining(&self) -> Result<(), Error> {
+        match self.draining.load(Ordering::Acquire) {
+            true => Err(Error::Closed),
+            false => Ok(()),
+        }
     }
 
     fn envelope<E: Event>(&self, event: &E, cause: Option<&Envelope>) -> Result<Envelope, Error> {

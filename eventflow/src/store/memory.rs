@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{ExpectedVersion, OutboxEntry, Storage, StoredEvent, Transaction};
+use super::{ExpectedVersion, OutboxEntry, OutboxLease, Storage, StoredEvent, Transaction};
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
 
@@ -240,7 +240,9 @@ impl Storage for MemoryStore {
         let mut data = self.data();
         let now = Instant::now();
         match &data.lease {
-            Some((holder, expires)) if holder != relay && *expires > now => return Ok(Vec::new()),
+            Some((holder, expires)) if holder != relay && *expires > now && !super::relay_is_gone(holder) => {
+                return Ok(Vec::new())
+            }
             _ => data.lease = Some((relay.to_owned(), now + lease)),
         }
         let entries = data.outbox.range(after.saturating_add(1)..).take(limit);
@@ -268,6 +270,18 @@ impl Storage for MemoryStore {
             data.lease = None;
         }
         Ok(())
+    }
+
+    async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {
+        let data = self.data();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        Ok(data.lease.as_ref().map(|(holder, expires)| OutboxLease {
+            holder: holder.clone(),
+            expires_at: match expires.checked_duration_since(now) {
+                Some(left) => wall + left,
+                None => wall - now.duration_since(*expires),
+            },
+        }))
     }
 
     fn commit_signal(&self) -> watch::Receiver<u64> {

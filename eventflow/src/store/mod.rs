@@ -10,6 +10,7 @@
 //! group + event id for the inbox), and update a lease.
 
 pub mod conformance;
+mod lease;
 mod memory;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use lease::{new_relay_id, relay_is_gone, OutboxLease};
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{rusqlite, SqliteStore, SqliteStoreBuilder, SqliteTransaction};
@@ -140,6 +142,17 @@ pub trait Storage: DeadLetterStore {
 
     /// Gives the outbox lease up, so another relay can take over at once.
     async fn release_outbox(&self, relay: &str) -> Result<(), Error>;
+
+    /// Who holds the outbox lease now, and until when; `None` if nobody does. The relay
+    /// reads it when a claim came back empty, to tell "nothing to deliver" from "another
+    /// relay delivers" (and log that once, naming the holder). The default says `None`.
+    ///
+    /// A backend's [`claim_outbox`](Storage::claim_outbox) should take an unexpired lease
+    /// over when its holder is provably gone ([`relay_is_gone`]): a relay restarted after
+    /// a crash then delivers at once instead of waiting for the dead relay's lease.
+    async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {
+        Ok(None)
+    }
 
     /// A signal bumped each time a transaction that enqueued events commits through this
     /// store (or, for backends that can watch the database, anywhere): the relay's

@@ -33,7 +33,7 @@ use rusqlite::{params, params_from_iter, Connection, ErrorCode, OpenFlags, Optio
 use tokio::sync::{watch, OwnedMutexGuard};
 use uuid::Uuid;
 
-use super::{ExpectedVersion, OutboxEntry, Storage, StoredEvent, Transaction};
+use super::{ExpectedVersion, OutboxEntry, OutboxLease, Storage, StoredEvent, Transaction};
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
 
@@ -729,8 +729,14 @@ impl Storage for SqliteStore {
                     .prepare_cached("SELECT holder, expires_at FROM outbox_lease WHERE id = 1")?
                     .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
                     .optional()?;
-                if holder.is_some_and(|(holder, expires_at)| holder != relay && expires_at > now) {
-                    return Ok(Vec::new());
+                if let Some((holder, expires_at)) = holder.filter(|(holder, _)| *holder != relay) {
+                    if expires_at > now {
+                        if !super::relay_is_gone(&holder) {
+                            return Ok(Vec::new());
+                        }
+                        tracing::info!(%relay, previous = %holder,
+                            "taking the outbox lease over before it expires: the relay holding it ran on this host and its process is gone");
+                    }
                 }
                 let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
                 connection
@@ -798,6 +804,22 @@ impl Storage for SqliteStore {
                 .execute("DELETE FROM outbox_lease WHERE id = 1 AND holder = ?1", [relay])
                 .map_err(|e| inner.fail("releasing the outbox lease", e))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {
+        self.read("reading the outbox lease", move |connection| {
+            connection
+                .prepare_cached("SELECT holder, expires_at FROM outbox_lease WHERE id = 1")?
+                .query_row([], |row| {
+                    let expires_at: i64 = row.get(1)?;
+                    Ok(OutboxLease {
+                        holder: row.get(0)?,
+                        expires_at: UNIX_EPOCH + Duration::from_nanos(expires_at.max(0) as u64),
+                    })
+                })
+                .optional()
         })
         .await
     }

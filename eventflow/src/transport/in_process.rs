@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{partition_for_key, Consumer, Record, Transport};
-use crate::{BoxFuture, Envelope, Error};
+use crate::{BoxFuture, Envelope, Error, OutboxProgress};
+
+mod settle;
 
 /// The default transport: topics, partitions and consumer groups in memory.
 ///
@@ -48,6 +50,8 @@ struct Inner {
     topics: Mutex<HashMap<Arc<str>, Arc<Topic>>>,
     next_member: AtomicU64,
     progress: Notify,
+    /// The relays of the buses whose outbox feeds this transport.
+    outboxes: Mutex<Vec<OutboxProgress>>,
 }
 
 #[derive(Debug)]
@@ -158,6 +162,7 @@ impl InProcessBuilder {
                 topics: Mutex::default(),
                 next_member: AtomicU64::new(1),
                 progress: Notify::new(),
+                outboxes: Mutex::default(),
             }),
         }
     }
@@ -180,9 +185,14 @@ impl InProcess {
         InProcessBuilder::default()
     }
 
-    /// Waits until every group has committed every event published so far: the moment
-    /// a test can check the handlers' effects.
+    /// Waits until every group has committed every event published so far, and every
+    /// event committed so far through a unit of work of a bus that relays its outbox here:
+    /// the moment a test can check the handlers' effects.
+    ///
+    /// [`EventBus::settled`](crate::EventBus::settled) is the same wait for one bus's
+    /// groups, with a [timeout](crate::EventBus::settled_within) variant.
     pub async fn wait_idle(&self) {
+        self.wait_outboxes().await;
         loop {
             let mut progress = pin!(self.inner.progress.notified());
             progress.as_mut().enable();
@@ -193,8 +203,12 @@ impl InProcess {
         }
     }
 
-    /// Whether every group has committed every event published so far.
+    /// Whether every group has committed every event published so far, and every outbox
+    /// that relays here has relayed what was committed to it.
     pub fn is_idle(&self) -> bool {
+        if !self.outboxes_relayed() {
+            return false;
+        }
         let topics: Vec<_> = lock(&self.inner.topics).values().cloned().collect();
         topics.iter().flat_map(|t| t.partitions.iter()).all(|p| {
             let log = lock(&p.log);
@@ -310,6 +324,18 @@ impl Transport for InProcess {
             subscriptions,
             next: 0,
         }))
+    }
+
+    fn until_settled(&self, groups: &[(&str, &[&str])]) -> Option<BoxFuture<'static, Result<(), Error>>> {
+        Some(self.until_groups_committed(groups))
+    }
+
+    async fn unsettled(&self, groups: &[(&str, &[&str])]) -> Option<String> {
+        self.describe_lag(groups)
+    }
+
+    fn relays_from(&self, outbox: OutboxProgress) {
+        self.add_outbox(outbox);
     }
 
     /// Events live only in this process: resolves once every group has committed every

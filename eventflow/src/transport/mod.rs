@@ -17,7 +17,7 @@ use async_trait::async_trait;
 pub use in_process::{InProcess, InProcessBuilder};
 pub use partitioner::partition_for_key;
 
-use crate::{BoxFuture, DeadLetter, Envelope, Error};
+use crate::{BoxFuture, DeadLetter, Envelope, Error, OutboxProgress};
 
 /// An event read from a partition.
 #[derive(Clone, Debug)]
@@ -72,6 +72,41 @@ pub trait Transport: Send + Sync + 'static {
     /// broker acknowledged it), the event outlives this process.
     fn until_handled(&self) -> Option<BoxFuture<'static, ()>> {
         None
+    }
+
+    /// For [`EventBus::settled`](crate::EventBus::settled) and a graceful
+    /// [`shutdown`](crate::EventBus::shutdown): a future that resolves once each of `groups`
+    /// (a group and the topics it consumes) has committed every event published to those
+    /// topics before the call. `None` says the transport cannot tell.
+    ///
+    /// The default is [`until_handled`](Transport::until_handled) for a transport that is
+    /// not durable (it waits for every group, the bus's or not), and `None` for a durable
+    /// one. A broker transport can answer from its consumer groups' lag (high watermarks
+    /// taken at the call, then committed offsets).
+    fn until_settled(&self, groups: &[(&str, &[&str])]) -> Option<BoxFuture<'static, Result<(), Error>>> {
+        let _ = groups;
+        let handled = self.until_handled()?;
+        Some(Box::pin(async move {
+            handled.await;
+            Ok(())
+        }))
+    }
+
+    /// What [`until_settled`](Transport::until_settled) still waits for, in words (for
+    /// example "group `inventory`: 3 events of `orders` not committed"), for the error of
+    /// [`EventBus::settled_within`](crate::EventBus::settled_within) and the log line of a
+    /// shutdown that ran out of time. The default says nothing.
+    async fn unsettled(&self, groups: &[(&str, &[&str])]) -> Option<String> {
+        let _ = groups;
+        None
+    }
+
+    /// Called by a bus that runs an outbox relay to this transport, with the relay's
+    /// progress, so that the transport's own "idle" waits (such as
+    /// [`InProcess::wait_idle`]) also wait for entries committed and not yet relayed. The
+    /// default ignores it.
+    fn relays_from(&self, outbox: OutboxProgress) {
+        let _ = outbox;
     }
 }
 
