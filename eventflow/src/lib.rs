@@ -104,7 +104,7 @@ pub mod upcast;
 #[doc = include_str!("../docs/versioning.md")]
 pub mod versioning {}
 
-pub use aggregate::{Aggregate, EventSet, Loaded, Repository};
+pub use aggregate::{testing, Aggregate, EventSet, Loaded, Repository};
 pub use bus::{EventBus, EventBusBuilder, UnitOfWork};
 pub use context::{Context, FromContext, State, StateMap};
 pub use dead_letter::{DeadLetter, DeadLetterStore};

@@ -53,6 +53,7 @@
 //! ```
 
 mod events;
+pub mod testing;
 
 pub use events::EventSet;
 #[doc(hidden)]
