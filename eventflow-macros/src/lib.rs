@@ -4,6 +4,7 @@
 
 mod attr;
 mod event;
+mod event_set;
 mod subscribe;
 
 use proc_macro::TokenStream;
@@ -18,6 +19,8 @@ use proc_macro::TokenStream;
 /// | `#[event(name = "order.paid")]` | the stable name in every envelope | the type name |
 /// | `#[event(version = 2)]` | the payload schema version, from 1 | 1 |
 /// | `#[event(topic = "orders")]` | the topic it is published to | the name |
+/// | `#[event(upcast(from = OldType))]` | reads older versions through `OldType` and `From<OldType>` | none |
+/// | `#[event(upcast(v1 = function))]` | reads v1 by turning its JSON into v2's with `function` | none |
 /// | `#[event(crate = "my::eventflow")]` | path to the eventflow crate if renamed | `::eventflow` |
 ///
 /// `#[event(key)]` on one field makes it the partition key (through `ToString`): events
@@ -37,13 +40,45 @@ use proc_macro::TokenStream;
 /// }
 /// ```
 ///
+/// `OldType` is a plain serde type of the version just before, or an `Event` of an older
+/// version with upcasters of its own (a chain v1 → v2 → v3); a JSON upcaster is a
+/// `fn(serde_json::Value) -> Result<serde_json::Value, String>` turning version N into N+1,
+/// and is tried before `from`. See `eventflow::upcast`.
+///
 /// Misuse is a compile error on the offending token: an unknown or repeated attribute,
-/// `version = 0`, a name or topic with characters brokers reject, `key` on two fields, or a
+/// `version = 0`, an upcaster for a version not older than the event's, a name or topic with characters brokers reject, `key` on two fields, or a
 /// type without serde impls.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     event::expand(input).into()
+}
+
+/// Implements `eventflow::EventSet` for an enum whose variants each wrap one event type,
+/// so an aggregate's events can be existing events, each saved and published under its own
+/// name, version and topic.
+///
+/// ```
+/// use eventflow::{Event, EventSet};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Event, Serialize, Deserialize)]
+/// # struct BookBorrowed { book: String }
+/// # #[derive(Event, Serialize, Deserialize)]
+/// # struct BookReturned { book: String }
+///
+/// #[derive(EventSet)]
+/// enum BookEvent {
+///     Borrowed(BookBorrowed),
+///     Returned(BookReturned),
+/// }
+/// ```
+///
+/// `#[event_set(crate = "my::eventflow")]` gives the path to the eventflow crate if renamed.
+/// A variant of another shape, or an event type in two variants, is a compile error on it.
+#[proc_macro_derive(EventSet, attributes(event_set))]
+pub fn derive_event_set(input: TokenStream) -> TokenStream {
+    let input = syn::parse_macro_input!(input as syn::DeriveInput);
+    event_set::expand(input).into()
 }
 
 /// Turns an `async fn` into an `eventflow::Handler` of one consumer group.

@@ -48,10 +48,25 @@ pub enum Error {
         reason: String,
     },
 
-    /// An envelope carries a version of its event that no handler of the group knows.
+    /// A payload is of a version its type cannot read: newer than it, or older with no
+    /// upcaster (see [`upcast`](crate::upcast)).
+    #[error("cannot read event {id} (`{name}` v{version}): {source}")]
+    Upcast {
+        /// The event id.
+        id: Uuid,
+        /// The event name from the envelope.
+        name: String,
+        /// The version from the envelope.
+        version: u32,
+        /// Why it cannot be read, and what to do.
+        source: crate::upcast::UpcastError,
+    },
+
+    /// An envelope carries a newer version of its event than the group's handlers know.
     #[error(
-        "event {id} is `{name}` v{found}, but the handler in group `{group}` expects v{expected}; \
-         deploy a handler for v{found} or upcast the event before it reaches this group"
+        "event {id} is `{name}` v{found}, but the handler in group `{group}` expects v{expected}: \
+         deploy the consumers that know v{found} before the producers that publish it, then \
+         replay this dead letter"
     )]
     UnknownVersion {
         /// The event id.

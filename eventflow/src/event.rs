@@ -3,6 +3,8 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::upcast::{Old, UpcastError};
+
 /// A fact that happened, published to whoever listens.
 ///
 /// Implement it with `#[derive(Event)]`:
@@ -40,4 +42,11 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// handled in publish order within each consumer group. `None` spreads events over
     /// partitions.
     fn partition_key(&self) -> Option<String>;
+
+    /// Reads a payload of an older version than [`VERSION`](Event::VERSION). By default no
+    /// older version can be read; `#[derive(Event)]` implements it from
+    /// `#[event(upcast(...))]` (see [`upcast`](crate::upcast)).
+    fn upcast(old: Old<'_>) -> Result<Self, UpcastError> {
+        Err(old.no_upcaster::<Self>())
+    }
 }

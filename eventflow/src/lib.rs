@@ -102,8 +102,12 @@ mod signal;
 pub mod store;
 pub mod transport;
 mod tx;
+pub mod upcast;
 
-pub use aggregate::{Aggregate, Loaded, Repository};
+#[doc = include_str!("../docs/versioning.md")]
+pub mod versioning {}
+
+pub use aggregate::{testing, Aggregate, EventSet, Loaded, Repository};
 pub use bus::{EventBus, EventBusBuilder, UnitOfWork};
 pub use context::{Context, FromContext, State, StateMap};
 pub use dead_letter::{DeadLetter, DeadLetterStore};
@@ -119,13 +123,15 @@ pub use signal::shutdown_signal;
 pub use store::{MemoryStore, Storage};
 pub use transport::InProcess;
 pub use tx::{Tx, TxGuard};
+pub use upcast::{decode, decode_with};
 
 #[cfg(feature = "macros")]
-pub use eventflow_macros::{subscribe, Event};
+pub use eventflow_macros::{subscribe, Event, EventSet};
 
 /// Re-exports for the code the macros generate. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::aggregate::not_in_set;
     pub use crate::handler::Registration;
     pub use inventory;
     pub use serde;

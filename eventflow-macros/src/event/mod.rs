@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use parse::{EventInput, Key, KeyField};
+use parse::{EventInput, Key, KeyField, Upcast};
 
 pub fn expand(input: syn::DeriveInput) -> TokenStream {
     let (parsed, errors) = EventInput::parse(&input);
@@ -52,6 +52,7 @@ fn generate(input: &syn::DeriveInput, parsed: &EventInput) -> TokenStream {
         None => quote!(#name),
     };
     let key = partition_key(parsed);
+    let upcast = parsed.upcast.as_ref().map(|upcast| upcast_fn(krate, upcast));
     // Spanned on the type name, so a missing serde impl is reported on the type.
     let for_type = quote_spanned!(ident.span()=> #ident #ty_generics);
     quote! {
@@ -65,6 +66,8 @@ fn generate(input: &syn::DeriveInput, parsed: &EventInput) -> TokenStream {
                 fn partition_key(&self) -> ::core::option::Option<::std::string::String> {
                     #key
                 }
+
+                #upcast
             }
         };
     }
@@ -99,6 +102,41 @@ fn partition_key(parsed: &EventInput) -> TokenStream {
                 quote!(self)
             };
             quote_spanned!(parsed.ident_span=> match #scrutinee { #(#arms)* })
+        }
+    }
+}
+
+/// `Event::upcast` from `#[event(upcast(...))]`: the JSON upcasters in version order, then
+/// the older type if there is one.
+fn upcast_fn(krate: &syn::Path, upcast: &Upcast) -> TokenStream {
+    let mut json: Vec<_> = upcast.json.iter().collect();
+    json.sort_by_key(|(version, _)| *version);
+    // Each function is coerced on its own path, so a wrong signature is reported there.
+    let steps = json.iter().map(|(version, function)| {
+        quote_spanned! {function.span()=>
+            (#version, { let upcaster: #krate::upcast::JsonUpcaster = #function; upcaster })
+        }
+    });
+    let run = match &upcast.from {
+        None => quote!(old.upcast_json::<Self>(steps)),
+        Some(ty) => {
+            let source = quote_spanned! {ty.span()=>
+                {
+                    #[allow(unused_imports)]
+                    use #krate::upcast::__private::{ViaEvent as _, ViaSerde as _};
+                    (&&#krate::upcast::__private::Probe::<#ty>::new()).source()
+                }
+            };
+            let convert = quote_spanned!(ty.span()=> <Self as ::core::convert::From<#ty>>::from);
+            quote!(old.upcast_typed::<Self, #ty>(steps, #source, #convert))
+        }
+    };
+    quote! {
+        fn upcast(
+            old: #krate::upcast::Old<'_>,
+        ) -> ::core::result::Result<Self, #krate::upcast::UpcastError> {
+            let steps: &[(u32, #krate::upcast::JsonUpcaster)] = &[#(#steps),*];
+            #run
         }
     }
 }

@@ -172,7 +172,7 @@ impl EventBusBuilder {
     /// Checks the configuration, joins every group to the transport and starts handling.
     ///
     /// Fails if a handler needs state the bus does not have, or if two handlers of one
-    /// group handle the same event.
+    /// group handle the same event at the same version.
     pub async fn start(self) -> Result<EventBus, Error> {
         let groups = self.groups()?;
         let transport = self.transport.unwrap_or_else(|| Arc::new(InProcess::new()));
@@ -255,14 +255,22 @@ impl EventBusBuilder {
                 routes: HashMap::new(),
                 topics: Vec::new(),
             });
-            if let Some(other) = group.routes.get(route.event_name()) {
+            let versions = group.routes.entry(route.event_name()).or_default();
+            // Handlers of different versions of one event may share a group: each event
+            // goes to the handler of its version (see `Group::route`), so a handler of the
+            // old version keeps running while the new one rolls out.
+            if let Some(other) = versions
+                .iter()
+                .find(|other| other.route.event_version() == route.event_version())
+            {
                 problems.push(format!(
-                    "handlers `{}` and `{}` both handle `{}` in group `{}`; a group handles an \
-                     event once, so give one of them its own group",
+                    "handlers `{}` and `{}` both handle `{}` in group `{}` (both v{}); a group \
+                     handles an event once, so give one of them its own group",
                     other.route.options().name,
                     options.name,
                     route.event_name(),
-                    group.name
+                    group.name,
+                    route.event_version()
                 ));
                 continue;
             }
@@ -270,13 +278,11 @@ impl EventBusBuilder {
                 group.topics.push(route.topic());
             }
             let retries = options.retries.unwrap_or(self.retries);
-            group.routes.insert(
-                route.event_name(),
-                GroupRoute {
-                    route: route.clone(),
-                    retries,
-                },
-            );
+            versions.push(GroupRoute {
+                route: route.clone(),
+                retries,
+            });
+            versions.sort_by_key(|route| route.route.event_version());
         }
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
@@ -308,7 +314,7 @@ fn refuse_tx_in_broker_transaction(group: &Group, consumer: &dyn Consumer) -> Re
     if consumer.publisher().is_none() {
         return Ok(());
     }
-    match group.routes.values().find(|route| route.route.transactional()) {
+    match group.all_routes().find(|route| route.route.transactional()) {
         None => Ok(()),
         Some(route) => Err(Error::Config(format!(
             "handler `{}` takes `Tx`, but group `{}` handles its events in a broker transaction: \

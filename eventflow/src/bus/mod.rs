@@ -70,12 +70,29 @@ pub(crate) struct Shared {
     savepoints: AtomicBool,
 }
 
-/// A consumer group: its handlers by event name.
+/// A consumer group: its handlers by event name, each name's by version.
 pub(crate) struct Group {
     name: Arc<str>,
-    routes: HashMap<&'static str, GroupRoute>,
+    routes: HashMap<&'static str, Vec<GroupRoute>>,
     topics: Vec<&'static str>,
     workers: usize,
+}
+
+impl Group {
+    /// The handler for `envelope`: the one of its event's version; else the oldest newer
+    /// one, which upcasts it; else the newest, which refuses it as too new.
+    fn route(&self, envelope: &Envelope) -> Option<&GroupRoute> {
+        let versions = self.routes.get(&*envelope.name)?;
+        versions
+            .iter()
+            .find(|route| route.route.event_version() >= envelope.version)
+            .or_else(|| versions.last())
+    }
+
+    /// Every handler of the group.
+    fn all_routes(&self) -> impl Iterator<Item = &GroupRoute> {
+        self.routes.values().flatten()
+    }
 }
 
 struct GroupRoute {
@@ -133,6 +150,12 @@ impl EventBus {
     /// Builds the envelope `publish` would send, without sending it.
     pub fn envelope<E: Event>(&self, event: &E) -> Result<Envelope, Error> {
         self.shared.envelope(event, None)
+    }
+
+    /// Decodes the event in `envelope` with the bus's codec, upcasting an older version:
+    /// [`eventflow::decode`](crate::decode) for a bus with another codec than JSON.
+    pub fn decode<E: Event>(&self, envelope: &Envelope) -> Result<E, Error> {
+        crate::upcast::decode_with(&*self.shared.codec, envelope)
     }
 
     /// Starts a unit of work on the bus's storage: the application's writes and the
@@ -272,12 +295,7 @@ impl Shared {
     }
 
     fn envelope<E: Event>(&self, event: &E, cause: Option<&Envelope>) -> Result<Envelope, Error> {
-        let payload = codec::encode(&*self.codec, event).map_err(|source| Error::Encode {
-            name: E::NAME,
-            source,
-        })?;
-        let mut envelope = Envelope::new(E::NAME, E::VERSION, E::TOPIC, self.codec.content_type(), payload);
-        envelope.key = event.partition_key();
+        let envelope = encode_envelope(&*self.codec, event)?;
         Ok(match cause {
             Some(cause) => envelope.caused_by(cause),
             None => envelope,
@@ -306,6 +324,17 @@ impl Shared {
         self.transport.publish(envelope).instrument(span).await?;
         Ok(id)
     }
+}
+
+/// `event` in a new envelope, encoded with `codec`.
+pub(crate) fn encode_envelope<E: Event>(codec: &dyn Codec, event: &E) -> Result<Envelope, Error> {
+    let payload = codec::encode(codec, event).map_err(|source| Error::Encode {
+        name: E::NAME,
+        source,
+    })?;
+    let mut envelope = Envelope::new(E::NAME, E::VERSION, E::TOPIC, codec.content_type(), payload);
+    envelope.key = event.partition_key();
+    Ok(envelope)
 }
 
 impl Publisher {

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::codec::{self, Codec};
+use crate::codec::Codec;
+use crate::upcast;
 use crate::context::StateMap;
 use crate::handler::{BoxFuture, Handler, HandlerOptions};
 use crate::{BoxError, Context, Envelope, Error, Event};
@@ -16,8 +17,8 @@ pub(crate) trait Route: Send + Sync + 'static {
     fn check(&self, state: &StateMap) -> Result<(), String>;
     fn transactional(&self) -> bool;
 
-    /// Decodes the payload and starts the handler; a payload that does not decode is an
-    /// error before any attempt.
+    /// Decodes the payload (upcasting an older version) and starts the handler; a payload
+    /// that does not decode is an error before any attempt.
     fn invoke(
         &self,
         envelope: &Envelope,
@@ -69,12 +70,7 @@ impl<H: Handler> Route for Typed<H> {
         ctx: Context,
         codec: &dyn Codec,
     ) -> Result<BoxFuture<'static, Result<(), BoxError>>, Error> {
-        let event = codec::decode::<H::Event>(codec, &envelope.payload).map_err(|source| Error::Decode {
-            id: envelope.id,
-            name: envelope.name.to_string(),
-            version: envelope.version,
-            source,
-        })?;
+        let event = upcast::decode_payload::<H::Event>(codec, envelope)?;
         Ok(self.handler.call(event, ctx))
     }
 }

@@ -4,6 +4,7 @@ use uuid::Uuid;
 
 use super::Shared;
 use crate::store::{ExpectedVersion, Transaction};
+use crate::aggregate::EventSet;
 use crate::{Error, Event};
 
 /// A business change and the events announcing it, committed together.
@@ -44,10 +45,10 @@ impl UnitOfWork {
         Ok(id)
     }
 
-    /// Appends events to an event stream if it is at `expected`, and puts them in the
-    /// outbox. Returns the stream's new version; a stale `expected` is
+    /// Appends events (of one [`Event`] type, or of an [`EventSet`]) to an event stream if
+    /// it is at `expected`, and puts them in the outbox. Returns the stream's new version; a stale `expected` is
     /// [`Error::Conflict`].
-    pub async fn append<E: Event>(
+    pub async fn append<E: EventSet>(
         &mut self,
         stream: &str,
         expected: ExpectedVersion,
@@ -55,7 +56,7 @@ impl UnitOfWork {
     ) -> Result<u64, Error> {
         let envelopes = events
             .iter()
-            .map(|e| self.shared.envelope(e, None))
+            .map(|e| e.envelope(self.shared.codec()))
             .collect::<Result<Vec<_>, _>>()?;
         let version = self.tx.append(stream, expected, &envelopes).await?;
         self.tx.enqueue(&envelopes).await?;

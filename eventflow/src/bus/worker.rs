@@ -212,8 +212,7 @@ async fn handle_batch(
         shared.storage.is_some()
             && publisher.is_none()
             && group
-                .routes
-                .get(&*record.envelope.name)
+                .route(&record.envelope)
                 .is_some_and(|route| !route.route.transactional())
     };
     let mut skip = HashSet::new();
@@ -334,7 +333,7 @@ async fn deliver(
     shutdown: &mut watch::Receiver<bool>,
     failed_first: Option<Failure>,
 ) -> Outcome {
-    let Some(route) = group.routes.get(&*envelope.name) else {
+    let Some(route) = group.route(envelope) else {
         return Outcome::Done;
     };
     let guarded = shared.storage.is_some() && publisher.is_none() && !route.route.transactional();
@@ -371,7 +370,7 @@ async fn deliver(
 }
 
 pub(super) async fn replay(shared: &Arc<Shared>, group: &Group, mut letter: DeadLetter) -> Result<(), Error> {
-    let route = group.routes.get(&*letter.envelope.name).ok_or_else(|| {
+    let route = group.route(&letter.envelope).ok_or_else(|| {
         Error::Config(format!(
             "group `{}` has no handler for `{}` on this bus; register it before replaying",
             group.name, letter.envelope.name
@@ -411,7 +410,7 @@ async fn attempt_all(
     shutdown: &mut watch::Receiver<bool>,
     first_attempt: u32,
 ) -> Result<u32, Failure> {
-    if envelope.version != route.route.event_version() {
+    if envelope.version > route.route.event_version() {
         let error = Error::UnknownVersion {
             id: envelope.id,
             name: envelope.name.to_string(),
@@ -559,8 +558,7 @@ fn can_share_unit(
         && publisher.is_none()
         && shared.savepoints.load(Ordering::Relaxed)
         && group
-            .routes
-            .get(&*record.envelope.name)
+            .route(&record.envelope)
             .is_some_and(|route| route.route.transactional())
 }
 
@@ -582,7 +580,7 @@ async fn attempt_in_unit<'a>(
     envelope: &Arc<Envelope>,
     unit: &mut Option<SharedUnit<'a>>,
 ) -> Joined {
-    let (Some(storage), Some(route)) = (&shared.storage, group.routes.get(&*envelope.name)) else {
+    let (Some(storage), Some(route)) = (&shared.storage, group.route(envelope)) else {
         return Joined::No;
     };
     if envelope.version != route.route.event_version() {

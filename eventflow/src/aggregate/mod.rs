@@ -52,19 +52,27 @@
 //! # Ok(()) }
 //! ```
 
+mod events;
+pub mod testing;
+
+pub use events::EventSet;
+#[doc(hidden)]
+pub use events::not_in_set;
+
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::bus::{Shared, UnitOfWork};
-use crate::codec;
 use crate::store::{ExpectedVersion, Storage};
-use crate::{Error, Event};
+use crate::Error;
 
 /// A consistency boundary whose state is rebuilt from its events.
 pub trait Aggregate: Default + Send + Sync + 'static {
-    /// The events that change it, usually an enum deriving [`Event`].
-    type Event: Event;
+    /// The events that change it: an enum deriving [`Event`](crate::Event) (one event
+    /// name for all), or an enum deriving [`EventSet`] whose variants wrap existing events,
+    /// each saved and published under its own name.
+    type Event: EventSet;
 
     /// The prefix of its streams: aggregate `XYZ-123` of kind `order` is the stream
     /// `order-XYZ-123`.
@@ -180,19 +188,17 @@ impl<A: Aggregate> Repository<A> {
 
     /// Loads aggregate `id` by replaying its stream. An aggregate with no events is
     /// `A::default()` at version 0.
+    ///
+    /// Events of older versions are upcast as their types declare (see
+    /// [`upcast`](crate::upcast)); an event that cannot be read (a newer version, an older
+    /// one without upcaster, an event outside `A::Event`) fails the load with
+    /// [`Error::Upcast`] rather than building a wrong state.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
         let stream = Self::stream(id);
         let mut state = A::default();
         let mut version = 0;
         for stored in self.storage.read_stream(&stream, 1).await? {
-            let envelope = &stored.envelope;
-            let event: A::Event =
-                codec::decode(self.shared.codec(), &envelope.payload).map_err(|source| Error::Decode {
-                    id: envelope.id,
-                    name: envelope.name.to_string(),
-                    version: envelope.version,
-                    source,
-                })?;
+            let event = A::Event::decode(self.shared.codec(), &stored.envelope)?;
             state.apply(&event);
             version = stored.version;
         }
