@@ -22,6 +22,22 @@ pub enum StartFrom {
     Earliest,
 }
 
+/// How an event's metadata travels in Kafka headers; see [`headers`](crate::headers) for
+/// both formats. A consumer reads every format whatever it writes, so producers can switch
+/// one topic at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WireFormat {
+    /// eventflow's compact form: all the metadata in one `eventflow` header, about 100
+    /// bytes. The default.
+    #[default]
+    Eventflow,
+    /// The [CloudEvents](https://cloudevents.io) Kafka protocol binding in binary content
+    /// mode (`ce_specversion`, `ce_id`, `ce_type`, ... headers), which CloudEvents SDKs and
+    /// other tools read without knowing eventflow; see [`cloudevents`](crate::cloudevents).
+    CloudEvents,
+}
+
 /// Configures a [`Kafka`] transport. Start with [`Kafka::builder`] or [`Kafka::from_env`].
 ///
 /// Defaults: topics created with 8 partitions and replication factor 1 (raise it to 3 on
@@ -48,6 +64,9 @@ pub struct KafkaBuilder {
     pub(crate) group_protocol: GroupProtocol,
     pub(crate) transactional_groups: HashSet<String>,
     pub(crate) transactional_id_prefix: Option<String>,
+    pub(crate) wire_format: WireFormat,
+    pub(crate) topic_formats: HashMap<String, WireFormat>,
+    pub(crate) cloudevents_source: Option<String>,
 }
 
 impl KafkaBuilder {
@@ -71,6 +90,9 @@ impl KafkaBuilder {
             group_protocol: GroupProtocol::Classic,
             transactional_groups: HashSet::new(),
             transactional_id_prefix: None,
+            wire_format: WireFormat::Eventflow,
+            topic_formats: HashMap::new(),
+            cloudevents_source: None,
         }
     }
 
@@ -219,6 +241,32 @@ impl KafkaBuilder {
         self
     }
 
+    /// The format this transport writes events' metadata in, on every topic without a
+    /// [format of its own](KafkaBuilder::topic_format). Default [`WireFormat::Eventflow`].
+    /// Consumers read both formats whatever this says.
+    pub fn wire_format(mut self, format: WireFormat) -> Self {
+        self.wire_format = format;
+        self
+    }
+
+    /// The format events published to one topic (the eventflow name, without prefix) are
+    /// written in, e.g. `.topic_format("orders", WireFormat::CloudEvents)` for a topic that
+    /// services outside eventflow read.
+    pub fn topic_format(mut self, topic: impl Into<String>, format: WireFormat) -> Self {
+        self.topic_formats.insert(topic.into(), format);
+        self
+    }
+
+    /// The CloudEvents `source` attribute (`ce_source`) of the events this transport writes
+    /// in [`WireFormat::CloudEvents`]: a URI-reference naming the producing application, e.g.
+    /// `"https://shop.example.com/checkout"`. Default `/<topic>`, the eventflow topic. An
+    /// event that carries a `ce_source` header of its own (one read from CloudEvents and
+    /// forwarded) keeps it.
+    pub fn cloudevents_source(mut self, source: impl Into<String>) -> Self {
+        self.cloudevents_source = Some(source.into());
+        self
+    }
+
     /// Creates the producer and the admin client. Does not contact the broker yet: a
     /// broker that is down shows up as errors of `publish` and `subscribe`. Fails on a
     /// consumer setting the [group protocol](KafkaBuilder::group_protocol) does not have.
@@ -239,6 +287,14 @@ impl KafkaBuilder {
         self.dead_letter_topic
             .replace("{topic}", kafka_topic)
             .replace("{group}", group)
+    }
+
+    /// The format events of eventflow topic `topic` are written in.
+    pub(crate) fn format_of(&self, topic: &str) -> WireFormat {
+        if self.topic_formats.is_empty() {
+            return self.wire_format;
+        }
+        self.topic_formats.get(topic).copied().unwrap_or(self.wire_format)
     }
 
     pub(crate) fn partitions_of(&self, kafka_topic: &str) -> i32 {

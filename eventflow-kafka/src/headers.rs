@@ -1,5 +1,12 @@
 //! The Kafka headers an [`Envelope`] travels in, and reading them back.
 //!
+//! Eventflow writes one of two formats, chosen per transport with
+//! [`KafkaBuilder::wire_format`] and per topic with [`KafkaBuilder::topic_format`]: the
+//! compact one below (the default) or [CloudEvents](crate::cloudevents). A consumer reads
+//! both, and the older one-header-per-field form, whatever it writes: the `eventflow`
+//! header if there is one, else the CloudEvents headers if there is `ce_specversion`, else
+//! the individual headers.
+//!
 //! # Wire format
 //!
 //! The payload is the codec's bytes and the Kafka key is the partition key. The envelope's
@@ -42,6 +49,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use eventflow::{DeadLetter, Envelope};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use uuid::Uuid;
+
+use crate::cloudevents;
+use crate::config::{KafkaBuilder, WireFormat};
 
 /// The header carrying an event's metadata in one value (see the [wire format](self)).
 pub const EVENTFLOW: &str = "eventflow";
@@ -92,15 +102,24 @@ const RESERVED: [&str; 8] = [
     TIMESTAMP,
 ];
 
-/// The headers carrying `envelope`'s metadata: the [`EVENTFLOW`] header and the free-form
-/// headers.
-pub(crate) fn encode(envelope: &Envelope) -> OwnedHeaders {
-    encode_timed(envelope).0
+/// The headers carrying `envelope`'s metadata in the [format](WireFormat) `config` sets for
+/// its topic, with the free-form headers.
+pub(crate) fn encode(envelope: &Envelope, config: &KafkaBuilder) -> OwnedHeaders {
+    encode_timed(envelope, config).0
 }
 
 /// [`encode`], and the envelope's timestamp in milliseconds for the Kafka timestamp, read
 /// from the clock value once.
-pub(crate) fn encode_timed(envelope: &Envelope) -> (OwnedHeaders, i64) {
+pub(crate) fn encode_timed(envelope: &Envelope, config: &KafkaBuilder) -> (OwnedHeaders, i64) {
+    if config.format_of(&envelope.topic) == WireFormat::CloudEvents {
+        let headers = cloudevents::encode(envelope, config.cloudevents_source.as_deref());
+        return (headers, millis_since_epoch(envelope.timestamp));
+    }
+    encode_compact(envelope)
+}
+
+/// The [`EVENTFLOW`] header and the free-form headers, and the Kafka timestamp.
+fn encode_compact(envelope: &Envelope) -> (OwnedHeaders, i64) {
     let nanos = nanos_since_epoch(envelope.timestamp);
     let millis = (nanos / 1_000_000) as i64;
     if envelope.name.contains(';') {
@@ -229,9 +248,15 @@ fn encode_individually(envelope: &Envelope) -> OwnedHeaders {
     with_free_headers(headers, envelope)
 }
 
+/// Whether `name` is one of the headers eventflow's own formats write, which an envelope's
+/// free-form header of that name must not shadow.
+pub(crate) fn is_reserved(name: &str) -> bool {
+    RESERVED.contains(&name)
+}
+
 fn with_free_headers(mut headers: OwnedHeaders, envelope: &Envelope) -> OwnedHeaders {
     for (name, value) in &envelope.headers {
-        if !RESERVED.contains(&name.as_str()) {
+        if !is_reserved(name) {
             headers = headers.insert(header(name, value));
         }
     }
@@ -239,7 +264,7 @@ fn with_free_headers(mut headers: OwnedHeaders, envelope: &Envelope) -> OwnedHea
 }
 
 /// `n` in decimal, written into `buffer` two digits at a time (a timestamp has 19).
-fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn decimal(mut n: u64, buffer: &mut [u8; 20]) -> &[u8] {
     const PAIRS: [u8; 200] = {
         let mut pairs = [0; 200];
         let mut i = 0;
@@ -295,14 +320,16 @@ fn bytes_header<'a>(key: &'a str, value: &'a [u8]) -> Header<'a, &'a [u8]> {
 
 /// An envelope's metadata, as read from either header form.
 #[derive(Default)]
-struct Metadata {
-    id: Option<Uuid>,
-    name: Option<String>,
-    version: Option<u32>,
-    content_type: Option<String>,
-    correlation_id: Option<Uuid>,
-    causation_id: Option<Uuid>,
-    timestamp: Option<SystemTime>,
+pub(crate) struct Metadata {
+    pub(crate) id: Option<Uuid>,
+    pub(crate) name: Option<String>,
+    pub(crate) version: Option<u32>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) correlation_id: Option<Uuid>,
+    pub(crate) causation_id: Option<Uuid>,
+    pub(crate) timestamp: Option<SystemTime>,
+    /// The partition key, if the format carries it besides the Kafka key.
+    pub(crate) key: Option<String>,
 }
 
 /// Rebuilds an envelope from a Kafka message's parts; the error says what is missing.
@@ -316,25 +343,35 @@ pub(crate) fn decode(
     let Some(headers) = headers else {
         return Err(format!(
             "the message has no headers, so it is not an eventflow event (it needs the `{EVENTFLOW}` \
-             header); publish it through eventflow or set that header"
+             header, or CloudEvents' `{}`, `{}` and `{}`); publish it through eventflow or set those \
+             headers",
+            cloudevents::SPECVERSION,
+            cloudevents::ID,
+            cloudevents::TYPE
         ));
     };
     let mut compact = None;
+    let mut cloud = cloudevents::Attributes::default();
     let mut individual = Metadata::default();
     let mut free = std::collections::BTreeMap::new();
     for h in headers.iter() {
         let value = h.value.unwrap_or_default();
         if h.key == EVENTFLOW {
             compact = Some(read_metadata(value)?);
-        } else if !read_individual(&mut individual, h.key, value)? {
+        } else if !cloud.offer(h.key, value) && !read_individual(&mut individual, h.key, value)? {
             if let Ok(value) = std::str::from_utf8(value) {
                 free.insert(h.key.to_owned(), value.to_owned());
             }
         }
     }
     let metadata = match compact {
-        Some(metadata) => metadata,
+        Some(metadata) => {
+            cloud.keep_as_headers(&mut free);
+            metadata
+        }
+        None if cloud.present() => cloud.into_metadata(individual.content_type, &mut free)?,
         None => {
+            cloud.keep_as_headers(&mut free);
             let missing = [
                 (ID, individual.id.is_none()),
                 (NAME, individual.name.is_none()),
@@ -346,8 +383,10 @@ pub(crate) fn decode(
             .collect::<Vec<_>>();
             if !missing.is_empty() {
                 return Err(format!(
-                    "the message has no `{EVENTFLOW}` header and lacks the header(s) {}, so it is not \
-                     an eventflow event; publish it through eventflow or set the `{EVENTFLOW}` header",
+                    "the message has no `{EVENTFLOW}` header, no `{}` and lacks the header(s) {}, so \
+                     it is not an eventflow event; publish it through eventflow or set the \
+                     `{EVENTFLOW}` header (or produce it as a CloudEvent in binary mode)",
+                    cloudevents::SPECVERSION,
                     missing.join(", ")
                 ));
             }
@@ -355,9 +394,12 @@ pub(crate) fn decode(
         }
     };
     let id = metadata.id.unwrap_or_default();
-    let key = key
-        .map(|k| String::from_utf8(k.to_vec()).map_err(|_| "the message key is not UTF-8".to_owned()))
-        .transpose()?;
+    let key = match key {
+        Some(k) => {
+            Some(String::from_utf8(k.to_vec()).map_err(|_| "the message key is not UTF-8".to_owned())?)
+        }
+        None => metadata.key,
+    };
     let timestamp = metadata.timestamp.unwrap_or_else(|| {
         kafka_timestamp_ms
             .and_then(|ms| u64::try_from(ms).ok())
@@ -436,6 +478,7 @@ fn read_metadata(value: &[u8]) -> Result<Metadata, String> {
                     })
             })
             .transpose()?,
+        key: None,
     })
 }
 
@@ -479,7 +522,7 @@ fn bytes_of(payload: Option<&[u8]>) -> bytes::Bytes {
 
 /// Nanoseconds since the Unix epoch (0 before it), as the timestamp field holds them; fits
 /// a `u64` until the year 2554.
-fn nanos_since_epoch(time: SystemTime) -> u64 {
+pub(crate) fn nanos_since_epoch(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
@@ -490,149 +533,4 @@ pub(crate) fn millis_since_epoch(time: SystemTime) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn round_trip(headers: &OwnedHeaders, envelope: &Envelope) -> Envelope {
-        decode(
-            Some(headers),
-            &envelope.topic,
-            envelope.key.as_deref().map(str::as_bytes),
-            Some(&envelope.payload),
-            None,
-        )
-        .unwrap()
-    }
-
-    fn follow_up() -> Envelope {
-        let cause = Envelope::new("order.placed", 1, "orders", "application/json", "{}");
-        let mut envelope =
-            Envelope::new("order.paid", 3, "orders", "application/json", r#"{"total":1}"#).caused_by(&cause);
-        envelope.key = Some("order-1".into());
-        envelope.headers.insert("tenant".into(), "acme".into());
-        envelope
-    }
-
-    fn value_of<'a>(headers: &'a OwnedHeaders, key: &str) -> Option<&'a str> {
-        let h = headers.iter().find(|h| h.key == key)?;
-        std::str::from_utf8(h.value?).ok()
-    }
-
-    #[test]
-    fn an_envelope_survives_the_round_trip() {
-        let first = Envelope::new("order.placed", 1, "orders", "application/json", "{}");
-        for envelope in [first, follow_up()] {
-            assert_eq!(round_trip(&encode(&envelope), &envelope), envelope);
-        }
-    }
-
-    #[test]
-    fn the_metadata_travels_in_one_header_as_documented() {
-        let mut envelope = Envelope::new("order.placed", 2, "orders", "application/json", "{}");
-        envelope.key = Some("order-1".into());
-        let headers = encode(&envelope);
-        let nanos = envelope.timestamp.duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        assert_eq!(
-            value_of(&headers, EVENTFLOW),
-            Some(&*format!(
-                "1;{};order.placed;2;{nanos};;;application/json",
-                envelope.id.simple()
-            )),
-            "a flow's first event leaves the correlation and causation ids empty"
-        );
-        let keys: Vec<&str> = headers.iter().map(|h| h.key).collect();
-        assert_eq!(keys, [EVENTFLOW, eventflow::TRACEPARENT]);
-
-        let envelope = follow_up();
-        let value = value_of(&encode(&envelope), EVENTFLOW).unwrap().to_owned();
-        let fields: Vec<&str> = value.split(';').collect();
-        assert_eq!(fields[5], envelope.correlation_id.simple().to_string());
-        assert_eq!(fields[6], envelope.causation_id.unwrap().simple().to_string());
-    }
-
-    #[test]
-    fn an_event_set_by_a_foreign_producer_is_read_with_the_defaults() {
-        let id = Uuid::now_v7();
-        let headers = OwnedHeaders::new().insert(header(
-            EVENTFLOW,
-            &format!("1;{id};order.paid;1;;;;application/json; charset=utf-8"),
-        ));
-        let envelope = decode(
-            Some(&headers),
-            "orders",
-            None,
-            Some(b"{}"),
-            Some(1_700_000_000_123),
-        )
-        .unwrap();
-        assert_eq!(envelope.id, id, "a hyphenated id is accepted");
-        assert_eq!(envelope.name, "order.paid");
-        assert_eq!(
-            envelope.correlation_id, id,
-            "no correlation id: the flow starts here"
-        );
-        assert_eq!(envelope.causation_id, None);
-        assert_eq!(
-            envelope.timestamp,
-            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            "no timestamp: the Kafka timestamp"
-        );
-        assert_eq!(envelope.content_type, "application/json; charset=utf-8");
-    }
-
-    #[test]
-    fn messages_with_one_header_per_field_are_still_read() {
-        let envelope = follow_up();
-        let headers = encode_individually(&envelope);
-        assert_eq!(value_of(&headers, NAME), Some("order.paid"));
-        assert_eq!(round_trip(&headers, &envelope), envelope);
-    }
-
-    #[test]
-    fn a_name_with_a_semicolon_is_written_one_header_per_field() {
-        let mut envelope = follow_up();
-        envelope.name = "odd;name".into();
-        let headers = encode(&envelope);
-        assert_eq!(value_of(&headers, EVENTFLOW), None);
-        assert_eq!(value_of(&headers, NAME), Some("odd;name"));
-        assert_eq!(round_trip(&headers, &envelope), envelope);
-    }
-
-    #[test]
-    fn decimals_are_written_in_full() {
-        for n in [0u64, 7, 10, 1_795_308_000_914_000_000, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
-    }
-
-    #[test]
-    fn a_foreign_message_is_refused_with_what_it_lacks() {
-        let headers = OwnedHeaders::new().insert(header(ID, &Uuid::now_v7().to_string()));
-        let error = decode(Some(&headers), "orders", None, Some(b"hello"), None).unwrap_err();
-        assert!(
-            error.contains("`eventflow-name`, `eventflow-version`, `content-type`"),
-            "{error}"
-        );
-        assert!(error.contains("`eventflow` header"), "{error}");
-        let error = decode(None::<&OwnedHeaders>, "orders", None, Some(b"hello"), None).unwrap_err();
-        assert!(error.contains("no headers"), "{error}");
-    }
-
-    #[test]
-    fn a_malformed_or_newer_eventflow_header_is_refused_with_the_reason() {
-        let id = Uuid::now_v7().simple().to_string();
-        for (value, expected) in [
-            (format!("2;{id};a;1;;;;x"), "format \"2\""),
-            (format!("1;{id};a;1"), "ends before the timestamp"),
-            (
-                "1;not-a-uuid;a;1;;;;x".to_owned(),
-                "id in header `eventflow` is not a UUID",
-            ),
-            (format!("1;{id};a;one;;;;x"), "not a version number"),
-        ] {
-            let headers = OwnedHeaders::new().insert(header(EVENTFLOW, &value));
-            let error = decode(Some(&headers), "orders", None, Some(b"{}"), None).unwrap_err();
-            assert!(error.contains(expected), "{value}: {error}");
-        }
-    }
-}
+mod tests;

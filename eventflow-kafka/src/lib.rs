@@ -46,7 +46,7 @@
 //! |---|---|
 //! | topic `orders` | topic `<topic_prefix>orders`, created on first use with the configured partitions and replication |
 //! | partition key | message key (murmur2 partitioner, as Java clients) |
-//! | envelope metadata | [one header](headers), `eventflow`: `1;<id>;<name>;<version>;<timestamp>;<correlation id>;<causation id>;<content type>`; free-form headers such as `traceparent` as headers of their own |
+//! | envelope metadata | [one header](headers), `eventflow`: `1;<id>;<name>;<version>;<timestamp>;<correlation id>;<causation id>;<content type>`; free-form headers such as `traceparent` as headers of their own. Or, with [`WireFormat::CloudEvents`] for the transport or a topic, the [CloudEvents Kafka binding](cloudevents) in binary mode (`ce_specversion`, `ce_id`, `ce_type`, ...); both are always read |
 //! | payload | message value: the codec's bytes |
 //! | group `inventory` | consumer group `<group_prefix>inventory`; each bus worker is a member |
 //! | handled or dead-lettered | offset committed (auto-commit off) |
@@ -93,6 +93,7 @@
 //! [`KafkaBuilder::consumer_config`] (security settings, `session.timeout.ms`, ...).
 #![warn(missing_docs)]
 
+pub mod cloudevents;
 mod config;
 mod consumer;
 mod error;
@@ -103,7 +104,7 @@ mod start_offsets;
 mod transaction;
 mod transport;
 
-pub use config::{KafkaBuilder, StartFrom, DEFAULT_BROKERS};
+pub use config::{KafkaBuilder, StartFrom, WireFormat, DEFAULT_BROKERS};
 pub use error::Error;
 pub use group_protocol::GroupProtocol;
 /// The rdkafka version this crate is built on, for raw access next to eventflow.

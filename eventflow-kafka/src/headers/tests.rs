@@ -1,0 +1,151 @@
+//! The compact and one-per-field header forms, exactly as written and read back.
+
+use super::*;
+
+/// The compact format, the default.
+fn encode(envelope: &Envelope) -> OwnedHeaders {
+    super::encode(envelope, &KafkaBuilder::new("localhost:9092"))
+}
+
+fn round_trip(headers: &OwnedHeaders, envelope: &Envelope) -> Envelope {
+    decode(
+        Some(headers),
+        &envelope.topic,
+        envelope.key.as_deref().map(str::as_bytes),
+        Some(&envelope.payload),
+        None,
+    )
+    .unwrap()
+}
+
+fn follow_up() -> Envelope {
+    let cause = Envelope::new("order.placed", 1, "orders", "application/json", "{}");
+    let mut envelope =
+        Envelope::new("order.paid", 3, "orders", "application/json", r#"{"total":1}"#).caused_by(&cause);
+    envelope.key = Some("order-1".into());
+    envelope.headers.insert("tenant".into(), "acme".into());
+    envelope
+}
+
+fn value_of<'a>(headers: &'a OwnedHeaders, key: &str) -> Option<&'a str> {
+    let h = headers.iter().find(|h| h.key == key)?;
+    std::str::from_utf8(h.value?).ok()
+}
+
+#[test]
+fn an_envelope_survives_the_round_trip() {
+    let first = Envelope::new("order.placed", 1, "orders", "application/json", "{}");
+    for envelope in [first, follow_up()] {
+        assert_eq!(round_trip(&encode(&envelope), &envelope), envelope);
+    }
+}
+
+#[test]
+fn the_metadata_travels_in_one_header_as_documented() {
+    let mut envelope = Envelope::new("order.placed", 2, "orders", "application/json", "{}");
+    envelope.key = Some("order-1".into());
+    let headers = encode(&envelope);
+    let nanos = envelope.timestamp.duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    assert_eq!(
+        value_of(&headers, EVENTFLOW),
+        Some(&*format!(
+            "1;{};order.placed;2;{nanos};;;application/json",
+            envelope.id.simple()
+        )),
+        "a flow's first event leaves the correlation and causation ids empty"
+    );
+    let keys: Vec<&str> = headers.iter().map(|h| h.key).collect();
+    assert_eq!(keys, [EVENTFLOW, eventflow::TRACEPARENT]);
+
+    let envelope = follow_up();
+    let value = value_of(&encode(&envelope), EVENTFLOW).unwrap().to_owned();
+    let fields: Vec<&str> = value.split(';').collect();
+    assert_eq!(fields[5], envelope.correlation_id.simple().to_string());
+    assert_eq!(fields[6], envelope.causation_id.unwrap().simple().to_string());
+}
+
+#[test]
+fn an_event_set_by_a_foreign_producer_is_read_with_the_defaults() {
+    let id = Uuid::now_v7();
+    let headers = OwnedHeaders::new().insert(header(
+        EVENTFLOW,
+        &format!("1;{id};order.paid;1;;;;application/json; charset=utf-8"),
+    ));
+    let envelope = decode(
+        Some(&headers),
+        "orders",
+        None,
+        Some(b"{}"),
+        Some(1_700_000_000_123),
+    )
+    .unwrap();
+    assert_eq!(envelope.id, id, "a hyphenated id is accepted");
+    assert_eq!(envelope.name, "order.paid");
+    assert_eq!(
+        envelope.correlation_id, id,
+        "no correlation id: the flow starts here"
+    );
+    assert_eq!(envelope.causation_id, None);
+    assert_eq!(
+        envelope.timestamp,
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        "no timestamp: the Kafka timestamp"
+    );
+    assert_eq!(envelope.content_type, "application/json; charset=utf-8");
+}
+
+#[test]
+fn messages_with_one_header_per_field_are_still_read() {
+    let envelope = follow_up();
+    let headers = encode_individually(&envelope);
+    assert_eq!(value_of(&headers, NAME), Some("order.paid"));
+    assert_eq!(round_trip(&headers, &envelope), envelope);
+}
+
+#[test]
+fn a_name_with_a_semicolon_is_written_one_header_per_field() {
+    let mut envelope = follow_up();
+    envelope.name = "odd;name".into();
+    let headers = encode(&envelope);
+    assert_eq!(value_of(&headers, EVENTFLOW), None);
+    assert_eq!(value_of(&headers, NAME), Some("odd;name"));
+    assert_eq!(round_trip(&headers, &envelope), envelope);
+}
+
+#[test]
+fn decimals_are_written_in_full() {
+    for n in [0u64, 7, 10, 1_795_308_000_914_000_000, u64::MAX] {
+        assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+    }
+}
+
+#[test]
+fn a_foreign_message_is_refused_with_what_it_lacks() {
+    let headers = OwnedHeaders::new().insert(header(ID, &Uuid::now_v7().to_string()));
+    let error = decode(Some(&headers), "orders", None, Some(b"hello"), None).unwrap_err();
+    assert!(
+        error.contains("`eventflow-name`, `eventflow-version`, `content-type`"),
+        "{error}"
+    );
+    assert!(error.contains("`eventflow` header"), "{error}");
+    let error = decode(None::<&OwnedHeaders>, "orders", None, Some(b"hello"), None).unwrap_err();
+    assert!(error.contains("no headers"), "{error}");
+}
+
+#[test]
+fn a_malformed_or_newer_eventflow_header_is_refused_with_the_reason() {
+    let id = Uuid::now_v7().simple().to_string();
+    for (value, expected) in [
+        (format!("2;{id};a;1;;;;x"), "format \"2\""),
+        (format!("1;{id};a;1"), "ends before the timestamp"),
+        (
+            "1;not-a-uuid;a;1;;;;x".to_owned(),
+            "id in header `eventflow` is not a UUID",
+        ),
+        (format!("1;{id};a;one;;;;x"), "not a version number"),
+    ] {
+        let headers = OwnedHeaders::new().insert(header(EVENTFLOW, &value));
+        let error = decode(Some(&headers), "orders", None, Some(b"{}"), None).unwrap_err();
+        assert!(error.contains(expected), "{value}: {error}");
+    }
+}
