@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +39,7 @@ pub struct EventBusBuilder {
     retries: u32,
     workers: usize,
     group_workers: HashMap<String, usize>,
+    sequenced: HashSet<String>,
     routes: Vec<Arc<dyn Route>>,
     inbox_retention: Duration,
 }
@@ -55,6 +56,7 @@ impl EventBusBuilder {
             retries: 3,
             workers: 1,
             group_workers: HashMap::new(),
+            sequenced: HashSet::new(),
             routes: Vec::new(),
             inbox_retention: inbox::DEFAULT_RETENTION,
         }
@@ -149,6 +151,27 @@ impl EventBusBuilder {
         self
     }
 
+    /// Makes `group`'s dead letters *sequenced* (Axon's sequenced dead-letter queue): once
+    /// an event of key K is dead-lettered in the group, the group's later events of K are
+    /// not handled ahead of it but parked behind it, as dead letters marked
+    /// [`DeadLetter::PARKED_BEHIND`](crate::DeadLetter::PARKED_BEHIND); events of other
+    /// keys flow on. When the letter is replayed
+    /// ([`EventBus::replay_dead_letter`]) or discarded
+    /// ([`EventBus::discard_dead_letter`]), the parked events are handled in order. The
+    /// parked state is in the dead-letter store, so it survives a restart.
+    ///
+    /// Without it (the default), a dead letter does not hold up its key: later events of
+    /// K are handled, possibly ahead of the dead-lettered one when it is replayed.
+    ///
+    /// With [`Relay::DEAD_LETTER_GROUP`] (`"eventflow.outbox"`), the outbox relay does the
+    /// same with events the transport refused for good: the later outbox entries of the
+    /// key are parked instead of published (a batch then goes out in waves, each key once
+    /// per wave).
+    pub fn sequenced_dead_letters(mut self, group: impl Into<String>) -> Self {
+        self.sequenced.insert(group.into());
+        self
+    }
+
     /// Checks the configuration, joins every group to the transport and starts handling.
     ///
     /// Fails if a handler needs state the bus does not have, or if two handlers of one
@@ -189,7 +212,8 @@ impl EventBusBuilder {
             .collect();
         if let Some(storage) = &shared.storage {
             let relay = Relay::new(storage.clone(), shared.transport.clone())
-                .dead_letters(shared.dead_letters.clone());
+                .dead_letters(shared.dead_letters.clone())
+                .sequenced(self.sequenced.contains(Relay::DEAD_LETTER_GROUP));
             workers.push(tokio::spawn(relay.run(shutdown.subscribe())));
             if self.inbox_retention != Duration::MAX {
                 let pruning = inbox::prune(storage.clone(), self.inbox_retention, shutdown.subscribe());
@@ -220,6 +244,7 @@ impl EventBusBuilder {
             let name: Arc<str> = options.group.as_ref().into();
             let group = groups.entry(name.clone()).or_insert_with(|| Group {
                 workers: self.group_workers.get(&*name).copied().unwrap_or(self.workers),
+                sequenced: self.sequenced.contains(&*name),
                 name,
                 routes: HashMap::new(),
                 topics: Vec::new(),
