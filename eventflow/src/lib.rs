@@ -114,7 +114,7 @@ pub use relay::Relay;
 pub use retry::Backoff;
 pub use store::{MemoryStore, Storage};
 pub use transport::InProcess;
-pub use tx::{Tx, TxGuard};
+pub use tx::{TransactionType, Tx, TxGuard};
 
 #[cfg(feature = "macros")]
 pub use eventflow_macros::{subscribe, Event};

@@ -176,7 +176,16 @@ impl EventBusBuilder {
     ///
     /// Fails if a handler needs state the bus does not have, or if two handlers of one
     /// group handle the same event.
-    pub async fn start(self) -> Result<EventBus, Error> {
+    pub async fn start(mut self) -> Result<EventBus, Error> {
+        if let Some(storage) = &self.storage {
+            if self.routes.iter().any(|route| route.transactional()) {
+                // Learns the type of the storage's units of work, for the handlers that take
+                // a typed `Tx<T>`; dropped uncommitted, it leaves no trace.
+                let probe = storage.begin().await?;
+                self.state
+                    .set_transaction_type(((*probe).type_id(), probe.type_name()));
+            }
+        }
         let groups = self.groups()?;
         let transport = self.transport.unwrap_or_else(|| Arc::new(InProcess::new()));
         let mut consumers = Vec::new();

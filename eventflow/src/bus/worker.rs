@@ -837,10 +837,18 @@ async fn dead_letter(
     if stored.await.is_none() {
         return Outcome::Interrupted;
     }
-    match with_retries(shared, shutdown, "handing a dead letter to the transport", || {
-        transport.dead_letter(letter)
-    })
-    .await
+    let handed = with_retries(shared, shutdown, "handing a dead letter to the transport", || async {
+        match transport.dead_letter(letter).await {
+            // Refused for good (too large for the broker's dead-letter topic, say): it is
+            // in the bus's store, which is what `EventBus::dead_letters` lists.
+            Err(error) if error.is_permanent() => {
+                tracing::error!(group = %letter.group, event.id = %letter.envelope.id, %error, "the transport refused the dead letter's copy for good; it is kept in the dead-letter store only");
+                Ok(())
+            }
+            other => other,
+        }
+    });
+    match handed.await
     {
         Some(()) => Outcome::Done,
         None => Outcome::Interrupted,
