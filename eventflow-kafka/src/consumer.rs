@@ -25,9 +25,10 @@ use crate::transaction::{Transaction, TransactionalPublisher};
 use crate::transport::{base_config, Inner};
 use crate::{Error, Kafka};
 
-/// The name given to records that are not eventflow events. No handler has it, so the bus
-/// commits them without handling; [`KafkaConsumer::commit`] dead-letters them first.
-pub(crate) const FOREIGN: &str = "eventflow-kafka.foreign-message";
+/// Records that are not eventflow events are handed to the bus as [`Envelope::FOREIGN`]
+/// envelopes: the bus lists them as dead letters of every group, and
+/// [`KafkaConsumer::commit`] writes the raw message to the group's dead-letter topic.
+const FOREIGN: &str = Envelope::FOREIGN;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -291,15 +292,7 @@ impl KafkaConsumer {
                         headers: message.headers().map(|h| h.detach()),
                     },
                 );
-                let mut placeholder = Envelope::new(
-                    FOREIGN,
-                    0,
-                    event_topic.to_owned(),
-                    "application/octet-stream",
-                    message.payload().unwrap_or_default().to_vec(),
-                );
-                placeholder.key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
-                placeholder
+                foreign_envelope(message, event_topic, kafka_topic, reason_of(&self.foreign, &topic, partition, offset))
             }
         };
         Record {
@@ -355,6 +348,55 @@ impl KafkaConsumer {
             .await?;
         self.inner.delivered(delivery, &dlq).await
     }
+}
+
+/// The reason stored for the foreign message at a position.
+fn reason_of(
+    foreign: &HashMap<(Arc<str>, u32, u64), Foreign>,
+    topic: &Arc<str>,
+    partition: u32,
+    offset: u64,
+) -> String {
+    foreign
+        .get(&(topic.clone(), partition, offset))
+        .map(|f| f.reason.clone())
+        .unwrap_or_default()
+}
+
+/// The [`Envelope::FOREIGN`] envelope of a message that is not an eventflow event: its
+/// bytes as they are, its reason and origin in headers (with its own headers that are
+/// text), and an id derived from its position, so that reading it again after a restart
+/// replaces its dead letter instead of adding one.
+fn foreign_envelope(message: &BorrowedMessage<'_>, event_topic: &str, kafka_topic: &str, reason: String) -> Envelope {
+    let mut envelope = Envelope::new(
+        FOREIGN,
+        0,
+        event_topic.to_owned(),
+        "application/octet-stream",
+        message.payload().unwrap_or_default().to_vec(),
+    );
+    let position = format!("kafka:{kafka_topic}:{}:{}", message.partition(), message.offset());
+    envelope.id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, position.as_bytes());
+    envelope.correlation_id = envelope.id;
+    envelope.key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
+    if let Some(original) = message.headers() {
+        for header in original.iter() {
+            if let Some(Ok(value)) = header.value.map(std::str::from_utf8) {
+                envelope.headers.insert(header.key.to_owned(), value.to_owned());
+            }
+        }
+    }
+    envelope.headers.insert(Envelope::FOREIGN_REASON.to_owned(), reason);
+    envelope
+        .headers
+        .insert(headers::ORIGIN_TOPIC.to_owned(), kafka_topic.to_owned());
+    envelope
+        .headers
+        .insert(headers::ORIGIN_PARTITION.to_owned(), message.partition().to_string());
+    envelope
+        .headers
+        .insert(headers::ORIGIN_OFFSET.to_owned(), message.offset().to_string());
+    envelope
 }
 
 impl KafkaConsumer {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventflow::transport::{Consumer, Transport};
-use eventflow::{BoxFuture, DeadLetter, Envelope};
+use eventflow::{BoxFuture, DeadLetter, Envelope, Rejection};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -483,16 +483,23 @@ impl Transport for Kafka {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
+        use futures_util::FutureExt;
+        let id = envelope.id;
         match self.inner.enqueue_now(&envelope) {
             Some(Ok(enqueued)) => {
                 drop(envelope);
-                Box::pin(Acknowledgement::new(&self.inner, enqueued))
+                Box::pin(Acknowledgement::new(&self.inner, enqueued).map(move |acked| acked.map_err(|e| naming(e, id))))
             }
-            Some(Err(error)) => Box::pin(std::future::ready(Err(error.into()))),
+            Some(Err(error)) => Box::pin(std::future::ready(Err(naming(error.into(), id)))),
             None => Box::pin(async move {
-                let enqueued = self.inner.enqueue_envelope(&envelope).await?;
+                let enqueued = self
+                    .inner
+                    .enqueue_envelope(&envelope)
+                    .await
+                    .map_err(|e| naming(e.into(), id))?;
                 drop(envelope);
-                Acknowledgement::new(&self.inner, enqueued).await
+                let acked = Acknowledgement::new(&self.inner, enqueued).await;
+                acked.map_err(|e| naming(e, id))
             }),
         }
     }
@@ -500,22 +507,46 @@ impl Transport for Kafka {
     /// Hands every envelope to the producer before waiting for the acknowledgements, so a
     /// batch travels in a few produce requests; the idempotent producer keeps their order
     /// per partition.
+    ///
+    /// A message Kafka refuses for good (over the size limit, an invalid topic...), whether
+    /// librdkafka refuses it before sending or the broker after, is reported in
+    /// [`eventflow::Error::Rejected`] with its position, and the others are delivered. A
+    /// transient failure of any message fails the batch as a whole.
     async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), eventflow::Error> {
+        let ids: Vec<uuid::Uuid> = envelopes.iter().map(|envelope| envelope.id).collect();
         let mut pending = Vec::with_capacity(envelopes.len());
-        for envelope in &envelopes {
-            pending.push(self.inner.enqueue_envelope(envelope).await?);
+        let mut rejections = Vec::new();
+        for (index, envelope) in envelopes.iter().enumerate() {
+            match self.inner.enqueue_envelope(envelope).await {
+                Ok(enqueued) => pending.push((index, enqueued)),
+                Err(error) if error.is_permanent() => {
+                    rejections.push(Rejection::new(index, envelope.id, error.to_string()))
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         drop(envelopes);
         let mut first_error = None;
-        for enqueued in pending {
-            if let Err(error) = Acknowledgement::new(&self.inner, enqueued).await {
-                first_error.get_or_insert(error);
+        for (index, enqueued) in pending {
+            match Acknowledgement::new(&self.inner, enqueued).await {
+                Ok(()) => {}
+                Err(eventflow::Error::Rejected { rejections: refused }) => {
+                    let reason = refused.into_iter().map(|r| r.reason).collect::<Vec<_>>().join("; ");
+                    rejections.push(Rejection::new(index, ids[index], reason));
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
-        match first_error {
-            None => Ok(()),
-            Some(error) => Err(error),
+        if let Some(error) = first_error {
+            return Err(error);
         }
+        if rejections.is_empty() {
+            return Ok(());
+        }
+        rejections.sort_by_key(|rejection| rejection.index);
+        Err(eventflow::Error::Rejected { rejections })
     }
 
     async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, eventflow::Error> {
@@ -540,6 +571,19 @@ impl std::fmt::Debug for Kafka {
             .field("topic_prefix", &self.inner.config.topic_prefix)
             .field("group_prefix", &self.inner.config.group_prefix)
             .finish_non_exhaustive()
+    }
+}
+
+/// A rejection of the one event `id` published alone names it.
+fn naming(error: eventflow::Error, id: uuid::Uuid) -> eventflow::Error {
+    match error {
+        eventflow::Error::Rejected { mut rejections } => {
+            for rejection in &mut rejections {
+                rejection.event = id;
+            }
+            eventflow::Error::Rejected { rejections }
+        }
+        other => other,
     }
 }
 

@@ -630,6 +630,60 @@ impl DeadLetterStore for MongoStore {
             .map_err(|e| backend("taking a dead letter", e))?;
         taken.as_ref().map(dead_letter).transpose()
     }
+
+    async fn purge(&self, group: &str) -> Result<u64, Error> {
+        let deleted = self
+            .inner
+            .dead_letters
+            .delete_many(doc! { "group": group })
+            .await
+            .map_err(|e| backend("purging dead letters", e))?;
+        Ok(deleted.deleted_count)
+    }
+
+    async fn counts(&self) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+        let letters = &self.inner.dead_letters;
+        let groups = letters
+            .distinct("group", doc! {})
+            .await
+            .map_err(|e| backend("counting dead letters", e))?;
+        let mut counts = std::collections::BTreeMap::new();
+        for group in groups {
+            let Bson::String(group) = group else { continue };
+            let count = letters
+                .count_documents(doc! { "group": &group })
+                .await
+                .map_err(|e| backend("counting dead letters", e))?;
+            if count > 0 {
+                counts.insert(group, count);
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn blocked_keys(&self, group: &str) -> Result<std::collections::HashMap<String, Uuid>, Error> {
+        let cursor = self
+            .inner
+            .dead_letters
+            .find(doc! { "group": group, field::KEY: { "$type": "string" } })
+            .projection(doc! { field::KEY: 1 })
+            .sort(doc! { "added_at": 1, "_id": 1 })
+            .await
+            .map_err(|e| backend("reading the keys of dead letters", e))?;
+        let docs: Vec<Document> = cursor
+            .try_collect()
+            .await
+            .map_err(|e| backend("reading the keys of dead letters", e))?;
+        let mut keys = std::collections::HashMap::new();
+        for doc in &docs {
+            let read = || -> Result<(String, Uuid), String> {
+                Ok((document::get_str(doc, field::KEY)?.to_owned(), document::get_uuid(doc, "_id")?))
+            };
+            let (key, id) = read().map_err(|reason| unreadable("a dead letter's key", reason))?;
+            keys.entry(key).or_insert(id);
+        }
+        Ok(keys)
+    }
 }
 
 fn dead_letter(doc: &Document) -> Result<DeadLetter, Error> {

@@ -212,13 +212,28 @@ fn missing_state<T>() -> String {
     format!("it takes `State<{name}>` but the bus has no `{name}`; add it with `EventBus::builder().state(value)`")
 }
 
-/// The application state values a bus holds, one per type.
+/// The application state values a bus holds, one per type, and what `start()` checks
+/// handlers against.
 #[derive(Clone, Default)]
-pub struct StateMap(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+pub struct StateMap(
+    HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+    /// The type (and name) of the storage's units of work, when a handler takes `Tx`.
+    Option<(TypeId, &'static str)>,
+);
 
 impl StateMap {
     pub(crate) fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
         self.0.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    pub(crate) fn set_transaction_type(&mut self, held: (TypeId, &'static str)) {
+        self.1 = Some(held);
+    }
+
+    /// The type of the bus storage's units of work and its name, if the bus knows it (it
+    /// learns it at start when a handler takes [`Tx`]).
+    pub fn transaction_type(&self) -> Option<(TypeId, &'static str)> {
+        self.1
     }
 
     /// A clone of the value of type `T`, if the bus has one.

@@ -1,5 +1,6 @@
 //! Events a group gave up on: [`DeadLetter`] and where they are kept, [`DeadLetterStore`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -29,6 +30,28 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The envelope header that marks a letter *parked*: an event of a group with
+    /// [sequenced dead letters](crate::EventBusBuilder::sequenced_dead_letters) that was not
+    /// handled because an earlier event of its key is a dead letter. Its value is the id of
+    /// that earlier letter. Replaying or discarding that letter releases the parked ones, in
+    /// order.
+    pub const PARKED_BEHIND: &'static str = "eventflow-parked-behind";
+
+    /// The dead letter this one is parked behind, if it is parked (see
+    /// [`DeadLetter::PARKED_BEHIND`]).
+    pub fn parked_behind(&self) -> Option<Uuid> {
+        self.envelope
+            .headers
+            .get(Self::PARKED_BEHIND)
+            .and_then(|id| id.parse().ok())
+    }
+
+    /// Whether this letter holds a message that is not an eventflow event, kept raw
+    /// ([`Envelope::FOREIGN`]).
+    pub fn is_foreign(&self) -> bool {
+        self.envelope.name == Envelope::FOREIGN
+    }
+
     /// The id the bus gives the dead letter of event `event` in group `group`: a UUID v5
     /// of the group's name in the event id's namespace, the same every time.
     pub fn id_for(group: &str, event: Uuid) -> Uuid {
@@ -47,4 +70,49 @@ pub trait DeadLetterStore: Send + Sync + 'static {
 
     /// Removes a dead letter and returns it.
     async fn take(&self, id: Uuid) -> Result<Option<DeadLetter>, Error>;
+
+    /// Removes every dead letter of `group`; returns how many. The default takes them one
+    /// by one; backends override it with one delete.
+    async fn purge(&self, group: &str) -> Result<u64, Error> {
+        let mut purged = 0;
+        for letter in self.list(Some(group)).await? {
+            if self.take(letter.id).await?.is_some() {
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    /// How many dead letters each group has (groups without any are absent). The default
+    /// lists them all; backends override it with one count per group.
+    async fn counts(&self) -> Result<BTreeMap<String, u64>, Error> {
+        let mut counts = BTreeMap::new();
+        for letter in self.list(None).await? {
+            *counts.entry(letter.group).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    /// The partition keys `group` has dead letters for, each with the id of its oldest
+    /// letter of that key: what a group with sequenced dead letters parks later events of
+    /// the key behind. The default lists the group's letters; backends override it with a
+    /// query that reads only keys and ids.
+    async fn blocked_keys(&self, group: &str) -> Result<HashMap<String, Uuid>, Error> {
+        let mut keys = HashMap::new();
+        for letter in self.list(Some(group)).await? {
+            if let Some(key) = letter.envelope.key {
+                keys.entry(key).or_insert(letter.id);
+            }
+        }
+        Ok(keys)
+    }
+}
+
+/// What [`EventBus::replay_dead_letters`](crate::EventBus::replay_dead_letters) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Letters whose event was handled (or, for the outbox relay's, published): removed.
+    pub handled: usize,
+    /// Letters still there: failed again, parked behind one that did, or not replayable.
+    pub still_dead: usize,
 }

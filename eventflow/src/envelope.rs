@@ -41,6 +41,19 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The name of an envelope that holds a message that is not an eventflow event (no
+    /// metadata, or metadata that does not parse), as a transport hands it over: the raw
+    /// bytes as payload, content type `application/octet-stream`, the reason in header
+    /// [`Envelope::FOREIGN_REASON`], where it came from in other headers. Every group that
+    /// reads one dead-letters it at once, with the reason, so it is listed by
+    /// [`EventBus::dead_letters`](crate::EventBus::dead_letters); it cannot be replayed,
+    /// only discarded.
+    pub const FOREIGN: &'static str = "eventflow.foreign";
+
+    /// The header of a [foreign](Envelope::FOREIGN) envelope that says why the message is
+    /// not an eventflow event.
+    pub const FOREIGN_REASON: &'static str = "eventflow-foreign-reason";
+
     /// Creates an envelope that starts a new flow: a fresh id that is also its correlation
     /// id, no causation, the current time and a new trace.
     pub fn new(

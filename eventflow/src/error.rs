@@ -3,6 +3,7 @@
 use uuid::Uuid;
 
 use crate::codec::CodecError;
+use crate::publish_error::Rejection;
 
 /// The error a handler returns, boxed: any `std::error::Error + Send + Sync`, `anyhow::Error`
 /// or `String` converts into it.
@@ -139,6 +140,18 @@ pub enum Error {
         pending: String,
     },
 
+    /// The transport refused some events for good (too large, an invalid topic, a record
+    /// the broker rejects): publishing the same bytes again would fail the same way. From
+    /// [`Transport::publish_batch`](crate::transport::Transport::publish_batch), it also
+    /// says that every event of the batch *not* listed was delivered. The outbox relay
+    /// dead-letters the refused ones and goes on; any other publish error is taken as
+    /// transient and retried.
+    #[error("{}", crate::publish_error::describe(rejections))]
+    Rejected {
+        /// The refused events, in batch order.
+        rejections: Vec<Rejection>,
+    },
+
     /// A transport or storage backend failed.
     #[error(transparent)]
     Backend(BoxError),
@@ -148,5 +161,39 @@ impl Error {
     /// Wraps a backend's own error.
     pub fn backend(error: impl Into<BoxError>) -> Self {
         Error::Backend(error.into())
+    }
+
+    /// A transport's refusal, for good, of the one event `event` it was asked to publish
+    /// (index 0): what [`Transport::publish`](crate::transport::Transport::publish)
+    /// returns for a permanent failure. `reason` says what the broker said and what to do.
+    pub fn rejected(event: Uuid, reason: impl Into<String>) -> Self {
+        Error::Rejected {
+            rejections: vec![Rejection::new(0, event, reason)],
+        }
+    }
+
+    /// Whether publishing the same event again would fail the same way
+    /// ([`Error::Rejected`]), rather than maybe succeed later.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Rejected { .. })
+    }
+}
+
+/// `?` on a rusqlite error in a handler (or anywhere) returning `eventflow::Error`: it
+/// becomes [`Error::Backend`], its message kept.
+#[cfg(feature = "sqlite")]
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        Error::Backend(Box::new(error))
+    }
+}
+
+/// `?` on a MongoDB driver error in a handler returning `eventflow::Error`: it becomes
+/// [`Error::Backend`]. The `mongodb` feature is turned on by `eventflow-mongo`, so a
+/// program using it has this conversion.
+#[cfg(feature = "mongodb")]
+impl From<mongodb::error::Error> for Error {
+    fn from(error: mongodb::error::Error) -> Self {
+        Error::Backend(Box::new(error))
     }
 }

@@ -95,6 +95,7 @@ mod error;
 mod event;
 mod handler;
 mod outbox_progress;
+mod publish_error;
 mod relay;
 mod relay_settings;
 mod retry;
@@ -110,19 +111,20 @@ pub mod versioning {}
 pub use aggregate::{testing, Aggregate, EventSet, Loaded, Repository};
 pub use bus::{EventBus, EventBusBuilder, UnitOfWork};
 pub use context::{Context, FromContext, State, StateMap};
-pub use dead_letter::{DeadLetter, DeadLetterStore};
+pub use dead_letter::{DeadLetter, DeadLetterStore, Replayed};
 pub use envelope::{Envelope, TRACEPARENT};
 pub use error::{BoxError, Error};
 pub use event::Event;
 pub use handler::{BoxFuture, Handler, HandlerOptions};
 pub use outbox_progress::OutboxProgress;
+pub use publish_error::Rejection;
 pub use relay::Relay;
 pub use relay_settings::RelaySettings;
 pub use retry::Backoff;
 pub use signal::shutdown_signal;
 pub use store::{MemoryStore, Storage};
 pub use transport::InProcess;
-pub use tx::{Tx, TxGuard};
+pub use tx::{TransactionType, Tx, TxGuard};
 pub use upcast::{decode, decode_with};
 
 #[cfg(feature = "macros")]

@@ -15,6 +15,8 @@ use crate::store::{new_relay_id, OutboxEntry, Storage};
 use crate::transport::Transport;
 use crate::{Error, RelaySettings};
 
+mod refused;
+
 /// Batches a relay sends ahead of the ones the groups have not finished, with a transport
 /// that is not durable.
 const MAX_UNSETTLED: usize = 16;
@@ -32,10 +34,17 @@ const MAX_UNSETTLED: usize = 16;
 /// after a crash takes the outbox over at once.
 ///
 /// An entry that cannot be delivered as it is (a row the store cannot read, a JSON payload
-/// that does not parse) is not sent: it becomes a dead letter of the group
-/// [`Relay::DEAD_LETTER_GROUP`] with the reason, and the relay goes on with the next.
-/// [`EventBus::replay_dead_letter`](crate::EventBus::replay_dead_letter) publishes it once
-/// it has been repaired.
+/// that does not parse), or that the transport refuses for good ([`Error::Rejected`]: too
+/// large for the broker, an invalid topic), is not sent again: it becomes a dead letter of
+/// the group [`Relay::DEAD_LETTER_GROUP`] with the reason and what to do, the rest of its
+/// batch is delivered, and the relay goes on with the next. Any other publish error is
+/// transient (broker down, a timeout): the batch stays in the outbox and is retried with
+/// backoff. [`EventBus::replay_dead_letter`](crate::EventBus::replay_dead_letter)
+/// publishes a dead letter once the cause is fixed.
+///
+/// Later entries of a set-aside entry's key are delivered by default. With
+/// [`Relay::sequenced`] they are parked behind it instead, as dead letters marked
+/// [`DeadLetter::PARKED_BEHIND`], and delivered in order when it is replayed or discarded.
 ///
 /// [`EventBusBuilder::storage`](crate::EventBusBuilder::storage) runs one for you.
 pub struct Relay {
@@ -49,6 +58,7 @@ pub struct Relay {
     backoff: Backoff,
     /// The commit count through which every entry has been relayed: [`OutboxProgress`].
     relayed: watch::Sender<Relayed>,
+    sequenced: bool,
 }
 
 impl Relay {
@@ -67,6 +77,7 @@ impl Relay {
             poll_interval: Duration::from_millis(500),
             backoff: Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10)),
             relayed: watch::channel(Relayed::default()).0,
+            sequenced: false,
         }
     }
 
@@ -91,6 +102,16 @@ impl Relay {
     /// Where entries that cannot be delivered go. Default: the storage itself.
     pub fn dead_letters(mut self, dead_letters: Arc<dyn DeadLetterStore>) -> Self {
         self.dead_letters = dead_letters;
+        self
+    }
+
+    /// Whether an entry of a key whose earlier entry is a dead letter of the relay is
+    /// parked behind it (dead-lettered, marked [`DeadLetter::PARKED_BEHIND`]) instead of
+    /// delivered ahead of it. Default `false`: later entries of the key are delivered.
+    /// Set by [`EventBusBuilder::sequenced_dead_letters`](crate::EventBusBuilder::sequenced_dead_letters)
+    /// with [`Relay::DEAD_LETTER_GROUP`].
+    pub fn sequenced(mut self, sequenced: bool) -> Self {
+        self.sequenced = sequenced;
         self
     }
 
@@ -132,24 +153,27 @@ impl Relay {
             .claim_outbox(&self.id, self.lease, after, self.batch)
             .await?;
         let sequences: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
-        let mut envelopes = Vec::with_capacity(entries.len());
+        let mut blocked = self.blocked_keys().await?;
+        let mut deliverable = Vec::with_capacity(entries.len());
         for entry in entries {
             match undeliverable(&entry) {
-                None => envelopes.push(entry.envelope),
-                Some(error) => self.dead_letter(entry, error).await?,
+                None => deliverable.push(entry),
+                Some(error) => {
+                    let letter = self.dead_letter(entry, error).await?;
+                    if let (true, Some(key)) = (self.sequenced, letter.envelope.key) {
+                        blocked.entry(key).or_insert(letter.id);
+                    }
+                }
             }
         }
-        let delivered = envelopes.len();
-        if delivered > 0 {
-            self.transport.publish_batch(envelopes).await?;
-        }
+        let delivered = self.publish_entries(deliverable, &mut blocked).await?;
         Ok(Sent { sequences, delivered })
     }
 
     /// Sets an entry aside as a dead letter. Its id is the event's (the outbox holds an
     /// event once), or the sequence's when the event id is unreadable, so writing it again
     /// after a crash replaces it instead of adding a second one.
-    async fn dead_letter(&self, entry: OutboxEntry, error: String) -> Result<(), Error> {
+    async fn dead_letter(&self, entry: OutboxEntry, error: String) -> Result<DeadLetter, Error> {
         tracing::error!(relay = %self.id, sequence = entry.sequence, event.id = %entry.envelope.id, %error,
             "an outbox entry cannot be delivered; it is now a dead letter of group `{}`", Self::DEAD_LETTER_GROUP);
         let id = match entry.envelope.id {
@@ -164,7 +188,8 @@ impl Relay {
             attempts: 0,
             failed_at: SystemTime::now(),
         };
-        self.dead_letters.put(letter).await
+        self.dead_letters.put(letter.clone()).await?;
+        Ok(letter)
     }
 
     /// Delivers until `shutdown` turns true, then gives the lease up.

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +39,7 @@ pub struct EventBusBuilder {
     retries: u32,
     workers: usize,
     group_workers: HashMap<String, usize>,
+    sequenced: HashSet<String>,
     routes: Vec<Arc<dyn Route>>,
     inbox_retention: Duration,
     relay: RelaySettings,
@@ -57,6 +58,7 @@ impl EventBusBuilder {
             retries: 3,
             workers: 1,
             group_workers: HashMap::new(),
+            sequenced: HashSet::new(),
             routes: Vec::new(),
             inbox_retention: inbox::DEFAULT_RETENTION,
             relay: RelaySettings::default(),
@@ -169,11 +171,41 @@ impl EventBusBuilder {
         self
     }
 
+    /// Makes `group`'s dead letters *sequenced* (Axon's sequenced dead-letter queue): once
+    /// an event of key K is dead-lettered in the group, the group's later events of K are
+    /// not handled ahead of it but parked behind it, as dead letters marked
+    /// [`DeadLetter::PARKED_BEHIND`](crate::DeadLetter::PARKED_BEHIND); events of other
+    /// keys flow on. When the letter is replayed
+    /// ([`EventBus::replay_dead_letter`]) or discarded
+    /// ([`EventBus::discard_dead_letter`]), the parked events are handled in order. The
+    /// parked state is in the dead-letter store, so it survives a restart.
+    ///
+    /// Without it (the default), a dead letter does not hold up its key: later events of
+    /// K are handled, possibly ahead of the dead-lettered one when it is replayed.
+    ///
+    /// With [`Relay::DEAD_LETTER_GROUP`] (`"eventflow.outbox"`), the outbox relay does the
+    /// same with events the transport refused for good: the later outbox entries of the
+    /// key are parked instead of published (a batch then goes out in waves, each key once
+    /// per wave).
+    pub fn sequenced_dead_letters(mut self, group: impl Into<String>) -> Self {
+        self.sequenced.insert(group.into());
+        self
+    }
+
     /// Checks the configuration, joins every group to the transport and starts handling.
     ///
     /// Fails if a handler needs state the bus does not have, or if two handlers of one
     /// group handle the same event at the same version.
-    pub async fn start(self) -> Result<EventBus, Error> {
+    pub async fn start(mut self) -> Result<EventBus, Error> {
+        if let Some(storage) = &self.storage {
+            if self.routes.iter().any(|route| route.transactional()) {
+                // Learns the type of the storage's units of work, for the handlers that take
+                // a typed `Tx<T>`; dropped uncommitted, it leaves no trace.
+                let probe = storage.begin().await?;
+                self.state
+                    .set_transaction_type(((*probe).type_id(), probe.type_name()));
+            }
+        }
         let groups = self.groups()?;
         let transport = self.transport.unwrap_or_else(|| Arc::new(InProcess::new()));
         let mut consumers = Vec::new();
@@ -193,6 +225,7 @@ impl EventBusBuilder {
             Relay::new(storage.clone(), transport.clone())
                 .dead_letters(dead_letters.clone())
                 .settings(&self.relay)
+                .sequenced(self.sequenced.contains(Relay::DEAD_LETTER_GROUP))
         });
         let outbox = relay.as_ref().map(Relay::progress);
         if let Some(outbox) = &outbox {
@@ -251,6 +284,7 @@ impl EventBusBuilder {
             let name: Arc<str> = options.group.as_ref().into();
             let group = groups.entry(name.clone()).or_insert_with(|| Group {
                 workers: self.group_workers.get(&*name).copied().unwrap_or(self.workers),
+                sequenced: self.sequenced.contains(&*name),
                 name,
                 routes: HashMap::new(),
                 topics: Vec::new(),

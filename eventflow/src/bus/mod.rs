@@ -1,9 +1,11 @@
 //! The [`EventBus`]: publishes events and runs the handlers of every consumer group.
 
 mod builder;
+mod dead_letters;
 mod inbox;
 mod route;
 mod settle;
+mod sequenced;
 mod unit_of_work;
 mod worker;
 
@@ -24,7 +26,6 @@ use crate::aggregate::{Aggregate, Repository};
 use crate::codec::{self, Codec};
 use crate::context::StateMap;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
-use crate::relay::Relay;
 use crate::retry::Backoff;
 use crate::store::Storage;
 use crate::transport::Transport;
@@ -76,6 +77,8 @@ pub(crate) struct Group {
     routes: HashMap<&'static str, Vec<GroupRoute>>,
     topics: Vec<&'static str>,
     workers: usize,
+    /// Whether later events of a dead-lettered event's key are parked behind it.
+    sequenced: bool,
 }
 
 impl Group {
@@ -185,44 +188,6 @@ impl EventBus {
     /// The dead letters of every group, or of one, oldest first.
     pub async fn dead_letters(&self, group: Option<&str>) -> Result<Vec<DeadLetter>, Error> {
         self.shared.dead_letters.list(group).await
-    }
-
-    /// Runs a dead letter's event through its group's handler again, with the full retry
-    /// budget. On success the dead letter is removed; if the handler fails again, it stays
-    /// with the new error and the attempts added up.
-    ///
-    /// A dead letter of the outbox relay ([`Relay::DEAD_LETTER_GROUP`]) is published to
-    /// every group instead, if its payload is now well-formed (repair it by
-    /// [`put`](DeadLetterStore::put)ting the letter back with the same id).
-    pub async fn replay_dead_letter(&self, id: Uuid) -> Result<(), Error> {
-        let letters = self.shared.dead_letters.list(None).await?;
-        let letter = letters
-            .into_iter()
-            .find(|l| l.id == id)
-            .ok_or(Error::DeadLetterNotFound(id))?;
-        if letter.group == Relay::DEAD_LETTER_GROUP {
-            let envelope = &letter.envelope;
-            codec::check_payload(&envelope.content_type, &envelope.payload).map_err(|error| {
-                Error::Undeliverable {
-                    id: envelope.id,
-                    reason: format!(
-                        "dead letter {id} still holds a payload that is not valid {}: {error}; repair \
-                         it and put the letter back with the same id before replaying",
-                        envelope.content_type
-                    ),
-                }
-            })?;
-            self.shared.publish_envelope(letter.envelope).await?;
-            self.shared.dead_letters.take(id).await?;
-            return Ok(());
-        }
-        let group = self.shared.groups.get(letter.group.as_str()).ok_or_else(|| {
-            Error::Config(format!(
-                "dead letter {id} belongs to group `{}`, which has no handler on this bus",
-                letter.group
-            ))
-        })?;
-        worker::replay(&self.shared, group, letter).await
     }
 
     /// The names of the consumer groups this bus runs.

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::sequenced::{self, Parking};
 use super::{Group, GroupRoute, Publisher, Shared};
 use crate::context::FollowUps;
 use crate::dead_letter::DeadLetter;
@@ -215,6 +216,11 @@ async fn handle_batch(
                 .route(&record.envelope)
                 .is_some_and(|route| !route.route.transactional())
     };
+    let parking = match Parking::load(shared, group, &mut shutdown.clone()).await {
+        Some(parking) => parking,
+        None => return interrupted(),
+    };
+    let parking = parking.as_ref();
     let mut skip = HashSet::new();
     if let Some(storage) = &shared.storage {
         let ids: Vec<Uuid> = records
@@ -260,12 +266,23 @@ async fn handle_batch(
             if *shutdown.borrow() {
                 break;
             }
-            let joins = !skipped && can_share_unit(shared, group, record, publisher);
+            let set_aside = match skipped {
+                true => None,
+                false => set_aside(group, &record.envelope, parking),
+            };
+            let joins = !skipped && set_aside.is_none() && can_share_unit(shared, group, record, publisher);
             let flush = unit
                 .as_ref()
                 .is_some_and(|unit| !(joins || skipped) || unit.is_full());
-            if flush && !commit_unit(shared, group, unit.take(), &mut done, &mut shutdown).await {
+            if flush && !commit_unit(shared, group, unit.take(), &mut done, &mut shutdown, parking).await {
                 return (done, handled);
+            }
+            if let Some(letter) = set_aside {
+                match park(shared, publisher, letter, &mut shutdown, parking).await {
+                    Outcome::Interrupted => return (done, handled),
+                    _ => done.push(record.clone()),
+                }
+                continue;
             }
             if skipped {
                 match &mut unit {
@@ -287,7 +304,7 @@ async fn handle_batch(
                     Joined::Failed(error) => {
                         // What succeeded before it is committed now, so that the retries
                         // below do not hold the database's write lock.
-                        if !commit_unit(shared, group, unit.take(), &mut done, &mut shutdown).await {
+                        if !commit_unit(shared, group, unit.take(), &mut done, &mut shutdown, parking).await {
                             return (done, handled);
                         }
                         failed_first = Some(error);
@@ -302,6 +319,7 @@ async fn handle_batch(
                 publisher,
                 &mut shutdown,
                 failed_first,
+                parking,
             )
             .await
             {
@@ -313,7 +331,7 @@ async fn handle_batch(
                 Outcome::Interrupted => return (done, handled),
             }
         }
-        commit_unit(shared, group, unit.take(), &mut done, &mut shutdown).await;
+        commit_unit(shared, group, unit.take(), &mut done, &mut shutdown, parking).await;
         (done, handled)
     });
     let (done, handled): (Vec<_>, Vec<_>) = join_all(lanes).await.into_iter().unzip();
@@ -332,6 +350,7 @@ async fn deliver(
     publisher: Option<&Arc<dyn Transport>>,
     shutdown: &mut watch::Receiver<bool>,
     failed_first: Option<Failure>,
+    parking: Option<&Parking>,
 ) -> Outcome {
     let Some(route) = group.route(envelope) else {
         return Outcome::Done;
@@ -364,12 +383,62 @@ async fn deliver(
                 attempts,
                 failed_at: SystemTime::now(),
             };
-            dead_letter(shared, publisher, letter, shutdown).await
+            let outcome = dead_letter(shared, publisher, &letter, shutdown).await;
+            if let (Outcome::Done, Some(parking)) = (&outcome, parking) {
+                parking.block(&letter);
+            }
+            outcome
         }
     }
 }
 
-pub(super) async fn replay(shared: &Arc<Shared>, group: &Group, mut letter: DeadLetter) -> Result<(), Error> {
+/// The dead letter of an event set aside without running its handler: a message that is
+/// not an eventflow event, or, in a group with sequenced dead letters, an event parked
+/// behind an earlier dead letter of its key.
+fn set_aside(group: &Group, envelope: &Envelope, parking: Option<&Parking>) -> Option<DeadLetter> {
+    if envelope.name == Envelope::FOREIGN {
+        return Some(sequenced::foreign(group, envelope));
+    }
+    if !group.routes.contains_key(&*envelope.name) {
+        return None;
+    }
+    let head = parking?.head(envelope)?;
+    Some(sequenced::parked(group, envelope, head))
+}
+
+/// Stores a letter from [`set_aside`]; its key is blocked from then on in a sequenced group.
+/// A foreign message's copy at the transport is the transport's own (it has the raw
+/// message), so only the bus's store gets it here.
+async fn park(
+    shared: &Shared,
+    publisher: Option<&Arc<dyn Transport>>,
+    letter: DeadLetter,
+    shutdown: &mut watch::Receiver<bool>,
+    parking: Option<&Parking>,
+) -> Outcome {
+    tracing::warn!(group = %letter.group, event.id = %letter.envelope.id, error = %letter.error, "event set aside as a dead letter");
+    let outcome = match letter.is_foreign() {
+        true => match with_retries(shared, shutdown, "storing a dead letter", || {
+            shared.dead_letters.put(letter.clone())
+        })
+        .await
+        {
+            Some(()) => Outcome::Done,
+            None => Outcome::Interrupted,
+        },
+        false => dead_letter(shared, publisher, &letter, shutdown).await,
+    };
+    if let (Outcome::Done, Some(parking)) = (&outcome, parking) {
+        parking.block(&letter);
+    }
+    outcome
+}
+
+/// Runs a dead letter's event through its group's handler again; `true` if it was handled
+/// (the letter is removed), `false` if it failed again (the letter stays, with the new
+/// error; a parked letter stays as a letter of its own, no longer parked).
+pub(super) async fn replay(shared: &Arc<Shared>, group: &Group, mut letter: DeadLetter) -> Result<bool, Error> {
+    letter.envelope.headers.remove(DeadLetter::PARKED_BEHIND);
     let route = group.route(&letter.envelope).ok_or_else(|| {
         Error::Config(format!(
             "group `{}` has no handler for `{}` on this bus; register it before replaying",
@@ -384,15 +453,16 @@ pub(super) async fn replay(shared: &Arc<Shared>, group: &Group, mut letter: Dead
                 storage.mark_processed(&group.name, letter.envelope.id).await?;
             }
             shared.dead_letters.take(letter.id).await?;
-            Ok(())
+            Ok(true)
         }
         Err(Failure::Failed { error, attempts }) => {
             letter.error = error;
             letter.attempts += attempts;
             letter.failed_at = SystemTime::now();
-            shared.dead_letters.put(letter).await
+            shared.dead_letters.put(letter).await?;
+            Ok(false)
         }
-        Err(Failure::Interrupted) => Ok(()),
+        Err(Failure::Interrupted) => Ok(false),
     }
 }
 
@@ -684,6 +754,7 @@ async fn commit_unit<'a>(
     unit: Option<SharedUnit<'a>>,
     done: &mut Vec<Record>,
     shutdown: &mut watch::Receiver<bool>,
+    parking: Option<&Parking>,
 ) -> bool {
     let Some(unit) = unit else {
         return true;
@@ -704,7 +775,7 @@ async fn commit_unit<'a>(
     }
     for (record, handled) in unit.records {
         if handled {
-            match deliver(shared, group, &record.envelope, None, shutdown, None).await {
+            match deliver(shared, group, &record.envelope, None, shutdown, None, parking).await {
                 Outcome::Done | Outcome::Handled => {}
                 Outcome::Interrupted => return false,
             }
@@ -754,7 +825,7 @@ impl Publisher {
 async fn dead_letter(
     shared: &Shared,
     publisher: Option<&Arc<dyn Transport>>,
-    letter: DeadLetter,
+    letter: &DeadLetter,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Outcome {
     let transport = publisher.unwrap_or(&shared.transport);
@@ -764,10 +835,18 @@ async fn dead_letter(
     if stored.await.is_none() {
         return Outcome::Interrupted;
     }
-    match with_retries(shared, shutdown, "handing a dead letter to the transport", || {
-        transport.dead_letter(&letter)
-    })
-    .await
+    let handed = with_retries(shared, shutdown, "handing a dead letter to the transport", || async {
+        match transport.dead_letter(letter).await {
+            // Refused for good (too large for the broker's dead-letter topic, say): it is
+            // in the bus's store, which is what `EventBus::dead_letters` lists.
+            Err(error) if error.is_permanent() => {
+                tracing::error!(group = %letter.group, event.id = %letter.envelope.id, %error, "the transport refused the dead letter's copy for good; it is kept in the dead-letter store only");
+                Ok(())
+            }
+            other => other,
+        }
+    });
+    match handed.await
     {
         Some(()) => Outcome::Done,
         None => Outcome::Interrupted,
@@ -849,7 +928,7 @@ async fn commit(tx: &Tx, follow_ups: Option<&FollowUps>) -> Result<(), Error> {
 
 /// Runs a storage operation until it succeeds, backing off between failures; `None` if
 /// shutdown came first. Storage trouble must not turn into dead letters or lost events.
-async fn with_retries<T, F>(
+pub(super) async fn with_retries<T, F>(
     shared: &Shared,
     shutdown: &mut watch::Receiver<bool>,
     what: &str,

@@ -348,4 +348,29 @@ impl DeadLetterStore for MemoryStore {
             .position(|l| l.id == id)
             .map(|i| data.dead_letters.remove(i)))
     }
+
+    async fn purge(&self, group: &str) -> Result<u64, Error> {
+        let mut data = self.data();
+        let before = data.dead_letters.len();
+        data.dead_letters.retain(|l| l.group != group);
+        Ok((before - data.dead_letters.len()) as u64)
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<String, u64>, Error> {
+        let mut counts = BTreeMap::new();
+        for letter in &self.data().dead_letters {
+            *counts.entry(letter.group.clone()).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    async fn blocked_keys(&self, group: &str) -> Result<HashMap<String, Uuid>, Error> {
+        let mut keys = HashMap::new();
+        for letter in self.data().dead_letters.iter().filter(|l| l.group == group) {
+            if let Some(key) = &letter.envelope.key {
+                keys.entry(key.clone()).or_insert(letter.id);
+            }
+        }
+        Ok(keys)
+    }
 }

@@ -218,8 +218,9 @@ pub trait Storage: DeadLetterStore {
 /// writes, committed together.
 ///
 /// The application reaches its backend's own transaction (a SQLite connection inside
-/// `BEGIN`, a MongoDB session) through the backend's type, with
-/// `downcast_mut::<T>()`, an inherent method of `dyn Transaction`.
+/// `BEGIN`, a MongoDB session) through the backend's type: a handler takes
+/// [`Tx<SqliteTransaction>`](crate::Tx), elsewhere `downcast_mut::<T>()`, an inherent
+/// method of `dyn Transaction`.
 #[async_trait]
 pub trait Transaction: Send + Any {
     /// Appends events to `stream` if its version matches `expected`; returns the new
@@ -265,6 +266,12 @@ pub trait Transaction: Send + Any {
     /// Closes the innermost open savepoint, keeping what was written since.
     async fn release_savepoint(&mut self) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// The name of the backend's transaction type, for the messages that say a handler's
+    /// [`Tx<T>`](crate::Tx) does not match the storage.
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
     }
 }
 

@@ -21,7 +21,7 @@
 //! locks, and a hop to another thread per statement would cost more than the statement.
 //! No `std` mutex guard is held across an `.await`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -988,6 +988,50 @@ impl DeadLetterStore for SqliteStore {
                 .prepare_cached(&sql)
                 .and_then(|mut delete| delete.query_row([&id.as_bytes()[..]], dead_letter).optional())
                 .map_err(|e| inner.fail("taking a dead letter", e))
+        })
+        .await
+    }
+
+    async fn purge(&self, group: &str) -> Result<u64, Error> {
+        let (inner, group) = (self.inner.clone(), group.to_owned());
+        self.write("purging dead letters", move |connection| {
+            connection
+                .execute("DELETE FROM dead_letters WHERE group_name = ?1", [&group])
+                .map(|deleted| deleted as u64)
+                .map_err(|e| inner.fail("purging dead letters", e))
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+        self.read("counting dead letters", move |connection| {
+            let mut select = connection
+                .prepare_cached("SELECT group_name, COUNT(*) FROM dead_letters GROUP BY group_name")?;
+            let rows = select.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn blocked_keys(&self, group: &str) -> Result<HashMap<String, Uuid>, Error> {
+        let group = group.to_owned();
+        self.read("reading the keys of dead letters", move |connection| {
+            let mut select = connection.prepare_cached(
+                "SELECT partition_key, id FROM dead_letters \
+                 WHERE group_name = ?1 AND partition_key IS NOT NULL ORDER BY seq",
+            )?;
+            let mut keys = HashMap::new();
+            let rows = select.query_map([&group], |row| {
+                let id = row.get_ref(1)?.as_blob()?;
+                let id = Uuid::from_slice(id)
+                    .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, Type::Blob, Box::new(e)))?;
+                Ok((row.get::<_, String>(0)?, id))
+            })?;
+            for row in rows {
+                let (key, id) = row?;
+                keys.entry(key).or_insert(id);
+            }
+            Ok(keys)
         })
         .await
     }

@@ -41,14 +41,43 @@ pub trait Transport: Send + Sync + 'static {
     /// Publishes one envelope to `envelope.topic`, on the partition its key selects.
     /// Returns once the transport has accepted it (for a broker: acknowledged it). May wait
     /// while the transport applies backpressure.
+    ///
+    /// An event the transport refuses for good (too large, an invalid topic, a record the
+    /// broker rejects whatever happens) is [`Error::Rejected`], made with
+    /// [`Error::rejected`] and a reason that says what to do; any other error is taken as
+    /// transient (broker down, a timeout), worth publishing again later.
     async fn publish(&self, envelope: Envelope) -> Result<(), Error>;
 
     /// Publishes several envelopes, keeping their order per key.
+    ///
+    /// `Ok` when every envelope was accepted. [`Error::Rejected`] when some were refused
+    /// for good: its [`Rejection`](crate::Rejection)s give their positions in `envelopes`,
+    /// and every envelope *not* listed was accepted. Any other error is transient and says
+    /// nothing about which envelopes went through: the caller publishes the whole batch
+    /// again (at least once; the consumers' inbox absorbs duplicates).
+    ///
+    /// Later envelopes of a refused envelope's key are still published: ordering per key
+    /// holds among the delivered ones. The outbox relay offers the other policy, parking
+    /// them ([`EventBusBuilder::sequenced_dead_letters`](crate::EventBusBuilder::sequenced_dead_letters)).
+    ///
+    /// The default publishes one by one with [`publish`](Transport::publish).
     async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), Error> {
-        for envelope in envelopes {
-            self.publish(envelope).await?;
+        let mut rejections = Vec::new();
+        for (index, envelope) in envelopes.into_iter().enumerate() {
+            match self.publish(envelope).await {
+                Ok(()) => {}
+                Err(Error::Rejected { rejections: refused }) => rejections.extend(
+                    refused
+                        .into_iter()
+                        .map(|rejection| crate::Rejection { index, ..rejection }),
+                ),
+                Err(error) => return Err(error),
+            }
         }
-        Ok(())
+        match rejections.is_empty() {
+            true => Ok(()),
+            false => Err(Error::Rejected { rejections }),
+        }
     }
 
     /// Joins `group` as a new member that consumes `topics`. The group's partitions are
