@@ -52,6 +52,8 @@
 //! # Ok(()) }
 //! ```
 
+mod snapshot;
+
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -60,6 +62,7 @@ use crate::bus::{Shared, UnitOfWork};
 use crate::codec;
 use crate::store::{ExpectedVersion, Storage};
 use crate::{Error, Event};
+pub use snapshot::Snapshots;
 
 /// A consistency boundary whose state is rebuilt from its events.
 pub trait Aggregate: Default + Send + Sync + 'static {
@@ -73,6 +76,12 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// Changes the state by one event. It cannot fail: the event has happened. Checks
     /// belong to the command that records the event.
     fn apply(&mut self, event: &Self::Event);
+
+    /// When to snapshot its state (serde), so that loading replays only the events after
+    /// the newest snapshot: e.g. `Snapshots::every(100)`. Default: never.
+    fn snapshots() -> Snapshots<Self> {
+        Snapshots::never()
+    }
 }
 
 /// An aggregate as loaded from its stream: its state, the version it was loaded at, and
@@ -178,13 +187,14 @@ impl<A: Aggregate> Repository<A> {
         format!("{}-{id}", A::KIND)
     }
 
-    /// Loads aggregate `id` by replaying its stream. An aggregate with no events is
-    /// `A::default()` at version 0.
+    /// Loads aggregate `id` by replaying its stream, from its newest snapshot if it has one
+    /// ([`Aggregate::snapshots`]). An aggregate with no events is `A::default()` at
+    /// version 0.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
         let stream = Self::stream(id);
-        let mut state = A::default();
-        let mut version = 0;
-        for stored in self.storage.read_stream(&stream, 1).await? {
+        let (mut state, snapshot_version) = snapshot::restore::<A>(&*self.storage, &stream).await;
+        let mut version = snapshot_version;
+        for stored in self.storage.read_stream(&stream, snapshot_version + 1).await? {
             let envelope = &stored.envelope;
             let event: A::Event =
                 codec::decode(self.shared.codec(), &envelope.payload).map_err(|source| Error::Decode {
@@ -196,6 +206,13 @@ impl<A: Aggregate> Repository<A> {
             state.apply(&event);
             version = stored.version;
         }
+        snapshot::after_load(
+            &self.storage,
+            &stream,
+            &state,
+            version,
+            version - snapshot_version,
+        );
         Ok(Loaded {
             id: id.to_owned(),
             stream,
@@ -214,6 +231,14 @@ impl<A: Aggregate> Repository<A> {
         let mut work = UnitOfWork::new(self.storage.begin().await?, self.shared.clone());
         let (version, saved) = work.append_pending(aggregate).await?;
         work.commit().await?;
+        snapshot::after_save(
+            &*self.storage,
+            &aggregate.stream,
+            &aggregate.state,
+            aggregate.version,
+            version,
+        )
+        .await;
         aggregate.version = version;
         aggregate.pending.drain(..saved);
         Ok(version)

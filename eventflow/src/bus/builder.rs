@@ -11,6 +11,7 @@ use crate::codec::{Codec, Json};
 use crate::context::StateMap;
 use crate::dead_letter::DeadLetterStore;
 use crate::handler::{Handler, Registration};
+use crate::projection::{Projection, Starter};
 use crate::relay::Relay;
 use crate::retry::Backoff;
 use crate::store::{MemoryStore, Storage};
@@ -40,6 +41,7 @@ pub struct EventBusBuilder {
     workers: usize,
     group_workers: HashMap<String, usize>,
     routes: Vec<Arc<dyn Route>>,
+    projections: Vec<Starter>,
     inbox_retention: Duration,
 }
 
@@ -56,6 +58,7 @@ impl EventBusBuilder {
             workers: 1,
             group_workers: HashMap::new(),
             routes: Vec::new(),
+            projections: Vec::new(),
             inbox_retention: inbox::DEFAULT_RETENTION,
         }
     }
@@ -63,6 +66,14 @@ impl EventBusBuilder {
     /// Registers a handler, usually a `#[subscribe]` function by name.
     pub fn handler<H: Handler>(mut self, handler: H) -> Self {
         self.routes.push(Typed::erase(handler));
+        self
+    }
+
+    /// Registers a [`Projection`]: once the bus starts, it catches up from its checkpoint
+    /// and follows new commits. Needs the bus's [`storage`](Self::storage); its handle is
+    /// [`EventBus::projection`].
+    pub fn projection<P: Projection>(mut self, projection: P) -> Self {
+        self.projections.push(Starter::new(projection));
         self
     }
 
@@ -155,6 +166,7 @@ impl EventBusBuilder {
     /// group handle the same event.
     pub async fn start(self) -> Result<EventBus, Error> {
         let groups = self.groups()?;
+        self.check_projections()?;
         let transport = self.transport.unwrap_or_else(|| Arc::new(InProcess::new()));
         let mut consumers = Vec::new();
         for group in groups.values() {
@@ -177,6 +189,11 @@ impl EventBusBuilder {
             storage: self.storage,
             backoff: self.backoff,
             groups,
+            projections: self
+                .projections
+                .iter()
+                .map(|p| (p.handle.name(), p.handle.clone()))
+                .collect(),
             closed: AtomicBool::new(false),
             savepoints: AtomicBool::new(true),
         });
@@ -188,6 +205,11 @@ impl EventBusBuilder {
             })
             .collect();
         if let Some(storage) = &shared.storage {
+            for projection in self.projections {
+                workers.push(tokio::spawn(
+                    projection.run(storage.clone(), shutdown.subscribe()),
+                ));
+            }
             let relay = Relay::new(storage.clone(), shared.transport.clone())
                 .dead_letters(shared.dead_letters.clone());
             workers.push(tokio::spawn(relay.run(shutdown.subscribe())));
@@ -201,6 +223,25 @@ impl EventBusBuilder {
             workers: Mutex::new(workers),
         });
         Ok(EventBus { shared, running })
+    }
+
+    /// Fails unless every projection has storage to read and a name of its own.
+    fn check_projections(&self) -> Result<(), Error> {
+        let mut names = std::collections::HashSet::new();
+        for projection in &self.projections {
+            let name = projection.handle.name();
+            if self.storage.is_none() {
+                return Err(Error::Config(format!(
+                    "projection `{name}` reads the event store, but the bus has no storage; add one with `.storage(store)`"
+                )));
+            }
+            if !names.insert(name) {
+                return Err(Error::Config(format!(
+                    "two projections are named `{name}`; they would share one checkpoint, so give each its own `NAME`"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn groups(&self) -> Result<HashMap<Arc<str>, Arc<Group>>, Error> {

@@ -22,6 +22,7 @@ use crate::aggregate::{Aggregate, Repository};
 use crate::codec::{self, Codec};
 use crate::context::StateMap;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
+use crate::projection::ProjectionHandle;
 use crate::relay::Relay;
 use crate::retry::Backoff;
 use crate::store::Storage;
@@ -52,6 +53,7 @@ pub(crate) struct Shared {
     storage: Option<Arc<dyn Storage>>,
     backoff: Backoff,
     groups: HashMap<Arc<str>, Arc<Group>>,
+    projections: HashMap<&'static str, ProjectionHandle>,
     closed: AtomicBool,
     /// Whether the storage's units of work have savepoints, so that transactional
     /// handlers share one (see [`Transaction::savepoint`]); cleared when one says no.
@@ -140,6 +142,16 @@ impl EventBus {
             ))
         })?;
         Ok(Repository::new(self.shared.clone(), storage))
+    }
+
+    /// The handle of the projection named `name`: its progress, a wait until it caught up,
+    /// a rebuild. Fails if no projection of that name was registered.
+    pub fn projection(&self, name: &str) -> Result<ProjectionHandle, Error> {
+        self.shared.projections.get(name).cloned().ok_or_else(|| {
+            Error::Config(format!(
+                "this bus has no projection named `{name}`; register it with `EventBus::builder().projection(..)`"
+            ))
+        })
     }
 
     /// The dead letters of every group, or of one, oldest first.
