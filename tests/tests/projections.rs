@@ -316,8 +316,8 @@ async fn killed_in_the_middle_of_a_catch_up_it_counts_each_event_once() {
     let store = open(&db).await;
     let mut killed = 0;
     for _ in 0..RUNS {
-        commit_events(&store, 1_000).await;
-        let delay = Duration::from_millis(fastrand::u64(0..150));
+        commit_events(&store, 3_000).await;
+        let delay = Duration::from_millis(fastrand::u64(0..100));
         killed += u32::from(run_and_kill(&db, "catch-up", "started", delay).await);
     }
     let position = finish(&db).await;

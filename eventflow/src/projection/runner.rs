@@ -285,7 +285,9 @@ impl<P: Projection> Runner<P> {
         if matches!(phase, Phase::Starting) {
             self.begin_phase(Phase::CatchingUp, position).await;
         } else {
+            // Another runner moved the checkpoint: its position is the read model's.
             self.position = position;
+            self.progress.send_modify(|p| p.position = position);
         }
         Ok(())
     }
