@@ -18,6 +18,8 @@
 //!   token is gone from the oplog or the stream breaks. The relays of several processes
 //!   share the outbox through a lease. See [`MongoStore`] and the
 //!   [`OUTBOX_POSITION_CHECKPOINT`].
+//! - **Snapshots** of aggregates: one document per stream in `eventflow_snapshots`.
+//! - **Projections** save their checkpoint in the transaction of their own writes.
 //! - **Change data capture**: [`ChangeCapture`] turns the inserts, updates, replaces and
 //!   deletes of any collection into events.
 //!
@@ -81,9 +83,11 @@
 #![warn(missing_docs)]
 
 mod cdc;
+mod checkpoints;
 mod document;
 mod error;
 mod outbox;
+mod snapshots;
 mod store;
 mod transaction;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use eventflow::store::{OutboxEntry, Storage, StoredEvent, Transaction};
+use eventflow::store::{OutboxEntry, SnapshotStore, Storage, StoredEvent, Transaction};
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -51,6 +51,9 @@ pub struct CollectionNames {
     /// The counters that number events and outbox entries in commit order. Default
     /// `eventflow_counters`.
     pub counters: String,
+    /// Aggregates' snapshots, one document per stream (`_id` the stream). Default
+    /// `eventflow_snapshots`.
+    pub snapshots: String,
 }
 
 impl CollectionNames {
@@ -64,6 +67,7 @@ impl CollectionNames {
             checkpoints: format!("{prefix}checkpoints"),
             leases: format!("{prefix}leases"),
             counters: format!("{prefix}counters"),
+            snapshots: format!("{prefix}snapshots"),
         }
     }
 }
@@ -350,7 +354,7 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Bumps the commit signal: a unit of work that enqueued entries committed.
+    /// Bumps the commit signal: a unit of work that appended or enqueued committed.
     pub(crate) fn signal_commit(&self) {
         self.inner.commits.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -537,6 +541,14 @@ impl Storage for MongoStore {
                 return Ok(pruned);
             }
         }
+    }
+
+    async fn head_position(&self) -> Result<Option<u64>, Error> {
+        crate::checkpoints::head_position(self).await.map(Some)
+    }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {

@@ -61,6 +61,8 @@ pub struct MongoTransaction {
     appends: Vec<Append>,
     outbox: Vec<Envelope>,
     markers: Vec<(String, Uuid)>,
+    /// Checkpoints saved in this unit of work: (name, the value expected, the new value).
+    checkpoints: Vec<(String, Option<String>, String)>,
     session_used: bool,
 }
 
@@ -111,6 +113,7 @@ impl MongoTransaction {
             appends: Vec::new(),
             outbox: Vec::new(),
             markers: Vec::new(),
+            checkpoints: Vec::new(),
             session_used: false,
         })
     }
@@ -204,6 +207,10 @@ impl MongoTransaction {
             };
             heads.insert(&append.stream, base);
         }
+
+        crate::checkpoints::write(&inner, &mut self.session, &self.checkpoints)
+            .await
+            .map_err(classify("saving a checkpoint"))??;
 
         let event_count: u64 = self.appends.iter().map(|a| a.events.len() as u64).sum();
         let outbox_count = self.outbox.len() as u64;
@@ -345,6 +352,18 @@ impl Transaction for MongoTransaction {
         Ok(true)
     }
 
+    async fn save_checkpoint(
+        &mut self,
+        name: &str,
+        previous: Option<&str>,
+        value: &str,
+    ) -> Result<(), Error> {
+        // Checked when the unit of work commits, inside its transaction.
+        self.checkpoints
+            .push((name.to_owned(), previous.map(str::to_owned), value.to_owned()));
+        Ok(())
+    }
+
     async fn commit(mut self: Box<Self>) -> Result<(), Error> {
         let enqueued = !self.outbox.is_empty();
         let numbered = enqueued || self.appends.iter().any(|a| !a.events.is_empty());
@@ -388,7 +407,7 @@ impl Transaction for MongoTransaction {
             tokio::time::sleep(backoff(attempt)).await;
             start(&mut self.session).await?;
         }
-        if enqueued {
+        if numbered {
             self.store.signal_commit();
         }
         Ok(())

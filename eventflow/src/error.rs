@@ -97,6 +97,22 @@ pub enum Error {
         actual: u64,
     },
 
+    /// A checkpoint saved in a unit of work
+    /// ([`Transaction::save_checkpoint`](crate::store::Transaction::save_checkpoint)) was
+    /// moved by someone else since it was read; the unit of work wrote nothing.
+    #[error(
+        "checkpoint `{name}` is {actual:?}, not {expected:?} as expected: another runner of the \
+         same projection committed since it was read; read the checkpoint again and go on from there"
+    )]
+    CheckpointMoved {
+        /// The checkpoint.
+        name: String,
+        /// The value the unit of work expected (`None`: not saved yet).
+        expected: Option<String>,
+        /// The value found.
+        actual: Option<String>,
+    },
+
     /// The inbox already holds a marker for this event and group: it was processed.
     #[error("event {event_id} was already processed by group `{group}`")]
     AlreadyProcessed {

@@ -96,6 +96,7 @@ mod event;
 mod handler;
 mod outbox_progress;
 mod publish_error;
+pub mod projection;
 mod relay;
 mod relay_settings;
 mod retry;
@@ -108,7 +109,7 @@ pub mod upcast;
 #[doc = include_str!("../docs/versioning.md")]
 pub mod versioning {}
 
-pub use aggregate::{testing, Aggregate, EventSet, Loaded, Repository};
+pub use aggregate::{testing, Aggregate, EventSet, Loaded, Repository, Snapshots};
 pub use bus::{EventBus, EventBusBuilder, UnitOfWork};
 pub use context::{Context, FromContext, State, StateMap};
 pub use dead_letter::{DeadLetter, DeadLetterStore, Replayed};
@@ -118,6 +119,7 @@ pub use event::Event;
 pub use handler::{BoxFuture, Handler, HandlerOptions};
 pub use outbox_progress::OutboxProgress;
 pub use publish_error::Rejection;
+pub use projection::{Projection, ProjectionHandle};
 pub use relay::Relay;
 pub use relay_settings::RelaySettings;
 pub use retry::Backoff;

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use eventflow::Event;
 use serde::{Deserialize, Serialize};
 
+pub mod projections;
+
 /// A keyed event with a sequence number, to check order and completeness.
 #[derive(Event, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[event(name = "order.paid", version = 1, topic = "orders")]

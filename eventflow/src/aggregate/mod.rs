@@ -53,11 +53,13 @@
 //! ```
 
 mod events;
+mod snapshot;
 pub mod testing;
 
 pub use events::EventSet;
 #[doc(hidden)]
 pub use events::not_in_set;
+pub use snapshot::Snapshots;
 
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -81,6 +83,12 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// Changes the state by one event. It cannot fail: the event has happened. Checks
     /// belong to the command that records the event.
     fn apply(&mut self, event: &Self::Event);
+
+    /// When to snapshot its state (serde), so that loading replays only the events after
+    /// the newest snapshot: e.g. `Snapshots::every(100)`. Default: never.
+    fn snapshots() -> Snapshots<Self> {
+        Snapshots::never()
+    }
 }
 
 /// An aggregate as loaded from its stream: its state, the version it was loaded at, and
@@ -186,8 +194,9 @@ impl<A: Aggregate> Repository<A> {
         format!("{}-{id}", A::KIND)
     }
 
-    /// Loads aggregate `id` by replaying its stream. An aggregate with no events is
-    /// `A::default()` at version 0.
+    /// Loads aggregate `id` by replaying its stream, from its newest snapshot if it has one
+    /// ([`Aggregate::snapshots`]). An aggregate with no events is `A::default()` at
+    /// version 0.
     ///
     /// Events of older versions are upcast as their types declare (see
     /// [`upcast`](crate::upcast)); an event that cannot be read (a newer version, an older
@@ -195,13 +204,20 @@ impl<A: Aggregate> Repository<A> {
     /// [`Error::Upcast`] rather than building a wrong state.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
         let stream = Self::stream(id);
-        let mut state = A::default();
-        let mut version = 0;
-        for stored in self.storage.read_stream(&stream, 1).await? {
+        let (mut state, snapshot_version) = snapshot::restore::<A>(&*self.storage, &stream).await;
+        let mut version = snapshot_version;
+        for stored in self.storage.read_stream(&stream, snapshot_version + 1).await? {
             let event = A::Event::decode(self.shared.codec(), &stored.envelope)?;
             state.apply(&event);
             version = stored.version;
         }
+        snapshot::after_load(
+            &self.storage,
+            &stream,
+            &state,
+            version,
+            version - snapshot_version,
+        );
         Ok(Loaded {
             id: id.to_owned(),
             stream,
@@ -220,6 +236,14 @@ impl<A: Aggregate> Repository<A> {
         let mut work = UnitOfWork::new(self.storage.begin().await?, self.shared.clone());
         let (version, saved) = work.append_pending(aggregate).await?;
         work.commit().await?;
+        snapshot::after_save(
+            &*self.storage,
+            &aggregate.stream,
+            &aggregate.state,
+            aggregate.version,
+            version,
+        )
+        .await;
         aggregate.version = version;
         aggregate.pending.drain(..saved);
         Ok(version)

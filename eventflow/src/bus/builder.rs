@@ -11,6 +11,7 @@ use crate::codec::{Codec, Json};
 use crate::context::StateMap;
 use crate::dead_letter::DeadLetterStore;
 use crate::handler::{Handler, Registration};
+use crate::projection::{Projection, Starter};
 use crate::relay::Relay;
 use crate::retry::Backoff;
 use crate::store::{MemoryStore, Storage};
@@ -41,6 +42,7 @@ pub struct EventBusBuilder {
     group_workers: HashMap<String, usize>,
     sequenced: HashSet<String>,
     routes: Vec<Arc<dyn Route>>,
+    projections: Vec<Starter>,
     inbox_retention: Duration,
     relay: RelaySettings,
     shutdown_timeout: Duration,
@@ -60,6 +62,7 @@ impl EventBusBuilder {
             group_workers: HashMap::new(),
             sequenced: HashSet::new(),
             routes: Vec::new(),
+            projections: Vec::new(),
             inbox_retention: inbox::DEFAULT_RETENTION,
             relay: RelaySettings::default(),
             shutdown_timeout: Duration::from_secs(30),
@@ -69,6 +72,14 @@ impl EventBusBuilder {
     /// Registers a handler, usually a `#[subscribe]` function by name.
     pub fn handler<H: Handler>(mut self, handler: H) -> Self {
         self.routes.push(Typed::erase(handler));
+        self
+    }
+
+    /// Registers a [`Projection`]: once the bus starts, it catches up from its checkpoint
+    /// and follows new commits. Needs the bus's [`storage`](Self::storage); its handle is
+    /// [`EventBus::projection`].
+    pub fn projection<P: Projection>(mut self, projection: P) -> Self {
+        self.projections.push(Starter::new(projection));
         self
     }
 
@@ -207,6 +218,7 @@ impl EventBusBuilder {
             }
         }
         let groups = self.groups()?;
+        self.check_projections()?;
         let transport = self.transport.unwrap_or_else(|| Arc::new(InProcess::new()));
         let mut consumers = Vec::new();
         for group in groups.values() {
@@ -243,6 +255,11 @@ impl EventBusBuilder {
             relay_id: relay.as_ref().map(|relay| relay.id().to_owned()),
             shutdown_timeout: self.shutdown_timeout,
             draining: AtomicBool::new(false),
+            projections: self
+                .projections
+                .iter()
+                .map(|p| (p.handle.name(), p.handle.clone()))
+                .collect(),
             closed: AtomicBool::new(false),
             savepoints: AtomicBool::new(true),
         });
@@ -254,6 +271,11 @@ impl EventBusBuilder {
             })
             .collect();
         if let (Some(storage), Some(relay)) = (&shared.storage, relay) {
+            for projection in self.projections {
+                workers.push(tokio::spawn(
+                    projection.run(storage.clone(), shutdown.subscribe()),
+                ));
+            }
             workers.push(tokio::spawn(relay.run(shutdown.subscribe())));
             if self.inbox_retention != Duration::MAX {
                 let pruning = inbox::prune(storage.clone(), self.inbox_retention, shutdown.subscribe());
@@ -265,6 +287,25 @@ impl EventBusBuilder {
             workers: Mutex::new(workers),
         });
         Ok(EventBus { shared, running })
+    }
+
+    /// Fails unless every projection has storage to read and a name of its own.
+    fn check_projections(&self) -> Result<(), Error> {
+        let mut names = std::collections::HashSet::new();
+        for projection in &self.projections {
+            let name = projection.handle.name();
+            if self.storage.is_none() {
+                return Err(Error::Config(format!(
+                    "projection `{name}` reads the event store, but the bus has no storage; add one with `.storage(store)`"
+                )));
+            }
+            if !names.insert(name) {
+                return Err(Error::Config(format!(
+                    "two projections are named `{name}`; they would share one checkpoint, so give each its own `NAME`"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn groups(&self) -> Result<HashMap<Arc<str>, Arc<Group>>, Error> {

@@ -26,6 +26,7 @@ use crate::aggregate::{Aggregate, Repository};
 use crate::codec::{self, Codec};
 use crate::context::StateMap;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
+use crate::projection::ProjectionHandle;
 use crate::retry::Backoff;
 use crate::store::Storage;
 use crate::transport::Transport;
@@ -62,6 +63,7 @@ pub(crate) struct Shared {
     /// Set when a shutdown begins: the bus takes no new publishes or units of work, while
     /// handlers still publish their follow-ups.
     draining: AtomicBool,
+    projections: HashMap<&'static str, ProjectionHandle>,
     /// Set when the workers stop: nothing is published any more.
     closed: AtomicBool,
     /// Whether the storage's units of work have savepoints, so that transactional
@@ -183,6 +185,16 @@ impl EventBus {
             ))
         })?;
         Ok(Repository::new(self.shared.clone(), storage))
+    }
+
+    /// The handle of the projection named `name`: its progress, a wait until it caught up,
+    /// a rebuild. Fails if no projection of that name was registered.
+    pub fn projection(&self, name: &str) -> Result<ProjectionHandle, Error> {
+        self.shared.projections.get(name).cloned().ok_or_else(|| {
+            Error::Config(format!(
+                "this bus has no projection named `{name}`; register it with `EventBus::builder().projection(..)`"
+            ))
+        })
     }
 
     /// The dead letters of every group, or of one, oldest first.

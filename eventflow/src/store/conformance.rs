@@ -11,6 +11,9 @@
 //! # }
 //! ```
 
+mod projections;
+mod snapshots;
+
 use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
@@ -18,6 +21,11 @@ use uuid::Uuid;
 use super::{ExpectedVersion, Storage};
 use crate::dead_letter::DeadLetter;
 use crate::{Envelope, Error};
+pub use projections::{
+    a_checkpoint_saved_in_a_unit_of_work_commits_with_it,
+    an_append_wakes_the_commit_signal_and_moves_the_head,
+};
+pub use snapshots::snapshots_keep_the_newest_of_each_stream;
 
 /// Runs every guarantee of the suite as its own `#[tokio::test]`, each on a store made by
 /// `$make` (an expression of a future yielding a fresh store).
@@ -37,6 +45,9 @@ macro_rules! storage_conformance {
             pruning_the_inbox_forgets_only_older_markers,
             dead_letters_are_kept_replaced_and_taken,
             checkpoints_are_saved,
+            snapshots_keep_the_newest_of_each_stream,
+            a_checkpoint_saved_in_a_unit_of_work_commits_with_it,
+            an_append_wakes_the_commit_signal_and_moves_the_head,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {

@@ -1,5 +1,7 @@
 //! [`MemoryStore`]: the storage traits in memory, for tests and quick starts.
 
+mod snapshots;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -8,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{ExpectedVersion, OutboxEntry, OutboxLease, Storage, StoredEvent, Transaction};
+use super::{ExpectedVersion, OutboxEntry, OutboxLease, SnapshotStore, Storage, StoredEvent, StoredSnapshot, Transaction};
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
 
@@ -37,6 +39,8 @@ struct Data {
     inbox: HashMap<(String, Uuid), SystemTime>,
     dead_letters: Vec<DeadLetter>,
     checkpoints: HashMap<String, String>,
+    /// Stream → its newest snapshot.
+    snapshots: HashMap<String, StoredSnapshot>,
 }
 
 impl Default for MemoryStore {
@@ -72,8 +76,10 @@ pub struct MemoryTransaction {
     appends: Vec<(String, ExpectedVersion, Vec<Envelope>)>,
     outbox: Vec<Envelope>,
     markers: Vec<(String, Uuid)>,
+    /// Checkpoints saved in this unit of work: (name, the value expected, the new value).
+    checkpoints: Vec<(String, Option<String>, String)>,
     /// Open savepoints: how much of each list was written when each was opened.
-    savepoints: Vec<(usize, usize, usize)>,
+    savepoints: Vec<(usize, usize, usize, usize)>,
 }
 
 impl MemoryTransaction {
@@ -123,20 +129,47 @@ impl Transaction for MemoryTransaction {
         Ok(true)
     }
 
+    async fn save_checkpoint(
+        &mut self,
+        name: &str,
+        previous: Option<&str>,
+        value: &str,
+    ) -> Result<(), Error> {
+        let current = match self.checkpoints.iter().rev().find(|(n, ..)| n == name) {
+            Some((.., pending)) => Some(pending.clone()),
+            None => self.store.data().checkpoints.get(name).cloned(),
+        };
+        if current.as_deref() != previous {
+            return Err(Error::CheckpointMoved {
+                name: name.to_owned(),
+                expected: previous.map(str::to_owned),
+                actual: current,
+            });
+        }
+        self.checkpoints
+            .push((name.to_owned(), previous.map(str::to_owned), value.to_owned()));
+        Ok(())
+    }
+
     async fn savepoint(&mut self) -> Result<bool, Error> {
-        self.savepoints
-            .push((self.appends.len(), self.outbox.len(), self.markers.len()));
+        self.savepoints.push((
+            self.appends.len(),
+            self.outbox.len(),
+            self.markers.len(),
+            self.checkpoints.len(),
+        ));
         Ok(true)
     }
 
     async fn rollback_to_savepoint(&mut self) -> Result<(), Error> {
-        let (appends, outbox, markers) = self
+        let (appends, outbox, markers, checkpoints) = self
             .savepoints
             .pop()
             .ok_or_else(|| Error::Config("no savepoint is open in this unit of work".into()))?;
         self.appends.truncate(appends);
         self.outbox.truncate(outbox);
         self.markers.truncate(markers);
+        self.checkpoints.truncate(checkpoints);
         Ok(())
     }
 
@@ -149,7 +182,7 @@ impl Transaction for MemoryTransaction {
 
     async fn commit(self: Box<Self>) -> Result<(), Error> {
         let this = *self;
-        let enqueued = !this.outbox.is_empty();
+        let wrote_events = !this.outbox.is_empty() || this.appends.iter().any(|(.., e)| !e.is_empty());
         {
             let mut data = this.store.data();
             // Check everything before writing anything, so a failed commit leaves no trace.
@@ -167,6 +200,25 @@ impl Transaction for MemoryTransaction {
                     event_id: *event_id,
                 });
             }
+            let mut checkpoints: HashMap<&str, Option<&str>> = HashMap::new();
+            for (name, previous, value) in &this.checkpoints {
+                let current = *checkpoints
+                    .entry(name)
+                    .or_insert_with(|| data.checkpoints.get(name).map(String::as_str));
+                if current != previous.as_deref() {
+                    return Err(Error::CheckpointMoved {
+                        name: name.clone(),
+                        expected: previous.clone(),
+                        actual: current.map(str::to_owned),
+                    });
+                }
+                checkpoints.insert(name, Some(value));
+            }
+            let checkpoints: Vec<(String, String)> = checkpoints
+                .into_iter()
+                .filter_map(|(name, value)| Some((name.to_owned(), value?.to_owned())))
+                .collect();
+            data.checkpoints.extend(checkpoints);
 
             for (stream, _, events) in this.appends {
                 for envelope in events {
@@ -190,7 +242,7 @@ impl Transaction for MemoryTransaction {
             data.inbox
                 .extend(this.markers.into_iter().map(|marker| (marker, now)));
         }
-        if enqueued {
+        if wrote_events {
             this.store.inner.commits.send_modify(|n| *n += 1);
         }
         Ok(())
@@ -205,6 +257,7 @@ impl Storage for MemoryStore {
             appends: Vec::new(),
             outbox: Vec::new(),
             markers: Vec::new(),
+            checkpoints: Vec::new(),
             savepoints: Vec::new(),
         }))
     }
@@ -311,6 +364,14 @@ impl Storage for MemoryStore {
 
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {
         Ok(self.data().checkpoints.get(name).cloned())
+    }
+
+    async fn head_position(&self) -> Result<Option<u64>, Error> {
+        Ok(Some(self.data().events.len() as u64))
+    }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
     }
 
     async fn save_checkpoint(&self, name: &str, value: &str) -> Result<(), Error> {

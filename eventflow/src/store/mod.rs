@@ -12,6 +12,7 @@
 pub mod conformance;
 mod lease;
 mod memory;
+mod snapshots;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -25,6 +26,7 @@ use uuid::Uuid;
 
 pub use lease::{new_relay_id, relay_is_gone, OutboxLease};
 pub use memory::MemoryStore;
+pub use snapshots::{SnapshotStore, StoredSnapshot};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{rusqlite, SqliteStore, SqliteStoreBuilder, SqliteTransaction};
 
@@ -154,9 +156,10 @@ pub trait Storage: DeadLetterStore {
         Ok(None)
     }
 
-    /// A signal bumped each time a transaction that enqueued events commits through this
-    /// store (or, for backends that can watch the database, anywhere): the relay's
-    /// wake-up. Commits it cannot see are found by the relay's fallback polling.
+    /// A signal bumped each time a transaction that appended or enqueued events commits
+    /// through this store (or, for backends that can watch the database, anywhere): the
+    /// wake-up of the relay and of projections. Commits it cannot see are found by their
+    /// fallback polling.
     fn commit_signal(&self) -> watch::Receiver<u64>;
 
     /// Whether `group` has processed event `event_id`.
@@ -212,6 +215,18 @@ pub trait Storage: DeadLetterStore {
 
     /// Saves a checkpoint.
     async fn save_checkpoint(&self, name: &str, value: &str) -> Result<(), Error>;
+
+    /// The position of the newest event (0 for an empty store), for a projection's
+    /// progress ("what is left"); `None` (the default) if the backend cannot tell.
+    async fn head_position(&self) -> Result<Option<u64>, Error> {
+        Ok(None)
+    }
+
+    /// Where this backend keeps aggregates' snapshots; `None` (the default) if it keeps
+    /// none, and aggregates are then always loaded from their whole stream.
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        None
+    }
 }
 
 /// One unit of work: appends, outbox entries, inbox markers and the application's own
@@ -241,6 +256,27 @@ pub trait Transaction: Send + Any {
 
     /// Makes everything written in this unit of work durable at once.
     async fn commit(self: Box<Self>) -> Result<(), Error>;
+
+    /// Saves checkpoint `name` as `value` with this unit of work, if it is still `previous`
+    /// when the unit of work commits (`None`: it was never saved). Otherwise the unit of
+    /// work fails with [`Error::CheckpointMoved`] and writes nothing: another runner moved
+    /// the checkpoint since it was read. A projection saves its position this way, with its
+    /// own writes, so each event counts exactly once across crashes and concurrent runners.
+    ///
+    /// The default fails with [`Error::Config`]: the backend cannot run projections.
+    async fn save_checkpoint(
+        &mut self,
+        name: &str,
+        previous: Option<&str>,
+        value: &str,
+    ) -> Result<(), Error> {
+        let _ = (previous, value);
+        Err(Error::Config(format!(
+            "this storage backend cannot save checkpoint `{name}` inside a unit of work \
+             (`Transaction::save_checkpoint`), so it cannot run projections; use MemoryStore, \
+             SqliteStore or MongoStore, or implement it"
+        )))
+    }
 
     /// Opens a savepoint: a mark inside this unit of work that
     /// [`rollback_to_savepoint`](Transaction::rollback_to_savepoint) returns to, undoing

@@ -33,7 +33,10 @@ use rusqlite::{params, params_from_iter, Connection, ErrorCode, OpenFlags, Optio
 use tokio::sync::{watch, OwnedMutexGuard};
 use uuid::Uuid;
 
-use super::{ExpectedVersion, OutboxEntry, OutboxLease, Storage, StoredEvent, Transaction};
+mod checkpoints;
+mod snapshots;
+
+use super::{ExpectedVersion, OutboxEntry, OutboxLease, SnapshotStore, Storage, StoredEvent, Transaction};
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
 
@@ -279,6 +282,8 @@ fn create_schema(connection: &Connection, path: &Path) -> Result<(), Error> {
             return Ok(Some(version));
         }
         connection.execute_batch(SCHEMA)?;
+        // Added after schema version 1 shipped: `IF NOT EXISTS` adds it to older files.
+        connection.execute_batch(snapshots::SCHEMA)?;
         connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         connection.execute_batch("COMMIT")?;
         Ok(None)
@@ -487,7 +492,8 @@ impl Drop for Writer {
 pub struct SqliteTransaction {
     writer: Writer,
     inner: Arc<Inner>,
-    enqueued: bool,
+    /// Whether the commit bumps the commit signal: events were appended or enqueued.
+    wrote_events: bool,
 }
 
 impl SqliteTransaction {
@@ -538,9 +544,12 @@ impl Transaction for SqliteTransaction {
             .map_err(|e| self.inner.fail("appending events", e))?;
         let inserted = insert_events(&savepoint, stream, current, events);
         match inserted {
-            Ok(()) => savepoint
-                .commit()
-                .map_err(|e| self.inner.fail("appending events", e))?,
+            Ok(()) => {
+                savepoint
+                    .commit()
+                    .map_err(|e| self.inner.fail("appending events", e))?;
+                self.wrote_events = true;
+            }
             Err(StepError::Sqlite(error))
                 if error.sqlite_extended_error_code() == Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) =>
             {
@@ -570,13 +579,23 @@ impl Transaction for SqliteTransaction {
             Ok(())
         };
         enqueue().map_err(|e| self.inner.fail_any("enqueueing outbox entries", e))?;
-        self.enqueued |= !events.is_empty();
+        self.wrote_events |= !events.is_empty();
         Ok(())
     }
 
     async fn mark_processed(&mut self, group: &str, event_id: Uuid) -> Result<bool, Error> {
         insert_marker(&self.writer.0, group, event_id)
             .map_err(|e| self.fail("recording a processed event", e))
+    }
+
+    async fn save_checkpoint(
+        &mut self,
+        name: &str,
+        previous: Option<&str>,
+        value: &str,
+    ) -> Result<(), Error> {
+        checkpoints::save_if(&self.writer.0, name, previous, value)
+            .map_err(|e| self.fail("saving a checkpoint", e))?
     }
 
     async fn savepoint(&mut self) -> Result<bool, Error> {
@@ -597,7 +616,7 @@ impl Transaction for SqliteTransaction {
         let SqliteTransaction {
             writer,
             inner,
-            enqueued,
+            wrote_events,
         } = *self;
         let store = inner.clone();
         run_blocking(move || {
@@ -608,7 +627,7 @@ impl Transaction for SqliteTransaction {
                 .map_err(|e| store.fail("committing a unit of work", e))
         })
         .await?;
-        if enqueued {
+        if wrote_events {
             inner.commits.send_modify(|n| *n += 1);
         }
         Ok(())
@@ -686,7 +705,7 @@ impl Storage for SqliteStore {
         Ok(Box::new(SqliteTransaction {
             writer,
             inner: self.inner.clone(),
-            enqueued: false,
+            wrote_events: false,
         }))
     }
 
@@ -923,6 +942,20 @@ impl Storage for SqliteStore {
                 .optional()
         })
         .await
+    }
+
+    async fn head_position(&self) -> Result<Option<u64>, Error> {
+        self.read("reading the newest event's position", |connection| {
+            let head: i64 = connection
+                .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
+                .query_row([], |row| row.get(0))?;
+            Ok(Some(head as u64))
+        })
+        .await
+    }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
     }
 
     async fn save_checkpoint(&self, name: &str, value: &str) -> Result<(), Error> {
