@@ -70,8 +70,18 @@ impl GroupProtocol {
     }
 
     /// Refuses, before any consumer exists, a consumer setting the protocol does not have.
+    /// `group.protocol` set among the consumer settings overrides `self`, as it does on the
+    /// consumers.
     pub(crate) fn check(self, consumer_config: &[(String, String)]) -> Result<(), Error> {
-        if self != GroupProtocol::Consumer {
+        let set = consumer_config
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "group.protocol");
+        let consumer = match set {
+            Some((_, value)) => value.trim().eq_ignore_ascii_case("consumer"),
+            None => self == GroupProtocol::Consumer,
+        };
+        if !consumer {
             return Ok(());
         }
         for (key, _) in consumer_config {
@@ -146,6 +156,14 @@ mod tests {
         assert!(GroupProtocol::Consumer
             .check(&settings("max.poll.interval.ms"))
             .is_ok());
+        let raw = |protocol: &str| {
+            vec![
+                ("group.protocol".to_owned(), protocol.to_owned()),
+                ("heartbeat.interval.ms".to_owned(), "500".to_owned()),
+            ]
+        };
+        assert!(GroupProtocol::Classic.check(&raw("consumer")).is_err());
+        assert!(GroupProtocol::Consumer.check(&raw("classic")).is_ok());
         let Err(Error::Config(message)) = GroupProtocol::Consumer.check(&settings("session.timeout.ms"))
         else {
             unreachable!()
