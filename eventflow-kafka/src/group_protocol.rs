@@ -1,6 +1,8 @@
 //! [`GroupProtocol`]: which consumer group protocol a group's members speak, and what
 //! follows from it (how a rebalance hands partitions over, which settings apply).
 
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
 
 use crate::Error;
@@ -97,14 +99,24 @@ impl GroupProtocol {
     }
 }
 
+/// How long a member of a consumer-protocol group waits for its first partitions before
+/// it says that the broker may not speak that protocol: librdkafka then only retries,
+/// silently, and the group consumes nothing.
+pub(crate) const FIRST_ASSIGNMENT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether a consumer made with `config` speaks the consumer group protocol (KIP-848).
+pub(crate) fn is_consumer_protocol(config: &ClientConfig) -> bool {
+    config
+        .get("group.protocol")
+        .is_some_and(|protocol| protocol.trim().eq_ignore_ascii_case("consumer"))
+}
+
 /// Whether a consumer made with `config` gets and gives up partitions incrementally: always
 /// under the consumer protocol, and under the classic one with a cooperative assignor.
 /// Read from the configuration, as librdkafka decides it, so that the rebalance callback
 /// never needs to ask the consumer (see `Member::rebalance`).
 pub(crate) fn is_incremental(config: &ClientConfig) -> bool {
-    let consumer_protocol = config
-        .get("group.protocol")
-        .is_some_and(|protocol| protocol.trim().eq_ignore_ascii_case("consumer"));
+    let consumer_protocol = is_consumer_protocol(config);
     let cooperative = config
         .get("partition.assignment.strategy")
         .is_some_and(|strategy| strategy.contains("cooperative"));

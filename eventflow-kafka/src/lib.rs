@@ -105,6 +105,7 @@ mod error;
 mod group_protocol;
 pub mod headers;
 mod lag;
+mod member;
 mod start_offsets;
 mod transaction;
 mod transport;
