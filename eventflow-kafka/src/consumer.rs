@@ -1,25 +1,23 @@
 //! One member of a Kafka consumer group, as eventflow's [`Consumer`].
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use eventflow::transport::{Consumer, Record, Transport};
 use eventflow::Envelope;
 use futures_util::FutureExt;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
-use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::StartFrom;
-use crate::group_protocol::{is_incremental, GroupProtocol};
+use crate::group_protocol::{is_consumer_protocol, is_incremental, GroupProtocol};
 use crate::headers;
+use crate::member::{warn_if_never_assigned, Member};
 use crate::start_offsets;
 use crate::transaction::{Transaction, TransactionalPublisher};
 use crate::transport::{base_config, Inner};
@@ -55,134 +53,6 @@ struct Foreign {
     headers: Option<OwnedHeaders>,
 }
 
-/// Counts revocations and remembers the partitions revoked, so a poll can tell that records
-/// it already took belong to a partition that moved.
-#[derive(Default)]
-pub(crate) struct Member {
-    revocations: AtomicU64,
-    /// The partitions revoked since the current poll began.
-    revoked: Mutex<HashSet<(String, i32)>>,
-    group: String,
-    /// Whether partitions are assigned and revoked incrementally: under the consumer group
-    /// protocol (KIP-848) always, under the classic one with `cooperative-sticky`. The eager
-    /// `assign`/`unassign` are for the classic eager protocol only; librdkafka's KIP-848
-    /// guide forbids them under the consumer protocol.
-    incremental: bool,
-    /// Set once the member committed for the last time and is leaving the group.
-    leaving: AtomicBool,
-}
-
-impl Member {
-    fn take_revoked(&self) -> HashSet<(String, i32)> {
-        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl ClientContext for Member {
-    /// librdkafka's errors are informational unless fatal: it reconnects, refreshes
-    /// metadata and rejoins the group by itself, as long as the member keeps polling.
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::Global(RDKafkaErrorCode::Fatal)) {
-            tracing::error!(group = %self.group, %error, reason, "the Kafka consumer failed for good");
-        } else {
-            tracing::warn!(group = %self.group, %error, reason, "Kafka consumer trouble; librdkafka retries by itself");
-        }
-    }
-}
-
-impl ConsumerContext for Member {
-    /// rdkafka's default, without its one hazard: it asks librdkafka for the rebalance
-    /// protocol, a request to the consumer group's handle. Once that handle has terminated
-    /// (the consumer is closing), librdkafka drops every request to it unanswered and the
-    /// caller waits forever (librdkafka#4041, rust-rdkafka#509): a member that was shut
-    /// down hung in its final revocation. The protocol is known from the configuration, and
-    /// a terminated handle is asked nothing.
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        partitions: &mut TopicPartitionList,
-    ) {
-        if consumer.closed() {
-            return;
-        }
-        let rebalance = match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(partitions),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(partitions),
-            _ => Rebalance::Error(KafkaError::Rebalance(err.into())),
-        };
-        self.pre_rebalance(consumer, &rebalance);
-        let assigned = match (err, self.incremental) {
-            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, false) => consumer.assign(partitions),
-            (RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, true) => {
-                consumer.incremental_assign(partitions)
-            }
-            (_, false) => consumer.unassign(),
-            (_, true) => consumer.incremental_unassign(partitions),
-        };
-        if let Err(error) = assigned {
-            tracing::warn!(group = %self.group, %error, "applying a rebalance failed; librdkafka rejoins the group");
-        }
-    }
-
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => {
-                tracing::warn!(group = %self.group, %error, "an offset commit failed; the next one or the commit on revoke covers it, or those events are handled again")
-            }
-        }
-    }
-
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(partitions) => {
-                // Every record handled so far has its offset stored (the worker commits
-                // before it polls again, and rebalances are only served while it polls);
-                // the commits of those offsets are asynchronous, so finish them now,
-                // before the partitions move. A member leaving the group committed already.
-                let leaving = self.leaving.load(Ordering::Acquire);
-                let committed = match leaving {
-                    true => Ok(()),
-                    false => consumer.commit_consumer_state(CommitMode::Sync),
-                };
-                if let Err(error) = committed {
-                    if !matches!(error, KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) {
-                        tracing::warn!(group = %self.group, %error, "committing before a rebalance failed; the new owner handles those events again");
-                    }
-                }
-                let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-                for partition in partitions.elements() {
-                    revoked.insert((partition.topic().to_owned(), partition.partition()));
-                }
-                drop(revoked);
-                self.revocations.fetch_add(1, Ordering::AcqRel);
-                tracing::debug!(group = %self.group, partitions = partitions.count(), "partitions revoked");
-            }
-            Rebalance::Assign(partitions) => {
-                // An incremental rebalance lets a member keep consuming the partitions it
-                // keeps, but the broker refuses their commits until the rebalance completes
-                // (ILLEGAL_GENERATION, STALE_MEMBER_EPOCH): the offsets handled meanwhile
-                // are stored, not committed, and without another commit on those
-                // partitions their events would be handled again by a later owner. The
-                // rebalance is complete here: commit them now.
-                if self.incremental && !self.leaving.load(Ordering::Acquire) {
-                    match consumer.commit_consumer_state(CommitMode::Async) {
-                        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                        Err(error) => {
-                            tracing::warn!(group = %self.group, %error, "committing after a rebalance failed; the next commit covers it")
-                        }
-                    }
-                }
-                tracing::debug!(group = %self.group, partitions = partitions.count(), "partitions assigned");
-            }
-            Rebalance::Error(error) => {
-                tracing::error!(group = %self.group, %error, "consumer group rebalance failed");
-            }
-        }
-    }
-}
-
 impl KafkaConsumer {
     /// Creates a member of `group` on `topics` (which exist) and joins the group.
     pub(crate) async fn join(inner: Arc<Inner>, group: &str, topics: Vec<String>) -> Result<Self, Error> {
@@ -206,17 +76,14 @@ impl KafkaConsumer {
         for (key, value) in &config.consumer_config {
             client.set(key, value);
         }
-        let member = Member {
-            revocations: AtomicU64::new(0),
-            revoked: Mutex::default(),
-            group: group.to_owned(),
-            leaving: AtomicBool::new(false),
-            incremental: is_incremental(&client),
-        };
+        let member = Member::new(group, is_incremental(&client));
         let consumer: StreamConsumer<Member> = client
             .create_with_context(member)
             .map_err(|e| inner.error(format!("creating a consumer for group `{group_id}`"), e))?;
         let consumer = Arc::new(consumer);
+        if is_consumer_protocol(&client) {
+            warn_if_never_assigned(Arc::downgrade(&consumer), group_id.clone());
+        }
         let start_from = config.start_from;
         let joining = consumer.clone();
         let joined_inner = inner.clone();
@@ -404,7 +271,7 @@ impl KafkaConsumer {
         let consumer = self.consumer().clone();
         let max = self.inner.config.max_batch;
         let member = consumer.context();
-        let mut revocations = member.revocations.load(Ordering::Acquire);
+        let mut revocations = member.revocations();
         member.take_revoked();
         let mut records = Vec::new();
         loop {
@@ -443,7 +310,7 @@ impl KafkaConsumer {
                 tracing::info!(group = %self.group, errors = self.transient_errors, "the Kafka consumer is receiving again");
                 self.transient_errors = 0;
             }
-            let now = member.revocations.load(Ordering::Acquire);
+            let now = member.revocations();
             if now != revocations {
                 // Records taken before the rebalance from a partition this member lost are
                 // left to their new owner, which reads from the committed offset. The others
@@ -609,7 +476,7 @@ impl Consumer for KafkaConsumer {
                         tracing::warn!(%group, %error, "committing on close failed; those events are handled again")
                     }
                 }
-                consumer.context().leaving.store(true, Ordering::Release);
+                consumer.context().leave();
                 drop(consumer)
             })
             .await;

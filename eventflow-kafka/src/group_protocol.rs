@@ -1,6 +1,8 @@
 //! [`GroupProtocol`]: which consumer group protocol a group's members speak, and what
 //! follows from it (how a rebalance hands partitions over, which settings apply).
 
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
 
 use crate::Error;
@@ -70,8 +72,18 @@ impl GroupProtocol {
     }
 
     /// Refuses, before any consumer exists, a consumer setting the protocol does not have.
+    /// `group.protocol` set among the consumer settings overrides `self`, as it does on the
+    /// consumers.
     pub(crate) fn check(self, consumer_config: &[(String, String)]) -> Result<(), Error> {
-        if self != GroupProtocol::Consumer {
+        let set = consumer_config
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "group.protocol");
+        let consumer = match set {
+            Some((_, value)) => value.trim().eq_ignore_ascii_case("consumer"),
+            None => self == GroupProtocol::Consumer,
+        };
+        if !consumer {
             return Ok(());
         }
         for (key, _) in consumer_config {
@@ -87,14 +99,24 @@ impl GroupProtocol {
     }
 }
 
+/// How long a member of a consumer-protocol group waits for its first partitions before
+/// it says that the broker may not speak that protocol: librdkafka then only retries,
+/// silently, and the group consumes nothing.
+pub(crate) const FIRST_ASSIGNMENT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether a consumer made with `config` speaks the consumer group protocol (KIP-848).
+pub(crate) fn is_consumer_protocol(config: &ClientConfig) -> bool {
+    config
+        .get("group.protocol")
+        .is_some_and(|protocol| protocol.trim().eq_ignore_ascii_case("consumer"))
+}
+
 /// Whether a consumer made with `config` gets and gives up partitions incrementally: always
 /// under the consumer protocol, and under the classic one with a cooperative assignor.
 /// Read from the configuration, as librdkafka decides it, so that the rebalance callback
 /// never needs to ask the consumer (see `Member::rebalance`).
 pub(crate) fn is_incremental(config: &ClientConfig) -> bool {
-    let consumer_protocol = config
-        .get("group.protocol")
-        .is_some_and(|protocol| protocol.trim().eq_ignore_ascii_case("consumer"));
+    let consumer_protocol = is_consumer_protocol(config);
     let cooperative = config
         .get("partition.assignment.strategy")
         .is_some_and(|strategy| strategy.contains("cooperative"));
@@ -146,6 +168,14 @@ mod tests {
         assert!(GroupProtocol::Consumer
             .check(&settings("max.poll.interval.ms"))
             .is_ok());
+        let raw = |protocol: &str| {
+            vec![
+                ("group.protocol".to_owned(), protocol.to_owned()),
+                ("heartbeat.interval.ms".to_owned(), "500".to_owned()),
+            ]
+        };
+        assert!(GroupProtocol::Classic.check(&raw("consumer")).is_err());
+        assert!(GroupProtocol::Consumer.check(&raw("classic")).is_ok());
         let Err(Error::Config(message)) = GroupProtocol::Consumer.check(&settings("session.timeout.ms"))
         else {
             unreachable!()

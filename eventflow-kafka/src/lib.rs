@@ -70,6 +70,12 @@
 //!   handled concurrently, each in order. Records fetched for a partition that is revoked
 //!   during a poll are left to the new owner. A restarted group resumes from its committed
 //!   offsets.
+//! - **Rebalances**: in every [`GroupProtocol`] (classic eager, classic `cooperative-sticky`,
+//!   KIP-848's consumer protocol) a member commits the offsets of what it handled before its
+//!   partitions go, assigns and revokes incrementally wherever the protocol is incremental,
+//!   and once an incremental rebalance completes commits again what the broker refused
+//!   while it ran. A member that stops polling for longer than `max.poll.interval.ms`
+//!   leaves the group and its partitions are handled by the others from the last commit.
 //! - **New groups** start at the end of each partition when they first subscribe
 //!   ([`StartFrom::Latest`], as the in-process transport), or at the beginning
 //!   ([`StartFrom::Earliest`]) to catch up on history.
@@ -100,6 +106,7 @@ mod error;
 mod group_protocol;
 pub mod headers;
 mod lag;
+mod member;
 mod start_offsets;
 mod transaction;
 mod transport;

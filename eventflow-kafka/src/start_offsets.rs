@@ -8,7 +8,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::consumer::Member;
+use crate::member::Member;
 use crate::transport::Inner;
 use crate::Error;
 

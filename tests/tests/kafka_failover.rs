@@ -221,6 +221,8 @@ async fn killing_the_partition_leader_loses_and_doubles_nothing() {
          effects); the slowest event committed after the kill took {slowest:?} to take effect"
     );
     bus.shutdown().await;
+    // The clients first, so that none is left to complain about the brokers going away.
+    drop(kafka);
     drop(cluster);
     remove_db(&path);
 }

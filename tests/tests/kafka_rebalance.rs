@@ -50,9 +50,12 @@ fn builder(test: &str, protocol: Protocol, rebalance_timeout: Duration) -> Kafka
     }
 }
 
-/// Each handling of an event: its `seq`, the instance that handled it, and when.
+/// One handling of an event: its `seq`, the instance that handled it, and when.
+type Handling = (u64, &'static str, Instant);
+
+/// Each handling of an event.
 #[derive(Clone, Default)]
-struct Handled(Arc<Mutex<Vec<(u64, &'static str, Instant)>>>);
+struct Handled(Arc<Mutex<Vec<Handling>>>);
 
 impl Handled {
     fn count(&self) -> usize {
