@@ -399,8 +399,7 @@ fn start_new_partitions_at_end(
         if element.offset() != Offset::Invalid {
             continue;
         }
-        let (_low, high) = consumer
-            .fetch_watermarks(element.topic(), element.partition(), METADATA_TIMEOUT)
+        let (_low, high) = watermarks(consumer, element.topic(), element.partition())
             .map_err(|e| inner.error(format!("reading the end of topic `{}`", element.topic()), e))?;
         start
             .add_partition_offset(element.topic(), element.partition(), Offset::Offset(high))
@@ -414,6 +413,32 @@ fn start_new_partitions_at_end(
         }
     }
     Ok(())
+}
+
+/// A partition's watermarks. A topic created a moment ago may have no leader for a while
+/// (`NotLeaderForPartition`, seen right after creation under load): asked again for up
+/// to 5 s.
+fn watermarks(consumer: &StreamConsumer<Member>, topic: &str, partition: i32) -> Result<(i64, i64), KafkaError> {
+    let mut attempt = 0;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT) {
+            Err(error)
+                if attempt < 50
+                    && matches!(
+                        error.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::NotLeaderForPartition
+                                | RDKafkaErrorCode::LeaderNotAvailable
+                                | RDKafkaErrorCode::UnknownTopicOrPartition
+                        )
+                    ) =>
+            {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl KafkaConsumer {
