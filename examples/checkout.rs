@@ -31,9 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventflow::store::{rusqlite, SqliteStore, SqliteTransaction};
-use eventflow::{
-    subscribe, Aggregate, Context, Event, EventBus, InProcess, MemoryStore, Relay, Storage, Tx,
-};
+use eventflow::{subscribe, Aggregate, Context, Event, EventBus, InProcess, MemoryStore, Relay, Storage, Tx};
 use eventflow_mongo::mongodb::bson::{doc, Document};
 use eventflow_mongo::{MongoStore, MongoTransaction, DEFAULT_URI};
 use serde::{Deserialize, Serialize};
@@ -304,7 +302,9 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The events the relay set aside because the transport refused them for good.
-async fn refused_events(bus: &EventBus) -> std::result::Result<std::collections::HashSet<uuid::Uuid>, eventflow::Error> {
+async fn refused_events(
+    bus: &EventBus,
+) -> std::result::Result<std::collections::HashSet<uuid::Uuid>, eventflow::Error> {
     let letters = bus.dead_letters(Some(Relay::DEAD_LETTER_GROUP)).await?;
     Ok(letters.into_iter().map(|letter| letter.envelope.id).collect())
 }

@@ -26,7 +26,11 @@ impl Refused {
 }
 
 #[subscribe(group = "crm", retries = 0)]
-async fn crm(event: OrderPaid, State(rec): State<Recorder>, State(refused): State<Refused>) -> Result<(), String> {
+async fn crm(
+    event: OrderPaid,
+    State(rec): State<Recorder>,
+    State(refused): State<Refused>,
+) -> Result<(), String> {
     if refused.0.lock().unwrap().contains(&event.order_id) {
         return Err(format!("CRM refuses {}", event.order_id));
     }
@@ -94,7 +98,11 @@ async fn a_group_is_counted_replayed_in_order_discarded_and_purged() {
     let letters = bus.dead_letters(Some("crm")).await.unwrap();
     let seqs: Vec<_> = letters
         .iter()
-        .map(|l| serde_json::from_slice::<OrderPaid>(&l.envelope.payload).unwrap().seq)
+        .map(|l| {
+            serde_json::from_slice::<OrderPaid>(&l.envelope.payload)
+                .unwrap()
+                .seq
+        })
         .collect();
     assert_eq!(seqs, [1, 2, 3]);
     assert_eq!(letters[0].attempts, 2, "attempts add up: {:?}", letters[0]);
@@ -110,7 +118,11 @@ async fn a_group_is_counted_replayed_in_order_discarded_and_purged() {
     let replayed = bus.replay_dead_letters("crm").await.unwrap();
     assert_eq!((replayed.handled, replayed.still_dead), (2, 0));
     assert_eq!(of_key(&rec, "crm", "ok"), [4]);
-    assert_eq!(of_key(&rec, "crm", "a"), [1, 3], "replayed in their original order");
+    assert_eq!(
+        of_key(&rec, "crm", "a"),
+        [1, 3],
+        "replayed in their original order"
+    );
     assert!(bus.dead_letter_counts().await.unwrap().is_empty());
 
     refused.0.lock().unwrap().insert("d".into());
@@ -137,8 +149,15 @@ async fn a_sequenced_group_parks_later_events_of_the_key_and_releases_them_in_or
     }
     within(5, "the groups to finish", transport.wait_idle()).await;
     assert_eq!(of_key(&rec, "crm", "other"), [3], "other keys flow on");
-    assert!(of_key(&rec, "crm", "k").is_empty(), "nothing of `k` overtook event 1");
-    assert_eq!(of_key(&rec, "audit", "k"), [1, 2, 4], "other groups are not affected");
+    assert!(
+        of_key(&rec, "crm", "k").is_empty(),
+        "nothing of `k` overtook event 1"
+    );
+    assert_eq!(
+        of_key(&rec, "audit", "k"),
+        [1, 2, 4],
+        "other groups are not affected"
+    );
     let letters = bus.dead_letters(Some("crm")).await.unwrap();
     assert_eq!(letters.len(), 3);
     assert_eq!(letters[0].parked_behind(), None);
@@ -149,7 +168,11 @@ async fn a_sequenced_group_parks_later_events_of_the_key_and_releases_them_in_or
     }
 
     bus.replay_dead_letter(letters[0].id).await.unwrap();
-    assert_eq!(of_key(&rec, "crm", "k"), [1, 2, 4], "released in order behind event 1");
+    assert_eq!(
+        of_key(&rec, "crm", "k"),
+        [1, 2, 4],
+        "released in order behind event 1"
+    );
     assert!(bus.dead_letters(None).await.unwrap().is_empty());
     // The key is free again.
     bus.publish(&order("k", 5)).await.unwrap();
@@ -171,7 +194,11 @@ async fn discarding_the_head_letter_releases_what_is_parked_behind_it() {
     within(5, "the groups to finish", transport.wait_idle()).await;
     let head = bus.dead_letters(Some("crm")).await.unwrap()[0].id;
     bus.discard_dead_letter(head).await.unwrap();
-    assert_eq!(of_key(&rec, "crm", "k"), [2, 3], "event 1 dropped, the rest handled in order");
+    assert_eq!(
+        of_key(&rec, "crm", "k"),
+        [2, 3],
+        "event 1 dropped, the rest handled in order"
+    );
     assert!(bus.dead_letters(None).await.unwrap().is_empty());
     bus.shutdown().await;
 }
@@ -193,7 +220,11 @@ async fn a_released_event_that_fails_again_keeps_the_rest_parked_behind_it() {
     assert_eq!(left.len(), 2);
     assert_eq!(left[0].id, letters[1].id);
     assert_eq!(left[0].parked_behind(), None, "event 2 is the head now");
-    assert_eq!(left[1].parked_behind(), Some(letters[1].id), "event 3 waits for event 2");
+    assert_eq!(
+        left[1].parked_behind(),
+        Some(letters[1].id),
+        "event 3 waits for event 2"
+    );
     refused.clear();
     let replayed = bus.replay_dead_letters("crm").await.unwrap();
     assert_eq!((replayed.handled, replayed.still_dead), (2, 0));
@@ -244,7 +275,11 @@ async fn parked_events_survive_a_restart() {
     })
     .await;
     let letters = bus.dead_letters(Some("crm")).await.unwrap();
-    assert_eq!(letters[1].parked_behind(), Some(letters[0].id), "parked after the restart");
+    assert_eq!(
+        letters[1].parked_behind(),
+        Some(letters[0].id),
+        "parked after the restart"
+    );
     bus.replay_dead_letter(letters[0].id).await.unwrap();
     assert_eq!(of_key(&rec, "crm", "k"), [1, 2]);
     bus.shutdown().await;
@@ -265,7 +300,13 @@ async fn a_message_that_is_not_an_eventflow_event_is_listed_raw_and_can_only_be_
         .start()
         .await
         .unwrap();
-    let mut garbage = Envelope::new(Envelope::FOREIGN, 0, "orders", "application/octet-stream", &b"\xff\x00garbage"[..]);
+    let mut garbage = Envelope::new(
+        Envelope::FOREIGN,
+        0,
+        "orders",
+        "application/octet-stream",
+        &b"\xff\x00garbage"[..],
+    );
     garbage
         .headers
         .insert(Envelope::FOREIGN_REASON.into(), "no `eventflow` header".into());
@@ -274,13 +315,20 @@ async fn a_message_that_is_not_an_eventflow_event_is_listed_raw_and_can_only_be_
     within(5, "the groups to finish", transport.wait_idle()).await;
     assert_eq!(rec.seen("crm").len(), 1, "the real event after the garbage");
     let counts = bus.dead_letter_counts().await.unwrap();
-    assert_eq!((counts.get("crm"), counts.get("audit")), (Some(&1), Some(&1)), "{counts:?}");
+    assert_eq!(
+        (counts.get("crm"), counts.get("audit")),
+        (Some(&1), Some(&1)),
+        "{counts:?}"
+    );
     let letter = &bus.dead_letters(Some("crm")).await.unwrap()[0];
     assert!(letter.is_foreign());
     assert_eq!(&letter.envelope.payload[..], b"\xff\x00garbage", "kept raw");
     assert!(letter.error.contains("no `eventflow` header"), "{}", letter.error);
     let refused_replay = bus.replay_dead_letter(letter.id).await.unwrap_err();
-    assert!(refused_replay.to_string().contains("cannot be replayed"), "{refused_replay}");
+    assert!(
+        refused_replay.to_string().contains("cannot be replayed"),
+        "{refused_replay}"
+    );
     bus.discard_dead_letter(letter.id).await.unwrap();
     assert_eq!(bus.dead_letters(Some("crm")).await.unwrap().len(), 0);
     bus.shutdown().await;

@@ -86,9 +86,21 @@ async fn a_big_event_is_dead_lettered_and_the_others_delivered(kafka: Kafka) {
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(letter.envelope.key.as_deref(), Some("order-big"));
-    assert!(letter.envelope.payload.len() > 3 * 1024 * 1024, "the event is kept whole");
-    for expected in ["MessageSizeTooLarge", "message.max.bytes", "smaller or split it", "replay"] {
-        assert!(letter.error.contains(expected), "`{expected}` in: {}", letter.error);
+    assert!(
+        letter.envelope.payload.len() > 3 * 1024 * 1024,
+        "the event is kept whole"
+    );
+    for expected in [
+        "MessageSizeTooLarge",
+        "message.max.bytes",
+        "smaller or split it",
+        "replay",
+    ] {
+        assert!(
+            letter.error.contains(expected),
+            "`{expected}` in: {}",
+            letter.error
+        );
     }
     // The relay goes on.
     let mut work = bus.begin().await.unwrap();
@@ -126,7 +138,11 @@ async fn an_event_the_broker_refuses_as_too_large_is_dead_lettered_and_the_other
 struct Refused(Arc<Mutex<HashSet<String>>>);
 
 #[subscribe(group = "crm", retries = 0)]
-async fn crm(event: OrderPaid, State(rec): State<Recorder>, State(refused): State<Refused>) -> Result<(), String> {
+async fn crm(
+    event: OrderPaid,
+    State(rec): State<Recorder>,
+    State(refused): State<Refused>,
+) -> Result<(), String> {
     if refused.0.lock().unwrap().contains(&event.order_id) {
         return Err(format!("CRM refuses {}", event.order_id));
     }
@@ -149,7 +165,13 @@ async fn a_sequenced_group_parks_later_events_of_a_dead_lettered_key_on_kafka() 
         .await
         .unwrap();
     let publish = |key: &str, seq| {
-        let (bus, event) = (bus.clone(), OrderPaid { order_id: key.into(), seq });
+        let (bus, event) = (
+            bus.clone(),
+            OrderPaid {
+                order_id: key.into(),
+                seq,
+            },
+        );
         async move { bus.publish(&event).await.unwrap() }
     };
     publish("k", 1).await;
@@ -170,7 +192,11 @@ async fn a_sequenced_group_parks_later_events_of_a_dead_lettered_key_on_kafka() 
         }
     })
     .await;
-    assert_eq!(rec.seen("crm"), [("other".to_owned(), 3)], "nothing of `k` overtook event 1");
+    assert_eq!(
+        rec.seen("crm"),
+        [("other".to_owned(), 3)],
+        "nothing of `k` overtook event 1"
+    );
     let letters = bus.dead_letters(Some("crm")).await.unwrap();
     assert_eq!(letters[1].parked_behind(), Some(letters[0].id));
     assert_eq!(letters[2].parked_behind(), Some(letters[0].id));
@@ -243,7 +269,11 @@ async fn every_mangled_message_is_listed_by_the_bus_raw_with_its_reason() {
     for letter in &letters {
         assert!(letter.is_foreign(), "{letter:?}");
         assert_eq!(letter.envelope.content_type, "application/octet-stream");
-        assert!(letter.error.contains("not an eventflow event"), "{}", letter.error);
+        assert!(
+            letter.error.contains("not an eventflow event"),
+            "{}",
+            letter.error
+        );
         assert!(
             String::from_utf8_lossy(&letter.envelope.payload).contains("garbage"),
             "kept raw"
@@ -252,7 +282,13 @@ async fn every_mangled_message_is_listed_by_the_bus_raw_with_its_reason() {
         assert!(letter.envelope.headers.contains_key(headers::ORIGIN_OFFSET));
     }
     // The dead-letter topic holds them too, as before.
-    let dlq = kafka_common::read_topic(&kafka.dead_letter_topic("orders", "inventory"), BARE + BAD_HEADER, 30, true).await;
+    let dlq = kafka_common::read_topic(
+        &kafka.dead_letter_topic("orders", "inventory"),
+        BARE + BAD_HEADER,
+        30,
+        true,
+    )
+    .await;
     assert_eq!(dlq.len(), BARE + BAD_HEADER);
     bus.shutdown().await;
 }

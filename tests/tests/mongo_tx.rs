@@ -36,7 +36,10 @@ async fn a_typed_tx_gives_the_mongo_transaction_and_question_mark_works_on_drive
     let bus = EventBus::builder()
         .transport(transport.clone())
         .storage(store.clone())
-        .backoff(Backoff::exponential(Duration::from_millis(1), Duration::from_millis(2)))
+        .backoff(Backoff::exponential(
+            Duration::from_millis(1),
+            Duration::from_millis(2),
+        ))
         .retries(1)
         .handler(book)
         .start()
@@ -77,7 +80,11 @@ async fn a_typed_tx_gives_the_mongo_transaction_and_question_mark_works_on_drive
     })
     .await;
     within(30, "the group to finish", transport.wait_idle()).await;
-    assert_eq!(ids().await, ["order-1", "order-2"], "the failed attempts' inserts were rolled back");
+    assert_eq!(
+        ids().await,
+        ["order-1", "order-2"],
+        "the failed attempts' inserts were rolled back"
+    );
     let letter = &bus.dead_letters(Some("ledger")).await.unwrap()[0];
     assert!(
         letter.error.to_lowercase().contains("duplicate key"),

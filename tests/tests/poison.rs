@@ -111,7 +111,10 @@ async fn an_event_the_transport_refuses_is_dead_lettered_and_the_rest_of_the_bat
     let started = Instant::now();
     commit(&bus, &events).await;
 
-    eventually(5, "the five deliverable events", || rec.seen("inventory").len() == 5).await;
+    eventually(5, "the five deliverable events", || {
+        rec.seen("inventory").len() == 5
+    })
+    .await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the deliverable events took {:?}",
@@ -122,17 +125,27 @@ async fn an_event_the_transport_refuses_is_dead_lettered_and_the_rest_of_the_bat
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
     assert_eq!(letter.envelope.key.as_deref(), Some("poison-1"));
-    assert!(letter.error.contains(REASON), "the transport's reason: {}", letter.error);
+    assert!(
+        letter.error.contains(REASON),
+        "the transport's reason: {}",
+        letter.error
+    );
     assert!(letter.error.contains("replay"), "what to do: {}", letter.error);
 
     // The relay goes on: a later commit is delivered.
     commit(&bus, &[order("order-6", 6)]).await;
-    eventually(5, "an event committed after the poison", || rec.seen("inventory").len() == 6).await;
+    eventually(5, "an event committed after the poison", || {
+        rec.seen("inventory").len() == 6
+    })
+    .await;
 
     // Nothing lost: once the transport takes it, the replayed letter is delivered.
     transport.refusing.store(false, Ordering::Release);
     bus.replay_dead_letter(letter.id).await.unwrap();
-    eventually(5, "the replayed poison event", || rec.seen("inventory").len() == 7).await;
+    eventually(5, "the replayed poison event", || {
+        rec.seen("inventory").len() == 7
+    })
+    .await;
     assert!(bus.dead_letters(None).await.unwrap().is_empty());
     bus.shutdown().await;
 }
@@ -146,7 +159,10 @@ async fn by_default_later_events_of_a_refused_events_key_are_delivered() {
     eventually(5, "the other key", || rec.seen("inventory").len() == 1).await;
     transport.refusing.store(false, Ordering::Release);
     commit(&bus, &[order("poison-1", 3)]).await;
-    eventually(5, "the later event of the refused key", || rec.seen("inventory").len() == 2).await;
+    eventually(5, "the later event of the refused key", || {
+        rec.seen("inventory").len() == 2
+    })
+    .await;
     assert_eq!(rec.sorted_seqs("inventory"), [2, 3]);
     assert_eq!(bus.dead_letters(None).await.unwrap().len(), 1);
     bus.shutdown().await;
@@ -158,7 +174,11 @@ async fn with_sequenced_dead_letters_later_events_of_the_key_are_parked_and_rele
     let rec = Recorder::default();
     let bus = bus(&transport, &rec, true).await;
     // In one batch: the refused event, a later one of its key, and another key.
-    commit(&bus, &[order("poison-1", 1), order("poison-1", 2), order("order-3", 3)]).await;
+    commit(
+        &bus,
+        &[order("poison-1", 1), order("poison-1", 2), order("order-3", 3)],
+    )
+    .await;
     eventually(5, "the other key", || rec.seen("inventory").len() == 1).await;
     transport.refusing.store(false, Ordering::Release);
     // Committed later, once the transport would take it: still parked behind the first.
@@ -176,7 +196,11 @@ async fn with_sequenced_dead_letters_later_events_of_the_key_are_parked_and_rele
         assert_eq!(parked.parked_behind(), Some(head.id), "{parked:?}");
         assert!(parked.error.contains("parked behind"), "{}", parked.error);
     }
-    assert_eq!(rec.sorted_seqs("inventory"), [3], "nothing of the key overtook the refused event");
+    assert_eq!(
+        rec.sorted_seqs("inventory"),
+        [3],
+        "nothing of the key overtook the refused event"
+    );
     let refused = bus.replay_dead_letter(letters[1].id).await.unwrap_err();
     assert!(refused.to_string().contains("parked behind"), "{refused}");
 
@@ -199,8 +223,17 @@ async fn a_transient_failure_is_retried_and_dead_letters_nothing() {
     transport.outage.store(3, Ordering::Release);
     let rec = Recorder::default();
     let bus = bus(&transport, &rec, false).await;
-    commit(&bus, &(1..=4).map(|seq| order(&format!("order-{seq}"), seq)).collect::<Vec<_>>()).await;
-    eventually(10, "the events after the outage", || rec.seen("inventory").len() == 4).await;
+    commit(
+        &bus,
+        &(1..=4)
+            .map(|seq| order(&format!("order-{seq}"), seq))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    eventually(10, "the events after the outage", || {
+        rec.seen("inventory").len() == 4
+    })
+    .await;
     assert_eq!(rec.sorted_seqs("inventory"), [1, 2, 3, 4]);
     assert!(bus.dead_letters(None).await.unwrap().is_empty());
     within(5, "the group to finish", transport.inner.wait_idle()).await;

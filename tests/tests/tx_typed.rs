@@ -18,7 +18,8 @@ async fn book(order: OrderPaid, tx: Tx<SqliteTransaction>) -> Result<(), eventfl
     )?;
     if order.seq == 13 {
         // A statement that fails: its rusqlite error goes up with `?`.
-        tx.connection().execute("INSERT INTO no_such_table VALUES (1)", ())?;
+        tx.connection()
+            .execute("INSERT INTO no_such_table VALUES (1)", ())?;
     }
     Ok(())
 }
@@ -62,7 +63,10 @@ async fn a_typed_tx_gives_the_sqlite_transaction_and_question_mark_works_on_its_
     let bus = EventBus::builder()
         .transport(transport.clone())
         .storage(store.clone())
-        .backoff(Backoff::exponential(Duration::from_millis(1), Duration::from_millis(2)))
+        .backoff(Backoff::exponential(
+            Duration::from_millis(1),
+            Duration::from_millis(2),
+        ))
         .retries(1)
         .handler(book)
         .handler(append)
@@ -92,7 +96,11 @@ async fn a_typed_tx_gives_the_sqlite_transaction_and_question_mark_works_on_its_
         "the failed handler's insert was rolled back with it"
     );
     let letter = &bus.dead_letters(Some("ledger")).await.unwrap()[0];
-    assert!(letter.error.contains("no such table: no_such_table"), "rusqlite's message: {}", letter.error);
+    assert!(
+        letter.error.contains("no such table: no_such_table"),
+        "rusqlite's message: {}",
+        letter.error
+    );
     assert_eq!(letter.attempts, 2);
     assert!(
         bus.dead_letters(Some("streams")).await.unwrap().is_empty(),
@@ -114,8 +122,14 @@ async fn a_tx_of_another_backend_fails_start_naming_both_types() {
         .to_string();
     assert!(error.contains("handler `"), "{error}");
     assert!(error.contains("book"), "names the handler: {error}");
-    assert!(error.contains("Tx<eventflow::store::sqlite::SqliteTransaction>"), "{error}");
-    assert!(error.contains("MemoryTransaction"), "names the storage's type: {error}");
+    assert!(
+        error.contains("Tx<eventflow::store::sqlite::SqliteTransaction>"),
+        "{error}"
+    );
+    assert!(
+        error.contains("MemoryTransaction"),
+        "names the storage's type: {error}"
+    );
     // Plain `Tx` takes any storage.
     let bus = EventBus::builder()
         .transport(InProcess::new())

@@ -24,7 +24,10 @@ fn letter(group: &str, key: Option<&str>, n: u32) -> DeadLetter {
 /// Counting gives each group's letters; purging a group removes its letters and no other
 /// group's; the blocked keys of a group name each key once, with its oldest letter.
 pub async fn dead_letters_are_counted_purged_and_keyed_by_group<S: Storage>(store: &S) {
-    assert!(store.counts().await.unwrap().is_empty(), "a fresh store has no dead letters");
+    assert!(
+        store.counts().await.unwrap().is_empty(),
+        "a fresh store has no dead letters"
+    );
     assert!(store.blocked_keys("crm").await.unwrap().is_empty());
     let first_k = letter("crm", Some("k"), 1);
     let letters = [
@@ -44,7 +47,11 @@ pub async fn dead_letters_are_counted_purged_and_keyed_by_group<S: Storage>(stor
         [("crm".to_owned(), 4), ("mail".to_owned(), 2)]
     );
     let keys = store.blocked_keys("crm").await.unwrap();
-    assert_eq!(keys.len(), 2, "one entry per key, none for letters without one: {keys:?}");
+    assert_eq!(
+        keys.len(),
+        2,
+        "one entry per key, none for letters without one: {keys:?}"
+    );
     assert_eq!(keys.get("k"), Some(&first_k.id), "the oldest letter of the key");
     assert_eq!(keys.get("j"), Some(&letters[2].id));
 
@@ -52,7 +59,11 @@ pub async fn dead_letters_are_counted_purged_and_keyed_by_group<S: Storage>(stor
     assert_eq!(store.purge("crm").await.unwrap(), 0, "a purged group is empty");
     assert!(store.list(Some("crm")).await.unwrap().is_empty());
     assert!(store.blocked_keys("crm").await.unwrap().is_empty());
-    assert_eq!(store.list(Some("mail")).await.unwrap().len(), 2, "other groups are kept");
+    assert_eq!(
+        store.list(Some("mail")).await.unwrap().len(),
+        2,
+        "other groups are kept"
+    );
     assert_eq!(
         store.counts().await.unwrap().into_iter().collect::<Vec<_>>(),
         [("mail".to_owned(), 2)]
