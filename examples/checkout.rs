@@ -21,12 +21,17 @@
 //! orders paid and delivers nothing again. Kill it mid-run (Ctrl-C) and run it again: the
 //! outbox delivers what was committed and not yet handled, and every consumer's effect is
 //! there exactly once. Delete the file to start over.
+//!
+//! One order comes with a 2 MB gift note, over what the transport takes (Kafka's
+//! `message.max.bytes`, 1 MB by default; the in-process transport is given the same
+//! limit): the relay sets its event aside as a dead letter of `eventflow.outbox`, with the
+//! transport's reason, and the other orders are delivered all the same.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use eventflow::store::{rusqlite, SqliteStore, SqliteTransaction};
-use eventflow::{subscribe, Aggregate, Context, Event, EventBus, InProcess, MemoryStore, Storage, Tx};
+use eventflow::{subscribe, Aggregate, Context, Event, EventBus, InProcess, MemoryStore, Relay, Storage, Tx};
 use eventflow_mongo::mongodb::bson::{doc, Document};
 use eventflow_mongo::{MongoStore, MongoTransaction, DEFAULT_URI};
 use serde::{Deserialize, Serialize};
@@ -39,6 +44,9 @@ struct OrderPaid {
     order_id: String,
     user_id: String,
     total_amount: u64,
+    /// A note printed on the gift wrapping, if the order is a gift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gift_note: Option<String>,
 }
 
 /// An order, event-sourced: its state is what its events add up to.
@@ -92,21 +100,17 @@ async fn add_points(order: OrderPaid, tx: Tx, ctx: Context) -> Result {
 async fn record_effect(tx: &Tx, ctx: &Context, order: &OrderPaid, what: &str) -> Result {
     let mut tx = tx.lock().await;
     if let Some(sqlite) = tx.downcast_mut::<SqliteTransaction>() {
-        sqlite
-            .connection()
-            .execute(
-                "INSERT INTO effects (grp, order_id, what) VALUES (?1, ?2, ?3)",
-                (ctx.group(), &order.order_id, what),
-            )
-            .map_err(|e| eventflow::Error::backend(format!("recording the effect: {e}")))?;
+        sqlite.connection().execute(
+            "INSERT INTO effects (grp, order_id, what) VALUES (?1, ?2, ?3)",
+            (ctx.group(), &order.order_id, what),
+        )?;
     } else if let Some(mongo) = tx.downcast_mut::<MongoTransaction>() {
         let effect = doc! { "grp": ctx.group(), "order_id": &order.order_id, "what": what };
         mongo
             .collection::<Document>("effects")
             .insert_one(effect)
             .session(mongo.session())
-            .await
-            .map_err(|e| eventflow::Error::backend(format!("recording the effect: {e}")))?;
+            .await?;
     }
     say(ctx, what);
     Ok(())
@@ -173,7 +177,8 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let options = Options::parse()?;
     let mut builder = EventBus::builder().discovered_handlers();
     builder = match options.transport.as_str() {
-        "in-process" => builder.transport(InProcess::new()),
+        // The same limit as Kafka's default `message.max.bytes`.
+        "in-process" => builder.transport(InProcess::builder().max_message_bytes(1_000_000).build()),
         "kafka" => {
             let kafka = eventflow_kafka::Kafka::from_env().build()?;
             println!("transport: Kafka at {}", brokers());
@@ -217,24 +222,36 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
 
     let orders = bus.repository::<Order>()?;
     let customers = ["alice", "bob", "carol", "dave"];
-    for n in 0..options.orders {
-        let order_id = format!("XYZ-{}", 123 + n);
+    for n in 0..=options.orders {
+        // The last order is a gift, with a note far too long for the transport.
+        let (order_id, gift_note) = match n == options.orders {
+            false => (format!("XYZ-{}", 123 + n), None),
+            true => ("XYZ-GIFT".to_owned(), Some("Happy birthday! ".repeat(128 * 1024))),
+        };
         let mut order = orders.load(&order_id).await?;
         if order.paid {
             println!("order {order_id} was paid in an earlier run");
             continue;
         }
+        let size = gift_note.as_ref().map(String::len);
         order.record(OrderPaid {
             order_id: order_id.clone(),
             user_id: customers[n as usize % customers.len()].into(),
             total_amount: 999 + 1_000 * n,
+            gift_note,
         });
         // The order's new state and the event announcing it commit together; the relay
         // delivers the event after the commit.
         let mut work = bus.begin().await?;
         work.save(&mut order).await?;
         work.commit().await?;
-        println!("paid order {order_id}: saved with its order.paid event");
+        match size {
+            None => println!("paid order {order_id}: saved with its order.paid event"),
+            Some(size) => println!(
+                "paid order {order_id} with a gift note of {} MB: saved with its order.paid event",
+                size / 1_000_000
+            ),
+        }
     }
 
     // Every group records each event it handled in the inbox: wait until all of them have
@@ -246,12 +263,29 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .filter(|e| e.envelope.name == OrderPaid::NAME)
         .map(|e| e.envelope.id)
         .collect();
-    for group in &groups {
-        while store.processed(group, &paid).await?.len() < paid.len() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // An event the transport refused for good is not waited for: it is a dead letter.
+    loop {
+        let refused = refused_events(&bus).await?;
+        let deliverable: Vec<uuid::Uuid> = paid.iter().copied().filter(|id| !refused.contains(id)).collect();
+        let mut handled = true;
+        for group in &groups {
+            handled &= store.processed(group, &deliverable).await?.len() == deliverable.len();
         }
+        if handled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("every consumer handled every order");
+    for letter in bus.dead_letters(Some(Relay::DEAD_LETTER_GROUP)).await? {
+        println!(
+            "not delivered: event …{} of order {} is a dead letter of `{}`; the transport said:\n    {}",
+            short(letter.envelope.id),
+            letter.envelope.key.as_deref().unwrap_or("?"),
+            letter.group,
+            letter.error,
+        );
+    }
     match (options.store.as_str(), &mongo) {
         ("sqlite", _) => summary(&options.db, paid.len())?,
         (_, Some(mongo)) => {
@@ -265,6 +299,14 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     }
     bus.shutdown().await;
     Ok(())
+}
+
+/// The events the relay set aside because the transport refused them for good.
+async fn refused_events(
+    bus: &EventBus,
+) -> std::result::Result<std::collections::HashSet<uuid::Uuid>, eventflow::Error> {
+    let letters = bus.dead_letters(Some(Relay::DEAD_LETTER_GROUP)).await?;
+    Ok(letters.into_iter().map(|letter| letter.envelope.id).collect())
 }
 
 /// Each transactional consumer's effects in the MongoDB database.

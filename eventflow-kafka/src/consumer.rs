@@ -159,7 +159,12 @@ impl KafkaConsumer {
                         headers: message.headers().map(|h| h.detach()),
                     },
                 );
-                foreign_envelope(message, event_topic, kafka_topic, reason_of(&self.foreign, &topic, partition, offset))
+                foreign_envelope(
+                    message,
+                    event_topic,
+                    kafka_topic,
+                    reason_of(&self.foreign, &topic, partition, offset),
+                )
             }
         };
         Record {
@@ -234,7 +239,12 @@ fn reason_of(
 /// bytes as they are, its reason and origin in headers (with its own headers that are
 /// text), and an id derived from its position, so that reading it again after a restart
 /// replaces its dead letter instead of adding one.
-fn foreign_envelope(message: &BorrowedMessage<'_>, event_topic: &str, kafka_topic: &str, reason: String) -> Envelope {
+fn foreign_envelope(
+    message: &BorrowedMessage<'_>,
+    event_topic: &str,
+    kafka_topic: &str,
+    reason: String,
+) -> Envelope {
     let mut envelope = Envelope::new(
         FOREIGN,
         0,
@@ -253,13 +263,16 @@ fn foreign_envelope(message: &BorrowedMessage<'_>, event_topic: &str, kafka_topi
             }
         }
     }
-    envelope.headers.insert(Envelope::FOREIGN_REASON.to_owned(), reason);
+    envelope
+        .headers
+        .insert(Envelope::FOREIGN_REASON.to_owned(), reason);
     envelope
         .headers
         .insert(headers::ORIGIN_TOPIC.to_owned(), kafka_topic.to_owned());
-    envelope
-        .headers
-        .insert(headers::ORIGIN_PARTITION.to_owned(), message.partition().to_string());
+    envelope.headers.insert(
+        headers::ORIGIN_PARTITION.to_owned(),
+        message.partition().to_string(),
+    );
     envelope
         .headers
         .insert(headers::ORIGIN_OFFSET.to_owned(), message.offset().to_string());

@@ -488,7 +488,10 @@ impl Transport for Kafka {
         match self.inner.enqueue_now(&envelope) {
             Some(Ok(enqueued)) => {
                 drop(envelope);
-                Box::pin(Acknowledgement::new(&self.inner, enqueued).map(move |acked| acked.map_err(|e| naming(e, id))))
+                Box::pin(
+                    Acknowledgement::new(&self.inner, enqueued)
+                        .map(move |acked| acked.map_err(|e| naming(e, id))),
+                )
             }
             Some(Err(error)) => Box::pin(std::future::ready(Err(naming(error.into(), id)))),
             None => Box::pin(async move {
@@ -531,7 +534,11 @@ impl Transport for Kafka {
             match Acknowledgement::new(&self.inner, enqueued).await {
                 Ok(()) => {}
                 Err(eventflow::Error::Rejected { rejections: refused }) => {
-                    let reason = refused.into_iter().map(|r| r.reason).collect::<Vec<_>>().join("; ");
+                    let reason = refused
+                        .into_iter()
+                        .map(|r| r.reason)
+                        .collect::<Vec<_>>()
+                        .join("; ");
                     rejections.push(Rejection::new(index, ids[index], reason));
                 }
                 Err(error) => {

@@ -77,9 +77,10 @@
 //! The relay delivers every committed outbox entry at least once, in commit order, and
 //! marks it delivered only after the transport accepted it: a crash in between delivers it
 //! again, and the consumers' inbox absorbs the duplicate. A handler taking
-//! [`Tx`](eventflow::Tx) writes through the same transaction as its inbox marker
-//! (`tx.lock().await.downcast_mut::<MongoTransaction>()`), so its effect on MongoDB happens
-//! exactly once.
+//! [`Tx<MongoTransaction>`](eventflow::Tx) writes through the same transaction as its
+//! inbox marker (`tx.lock().await.session()`), so its effect on MongoDB happens exactly
+//! once. This crate turns on eventflow's `mongodb` feature, so `?` on a
+//! `mongodb::error::Error` works in a handler returning `eventflow::Error`.
 #![warn(missing_docs)]
 
 mod cdc;

@@ -689,7 +689,10 @@ impl DeadLetterStore for MongoStore {
         let mut keys = std::collections::HashMap::new();
         for doc in &docs {
             let read = || -> Result<(String, Uuid), String> {
-                Ok((document::get_str(doc, field::KEY)?.to_owned(), document::get_uuid(doc, "_id")?))
+                Ok((
+                    document::get_str(doc, field::KEY)?.to_owned(),
+                    document::get_uuid(doc, "_id")?,
+                ))
             };
             let (key, id) = read().map_err(|reason| unreadable("a dead letter's key", reason))?;
             keys.entry(key).or_insert(id);

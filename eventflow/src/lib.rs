@@ -7,7 +7,8 @@
 //! - [`#[derive(Event)]`](derive@Event) declares an event: name, version, topic, partition key.
 //! - [`#[subscribe]`](macro@subscribe) turns an `async fn` into a [`Handler`] of one
 //!   consumer group, with a retry budget; arguments after the event are extractors
-//!   ([`Context`], [`State`]).
+//!   ([`Context`], [`State`], [`Tx`] — the handler's unit of work, typed as the storage's
+//!   own transaction with `Tx<SqliteTransaction>` —, or your own [`FromContext`]).
 //! - [`EventBus`] publishes and runs handlers over a [`Transport`](transport::Transport):
 //!   the default [`InProcess`] transport has Kafka's partition and consumer-group semantics
 //!   without a server; `eventflow-kafka` is the same on Kafka.
@@ -74,8 +75,28 @@
 //! default) with exponential [`Backoff`] and jitter; then the event is stored as a
 //! [`DeadLetter`] with the error and the attempt count, and its partition moves on. An event
 //! whose payload does not decode, or whose version the handler does not know, is
-//! dead-lettered at once. [`EventBus::dead_letters`] lists them and
-//! [`EventBus::replay_dead_letter`] runs one again.
+//! dead-lettered at once. So is a message that is not an eventflow event at all
+//! ([`Envelope::FOREIGN`], kept raw with the reason), in every group that reads it.
+//!
+//! On the bus: [`EventBus::dead_letters`] lists them, [`EventBus::dead_letter_counts`]
+//! counts them per group, [`EventBus::replay_dead_letter`] runs one again and
+//! [`EventBus::replay_dead_letters`] a whole group in the order it gave up on them,
+//! [`EventBus::discard_dead_letter`] drops one and [`EventBus::purge_dead_letters`] a
+//! group's.
+//!
+//! By default a dead letter does not hold its key up: later events of the key are handled.
+//! A group with [sequenced dead letters](EventBusBuilder::sequenced_dead_letters) parks
+//! them behind it instead (Axon's sequenced dead-letter queue), and handles them in order
+//! once it is replayed or discarded; other keys flow on.
+//!
+//! # Poison events in the outbox
+//!
+//! An outbox entry the transport refuses for good ([`Error::Rejected`]: larger than the
+//! broker takes, an invalid topic, a record the broker rejects) is dead-lettered in group
+//! [`Relay::DEAD_LETTER_GROUP`] with the transport's reason and what to do; the rest of its
+//! batch is delivered and the relay goes on. Transient failures (broker down, timeouts)
+//! are retried with backoff. Later events of the refused event's key are delivered, or,
+//! with `sequenced_dead_letters(Relay::DEAD_LETTER_GROUP)`, parked behind it.
 //!
 //! # Automatic registration
 //!

@@ -39,7 +39,11 @@ impl Rejection {
 
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "event {} (#{} of the batch): {}", self.event, self.index, self.reason)
+        write!(
+            f,
+            "event {} (#{} of the batch): {}",
+            self.event, self.index, self.reason
+        )
     }
 }
 

@@ -206,6 +206,8 @@ fn mismatch<T: ?Sized + TransactionType>(held: &str) -> String {
 
 impl<T: ?Sized + TransactionType> std::fmt::Debug for Tx<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tx").field("transaction", &self.held.1).finish_non_exhaustive()
+        f.debug_struct("Tx")
+            .field("transaction", &self.held.1)
+            .finish_non_exhaustive()
     }
 }

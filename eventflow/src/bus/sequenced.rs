@@ -34,9 +34,12 @@ impl Parking {
         if !group.sequenced {
             return Some(None);
         }
-        let heads = super::worker::with_retries(shared, shutdown, "reading the keys of sequenced dead letters", || {
-            shared.dead_letters.blocked_keys(&group.name)
-        })
+        let heads = super::worker::with_retries(
+            shared,
+            shutdown,
+            "reading the keys of sequenced dead letters",
+            || shared.dead_letters.blocked_keys(&group.name),
+        )
         .await?;
         Some(Some(Parking {
             heads: Mutex::new(heads),

@@ -437,7 +437,11 @@ async fn park(
 /// Runs a dead letter's event through its group's handler again; `true` if it was handled
 /// (the letter is removed), `false` if it failed again (the letter stays, with the new
 /// error; a parked letter stays as a letter of its own, no longer parked).
-pub(super) async fn replay(shared: &Arc<Shared>, group: &Group, mut letter: DeadLetter) -> Result<bool, Error> {
+pub(super) async fn replay(
+    shared: &Arc<Shared>,
+    group: &Group,
+    mut letter: DeadLetter,
+) -> Result<bool, Error> {
     letter.envelope.headers.remove(DeadLetter::PARKED_BEHIND);
     let route = group.route(&letter.envelope).ok_or_else(|| {
         Error::Config(format!(
@@ -835,19 +839,23 @@ async fn dead_letter(
     if stored.await.is_none() {
         return Outcome::Interrupted;
     }
-    let handed = with_retries(shared, shutdown, "handing a dead letter to the transport", || async {
-        match transport.dead_letter(letter).await {
-            // Refused for good (too large for the broker's dead-letter topic, say): it is
-            // in the bus's store, which is what `EventBus::dead_letters` lists.
-            Err(error) if error.is_permanent() => {
-                tracing::error!(group = %letter.group, event.id = %letter.envelope.id, %error, "the transport refused the dead letter's copy for good; it is kept in the dead-letter store only");
-                Ok(())
+    let handed = with_retries(
+        shared,
+        shutdown,
+        "handing a dead letter to the transport",
+        || async {
+            match transport.dead_letter(letter).await {
+                // Refused for good (too large for the broker's dead-letter topic, say): it is
+                // in the bus's store, which is what `EventBus::dead_letters` lists.
+                Err(error) if error.is_permanent() => {
+                    tracing::error!(group = %letter.group, event.id = %letter.envelope.id, %error, "the transport refused the dead letter's copy for good; it is kept in the dead-letter store only");
+                    Ok(())
+                }
+                other => other,
             }
-            other => other,
-        }
-    });
-    match handed.await
-    {
+        },
+    );
+    match handed.await {
         Some(()) => Outcome::Done,
         None => Outcome::Interrupted,
     }

@@ -27,6 +27,9 @@ pub use projections::{
 };
 pub use snapshots::snapshots_keep_the_newest_of_each_stream;
 
+mod dead_letter_operations;
+pub use dead_letter_operations::dead_letters_are_counted_purged_and_keyed_by_group;
+
 /// Runs every guarantee of the suite as its own `#[tokio::test]`, each on a store made by
 /// `$make` (an expression of a future yielding a fresh store).
 #[macro_export]
@@ -44,6 +47,7 @@ macro_rules! storage_conformance {
             the_inbox_suppresses_duplicates,
             pruning_the_inbox_forgets_only_older_markers,
             dead_letters_are_kept_replaced_and_taken,
+            dead_letters_are_counted_purged_and_keyed_by_group,
             checkpoints_are_saved,
             snapshots_keep_the_newest_of_each_stream,
             a_checkpoint_saved_in_a_unit_of_work_commits_with_it,

@@ -42,6 +42,7 @@ pub struct InProcessBuilder {
     topic_partitions: HashMap<String, u32>,
     capacity: usize,
     max_batch: usize,
+    max_message_bytes: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -125,6 +126,7 @@ impl Default for InProcessBuilder {
             topic_partitions: HashMap::new(),
             capacity: 1024,
             max_batch: 256,
+            max_message_bytes: None,
         }
     }
 }
@@ -151,6 +153,15 @@ impl InProcessBuilder {
     /// Most records one poll returns. Default 256.
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.max_batch = max_batch.max(1);
+        self
+    }
+
+    /// Refuses, for good ([`Error::Rejected`]), events whose payload is larger than
+    /// `bytes`, as a broker refuses a message over its limit (Kafka's `message.max.bytes`
+    /// is about 1 MB by default): a program tried in-process meets its oversized events
+    /// before production does. Default: no limit.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = Some(bytes);
         self
     }
 
@@ -270,6 +281,19 @@ impl InProcess {
 #[async_trait]
 impl Transport for InProcess {
     async fn publish(&self, envelope: Envelope) -> Result<(), Error> {
+        if let Some(limit) = self.inner.config.max_message_bytes {
+            if envelope.payload.len() > limit {
+                return Err(Error::rejected(
+                    envelope.id,
+                    format!(
+                        "the payload of {} bytes is over the transport's limit of {limit} bytes \
+                         (`InProcessBuilder::max_message_bytes`): make the event smaller or split \
+                         it, or raise the limit",
+                        envelope.payload.len()
+                    ),
+                ));
+            }
+        }
         let topic = self.topic(&envelope.topic);
         let count = topic.partitions.len() as u32;
         let index = match &envelope.key {
