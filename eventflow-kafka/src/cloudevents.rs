@@ -278,9 +278,9 @@ impl<'a> Attributes<'a> {
     /// `free`. `content_type` is the `content-type` header, if any.
     pub(crate) fn into_metadata(
         self,
-        content_type: Option<String>,
+        content_type: Option<&'a str>,
         free: &mut BTreeMap<String, String>,
-    ) -> Result<Metadata, String> {
+    ) -> Result<Metadata<'a>, String> {
         let text = |key: &str, value: &'a [u8]| {
             std::str::from_utf8(value).map_err(|_| format!("header `{key}` is not UTF-8"))
         };
@@ -340,19 +340,16 @@ impl<'a> Attributes<'a> {
         };
         Ok(Metadata {
             id: Some(id),
-            name: Some(name.to_owned()),
+            name: Some(name),
             version: Some(version),
-            content_type: Some(content_type.unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned())),
+            content_type: Some(content_type.unwrap_or(DEFAULT_CONTENT_TYPE)),
             correlation_id: self.correlation_id.map(|v| uuid(CORRELATION_ID, v)).transpose()?,
             causation_id: self.causation_id.map(|v| uuid(CAUSATION_ID, v)).transpose()?,
             timestamp: self
                 .time
                 .map(|v| time::parse(text(TIME, v)?).map_err(|e| format!("header `{TIME}`: {e}")))
                 .transpose()?,
-            key: self
-                .partition_key
-                .map(|v| text(PARTITION_KEY, v).map(str::to_owned))
-                .transpose()?,
+            key: self.partition_key.map(|v| text(PARTITION_KEY, v)).transpose()?,
         })
     }
 }

@@ -319,17 +319,19 @@ fn bytes_header<'a>(key: &'a str, value: &'a [u8]) -> Header<'a, &'a [u8]> {
 }
 
 /// An envelope's metadata, as read from either header form.
+/// Borrowed from the message's headers, so that reading one allocates only what the
+/// envelope keeps.
 #[derive(Default)]
-pub(crate) struct Metadata {
+pub(crate) struct Metadata<'a> {
     pub(crate) id: Option<Uuid>,
-    pub(crate) name: Option<String>,
+    pub(crate) name: Option<&'a str>,
     pub(crate) version: Option<u32>,
-    pub(crate) content_type: Option<String>,
+    pub(crate) content_type: Option<&'a str>,
     pub(crate) correlation_id: Option<Uuid>,
     pub(crate) causation_id: Option<Uuid>,
     pub(crate) timestamp: Option<SystemTime>,
     /// The partition key, if the format carries it besides the Kafka key.
-    pub(crate) key: Option<String>,
+    pub(crate) key: Option<&'a str>,
 }
 
 /// Rebuilds an envelope from a Kafka message's parts; the error says what is missing.
@@ -398,7 +400,7 @@ pub(crate) fn decode(
         Some(k) => {
             Some(String::from_utf8(k.to_vec()).map_err(|_| "the message key is not UTF-8".to_owned())?)
         }
-        None => metadata.key,
+        None => metadata.key.map(str::to_owned),
     };
     let timestamp = metadata.timestamp.unwrap_or_else(|| {
         kafka_timestamp_ms
@@ -407,21 +409,21 @@ pub(crate) fn decode(
     });
     Ok(Envelope {
         id,
-        name: Cow::Owned(metadata.name.unwrap_or_default()),
+        name: known_text(metadata.name.unwrap_or_default()),
         version: metadata.version.unwrap_or_default(),
-        topic: Cow::Owned(topic.to_owned()),
+        topic: known_text(topic),
         key,
         timestamp,
         correlation_id: metadata.correlation_id.unwrap_or(id),
         causation_id: metadata.causation_id,
         headers: free,
-        content_type: Cow::Owned(metadata.content_type.unwrap_or_default()),
+        content_type: known_text(metadata.content_type.unwrap_or_default()),
         payload: bytes_of(payload),
     })
 }
 
 /// Reads the [`EVENTFLOW`] header's value.
-fn read_metadata(value: &[u8]) -> Result<Metadata, String> {
+fn read_metadata(value: &[u8]) -> Result<Metadata<'_>, String> {
     let text = std::str::from_utf8(value).map_err(|_| format!("header `{EVENTFLOW}` is not UTF-8"))?;
     let mut fields = text.splitn(8, ';');
     let format = fields.next().unwrap_or_default();
@@ -455,11 +457,11 @@ fn read_metadata(value: &[u8]) -> Result<Metadata, String> {
     }
     Ok(Metadata {
         id: Some(id),
-        name: Some(name.to_owned()),
+        name: Some(name),
         version: Some(version.parse().map_err(|_| {
             format!("the version in header `{EVENTFLOW}` is not a version number: {version:?}")
         })?),
-        content_type: Some(content_type.to_owned()),
+        content_type: Some(content_type),
         correlation_id: (!correlation.is_empty())
             .then(|| uuid("correlation id", correlation))
             .transpose()?,
@@ -484,7 +486,7 @@ fn read_metadata(value: &[u8]) -> Result<Metadata, String> {
 
 /// Reads one header of the individual-header form into `metadata`; `false` if `key` is
 /// not one.
-fn read_individual(metadata: &mut Metadata, key: &str, value: &[u8]) -> Result<bool, String> {
+fn read_individual<'a>(metadata: &mut Metadata<'a>, key: &str, value: &'a [u8]) -> Result<bool, String> {
     let text = || std::str::from_utf8(value).map_err(|_| format!("header `{key}` is not UTF-8"));
     let uuid = || {
         text().and_then(|t| {
@@ -493,7 +495,7 @@ fn read_individual(metadata: &mut Metadata, key: &str, value: &[u8]) -> Result<b
     };
     match key {
         ID => metadata.id = Some(uuid()?),
-        NAME => metadata.name = Some(text()?.to_owned()),
+        NAME => metadata.name = Some(text()?),
         VERSION => {
             let t = text()?;
             metadata.version = Some(
@@ -501,7 +503,7 @@ fn read_individual(metadata: &mut Metadata, key: &str, value: &[u8]) -> Result<b
                     .map_err(|_| format!("header `{VERSION}` is not a version number: {t:?}"))?,
             );
         }
-        CONTENT_TYPE => metadata.content_type = Some(text()?.to_owned()),
+        CONTENT_TYPE => metadata.content_type = Some(text()?),
         CORRELATION_ID => metadata.correlation_id = Some(uuid()?),
         CAUSATION_ID => metadata.causation_id = Some(uuid()?),
         TIMESTAMP => {
@@ -514,6 +516,30 @@ fn read_individual(metadata: &mut Metadata, key: &str, value: &[u8]) -> Result<b
         _ => return Ok(false),
     }
     Ok(true)
+}
+
+/// `text` as the envelope keeps it: for the few topics, names and content types a process
+/// sees over and over, one copy made the first time and kept for good, so that reading a
+/// message does not allocate them again; past the first 256 distinct values (a producer
+/// writing ever new names), an owned copy per envelope as before, so memory stays bounded.
+fn known_text(text: &str) -> Cow<'static, str> {
+    use std::sync::RwLock;
+    const MOST: usize = 256;
+    static KNOWN: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
+    let find = |known: &[&'static str]| known.iter().find(|kept| **kept == text).copied();
+    if let Some(kept) = find(&KNOWN.read().unwrap_or_else(|e| e.into_inner())) {
+        return Cow::Borrowed(kept);
+    }
+    let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(kept) = find(&known) {
+        return Cow::Borrowed(kept);
+    }
+    if known.len() >= MOST {
+        return Cow::Owned(text.to_owned());
+    }
+    let kept: &'static str = Box::leak(text.into());
+    known.push(kept);
+    Cow::Borrowed(kept)
 }
 
 fn bytes_of(payload: Option<&[u8]>) -> bytes::Bytes {

@@ -149,3 +149,23 @@ fn a_malformed_or_newer_eventflow_header_is_refused_with_the_reason() {
         assert!(error.contains(expected), "{value}: {error}");
     }
 }
+
+#[test]
+fn names_topics_and_content_types_seen_before_are_not_allocated_again() {
+    let envelope = follow_up();
+    let read = round_trip(&encode(&envelope), &envelope);
+    for text in [&read.name, &read.topic, &read.content_type] {
+        assert!(
+            matches!(text, Cow::Borrowed(_)),
+            "{text} is kept once, not per envelope"
+        );
+    }
+    assert_eq!(read, envelope);
+    let many: Vec<String> = (0..300).map(|i| format!("ever.new.name.{i}")).collect();
+    let kept = many.iter().map(|name| known_text(name)).collect::<Vec<_>>();
+    assert!(
+        matches!(kept.last(), Some(Cow::Owned(_))),
+        "past the limit, owned copies"
+    );
+    assert_eq!(kept.last().map(|k| &**k), Some("ever.new.name.299"));
+}

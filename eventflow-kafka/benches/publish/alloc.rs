@@ -1,0 +1,78 @@
+//! A global allocator that counts the Rust heap allocations of the whole process (every
+//! thread), so a run can report how many each published or handled event costs.
+//! librdkafka's own `malloc` calls are C and not counted: the counts are what eventflow, the
+//! rdkafka wrapper, serde and tokio allocate.
+//!
+//! `KAFKA_BENCH_ALLOC_TRACE=N` prints the call stacks of the first N allocations made
+//! while tracing is switched on ([`trace`]), to find where they come from.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+pub struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static TRACING: AtomicBool = AtomicBool::new(false);
+static TRACE_LEFT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Set while this thread prints a trace, whose own allocations are not traced.
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        counted(layout);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        counted(layout);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        counted(layout);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+fn counted(layout: Layout) {
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    if TRACING.load(Ordering::Relaxed) && !IN_TRACE.with(Cell::get) {
+        let left = TRACE_LEFT.load(Ordering::Relaxed);
+        if left > 0
+            && TRACE_LEFT
+                .compare_exchange(left, left - 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            IN_TRACE.with(|t| t.set(true));
+            let trace = std::backtrace::Backtrace::force_capture();
+            eprintln!("allocation of {} bytes:\n{trace}", layout.size());
+            IN_TRACE.with(|t| t.set(false));
+        }
+    }
+}
+
+/// Allocations (and reallocations) so far, all threads.
+pub fn count() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// Runs `f` with allocation tracing on, if `KAFKA_BENCH_ALLOC_TRACE` asks for it.
+pub async fn trace<T>(f: impl std::future::Future<Output = T>) -> T {
+    let n = std::env::var("KAFKA_BENCH_ALLOC_TRACE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    TRACE_LEFT.store(n, Ordering::Relaxed);
+    TRACING.store(n > 0, Ordering::Relaxed);
+    let out = f.await;
+    TRACING.store(false, Ordering::Relaxed);
+    out
+}
