@@ -123,6 +123,12 @@ pub use tx::{Tx, TxGuard};
 #[cfg(feature = "macros")]
 pub use eventflow_macros::{subscribe, Event};
 
+/// The README's Rust blocks, run as doc tests (`cargo test --doc -p eventflow`), so that what
+/// a newcomer copies from it compiles and runs.
+#[cfg(all(doctest, feature = "macros", feature = "sqlite"))]
+#[doc = include_str!("../../README.md")]
+mod readme {}
+
 /// Re-exports for the code the macros generate. Not public API.
 #[doc(hidden)]
 pub mod __private {
