@@ -23,5 +23,8 @@ fn the_readme_first_example_handles_its_event_in_every_run() {
             handled += 1;
         }
     }
-    assert_eq!(handled, RUNS, "the README example's handler ran in {handled} of {RUNS} runs");
+    assert_eq!(
+        handled, RUNS,
+        "the README example's handler ran in {handled} of {RUNS} runs"
+    );
 }
