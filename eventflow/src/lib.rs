@@ -153,6 +153,12 @@ pub use upcast::{decode, decode_with};
 #[cfg(feature = "macros")]
 pub use eventflow_macros::{subscribe, Event, EventSet};
 
+/// The README's Rust blocks, run as doc tests (`cargo test --doc -p eventflow`), so that what
+/// a newcomer copies from it compiles and runs.
+#[cfg(all(doctest, feature = "macros", feature = "sqlite"))]
+#[doc = include_str!("../../README.md")]
+mod readme {}
+
 /// Re-exports for the code the macros generate. Not public API.
 #[doc(hidden)]
 pub mod __private {

@@ -22,15 +22,17 @@ pub struct OutboxProgress {
 /// What a relay reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Relayed {
-    /// The commit count through which every entry has been relayed.
-    pub(crate) through: u64,
+    /// The commit count through which every entry has been relayed; `None` until the relay
+    /// has first found the outbox empty behind what it delivered (entries committed before
+    /// the bus started count too).
+    pub(crate) through: Option<u64>,
     /// Whether another relay holds the outbox lease.
     pub(crate) standing_by: bool,
 }
 
 impl Relayed {
     fn reaches(&self, target: u64) -> bool {
-        self.standing_by || self.through >= target
+        self.standing_by || self.through.is_some_and(|through| through >= target)
     }
 }
 
@@ -46,7 +48,7 @@ impl OutboxProgress {
 
     /// The commit count through which every entry has been relayed.
     pub fn relayed(&self) -> u64 {
-        self.relayed.borrow().through
+        self.relayed.borrow().through.unwrap_or(0)
     }
 
     /// Whether the relay stands by because another relay holds the outbox lease.

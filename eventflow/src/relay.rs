@@ -209,7 +209,7 @@ impl Relay {
         let mut lease = LeaseView::default();
         // The commit count every entry of which has been claimed, once the batches sent
         // (`unsettled`) are marked delivered: reported then as `relayed`.
-        let mut claimed_through = 0;
+        let mut claimed_through = None;
         while !*shutdown.borrow() {
             let mut full = false;
             let mut result = Ok(());
@@ -229,14 +229,12 @@ impl Relay {
                         let through = (!full && ours).then_some(seen);
                         match (sent.sequences.last(), self.transport.until_handled()) {
                             (None, _) => {
-                                if let Some(through) = through {
-                                    claimed_through = claimed_through.max(through);
-                                }
+                                claimed_through = claimed_through.max(through);
                                 Ok(())
                             }
                             (Some(_), None) => {
                                 let marked = self.storage.mark_delivered(&self.id, &sent.sequences).await;
-                                if let (Ok(()), Some(through)) = (&marked, through) {
+                                if marked.is_ok() {
                                     claimed_through = claimed_through.max(through);
                                 }
                                 marked
@@ -272,7 +270,7 @@ impl Relay {
                 tracing::error!(relay = %self.id, %error, ?wait, "relaying the outbox failed; entries stay in the outbox and will be retried");
                 unsettled.clear();
                 cursor = 0;
-                claimed_through = 0;
+                claimed_through = None;
                 tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -295,14 +293,12 @@ impl Relay {
             };
             match self.storage.mark_delivered(&self.id, &handled).await {
                 Ok(()) => {
-                    if let Some(through) = through {
-                        self.relayed.send_if_modified(|relayed| raise(relayed, through));
-                    }
+                    self.relayed.send_if_modified(|relayed| raise(relayed, through));
                 }
                 Err(error) => {
                     tracing::warn!(relay = %self.id, %error, "marking handled outbox entries delivered failed; they will be delivered again and the inbox will skip them");
                     unsettled.clear();
-                    claimed_through = 0;
+                    claimed_through = None;
                 }
             }
             if unsettled.is_empty() {
@@ -318,7 +314,7 @@ impl Relay {
 }
 
 /// Raises `relayed` to `through`; whether it moved.
-fn raise(relayed: &mut Relayed, through: u64) -> bool {
+fn raise(relayed: &mut Relayed, through: Option<u64>) -> bool {
     let raised = through > relayed.through;
     relayed.through = relayed.through.max(through);
     raised

@@ -87,3 +87,64 @@ pub fn remove_db(path: &Path) {
         let _ = std::fs::remove_file(file);
     }
 }
+
+/// How a restarted process took the outbox over after its predecessor was killed: the
+/// times `takeover_child commit` printed.
+#[derive(Clone, Copy, Debug)]
+pub struct Takeover {
+    /// From the commit of the first unit of work to its handler running.
+    pub after_commit: Duration,
+    /// From the process's start to that handler running.
+    pub after_start: Duration,
+}
+
+/// Runs the takeover child `binary` on `store` (`sqlite PATH` or `mongo DATABASE`): one
+/// process takes the outbox lease and is killed with SIGKILL, a second one commits an
+/// event; returns how soon that event was handled.
+pub fn kill_and_restart(binary: &str, store: [&str; 2]) -> Takeover {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut holder = Command::new(binary)
+        .args([store[0], store[1], "hold"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the takeover child starts");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("holding "),
+        "the first child did not take the lease: `{line}`"
+    );
+    holder.kill().unwrap(); // SIGKILL: the lease stays in the store
+    holder.wait().unwrap();
+    restart(binary, store)
+}
+
+/// Starts `takeover_child commit` on `store` and returns its figures.
+pub fn restart(binary: &str, store: [&str; 2]) -> Takeover {
+    let output = std::process::Command::new(binary)
+        .args([store[0], store[1], "commit"])
+        .output()
+        .expect("the takeover child starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the restarted child failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: Vec<u64> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("handled "))
+        .unwrap_or_else(|| panic!("the restarted child printed no `handled` line: {stdout}"))
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    Takeover {
+        after_commit: Duration::from_millis(figures[0]),
+        after_start: Duration::from_millis(figures[1]),
+    }
+}
