@@ -55,9 +55,9 @@
 mod events;
 pub mod testing;
 
-pub use events::EventSet;
 #[doc(hidden)]
 pub use events::not_in_set;
+pub use events::EventSet;
 
 use std::marker::PhantomData;
 use std::ops::Deref;
