@@ -12,7 +12,7 @@
 //!
 //! Every place eventflow decodes an event reads older versions through them: handlers,
 //! [`Repository::load`](crate::Repository::load), dead-letter replays, and
-//! [`decode`](crate::decode) for code of your own (projections). A version that cannot be
+//! [`decode`] for code of your own (projections). A version that cannot be
 //! read (newer than the type, or older with no upcaster) is an [`UpcastError`], never a
 //! silent misread.
 //!
