@@ -73,7 +73,10 @@ fn krate(errors: &Errors, attrs: &[syn::Attribute]) -> syn::Path {
             } else {
                 errors.spanned(
                     &meta.path,
-                    format_args!("unknown event_set attribute `{}`; expected `crate`", path_text(&meta.path)),
+                    format_args!(
+                        "unknown event_set attribute `{}`; expected `crate`",
+                        path_text(&meta.path)
+                    ),
                 );
                 crate::attr::skip_value(&meta)?;
             }

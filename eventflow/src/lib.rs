@@ -98,6 +98,73 @@
 //! are retried with backoff. Later events of the refused event's key are delivered, or,
 //! with `sequenced_dead_letters(Relay::DEAD_LETTER_GROUP)`, parked behind it.
 //!
+//! # Event versions and upcasting
+//!
+//! An event's payload schema has a version; `#[event(version = 2, upcast(from = OrderPaidV1))]`
+//! or `upcast(v1 = function)` declares how older versions become the current one, and every
+//! reader (handlers, [`Repository::load`], dead-letter replays, [`decode`]) goes through
+//! it. A version that cannot be read is an [`Error::Upcast`], never a silent decode. The
+//! [`versioning`] guide says which changes need a new version and how to roll one out
+//! (consumers first, then producers).
+//!
+//! # Event sourcing
+//!
+//! An [`Aggregate`] is rebuilt from its events by a [`Repository`]. Its events are one
+//! [`Event`] enum, or an [`EventSet`] enum wrapping existing events, each saved and
+//! published under its own name, so other groups subscribe to the event types themselves.
+//! [`testing::AggregateTest`] checks commands with no storage and no bus:
+//!
+//! ```
+//! use eventflow::testing::AggregateTest;
+//! use eventflow::{Aggregate, Event, EventSet, Loaded};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Event, Serialize, Deserialize, Debug, PartialEq)]
+//! #[event(name = "book.borrowed", topic = "lending")]
+//! struct BookBorrowed { #[event(key)] book: String, member: String }
+//!
+//! #[derive(Event, Serialize, Deserialize, Debug, PartialEq)]
+//! #[event(name = "book.returned", topic = "lending")]
+//! struct BookReturned { #[event(key)] book: String }
+//!
+//! #[derive(EventSet, Debug, PartialEq)]
+//! enum BookEvent {
+//!     Borrowed(BookBorrowed),
+//!     Returned(BookReturned),
+//! }
+//!
+//! #[derive(Default)]
+//! struct Book { borrowed_by: Option<String> }
+//!
+//! impl Aggregate for Book {
+//!     type Event = BookEvent;
+//!     const KIND: &'static str = "book";
+//!     fn apply(&mut self, event: &BookEvent) {
+//!         self.borrowed_by = match event {
+//!             BookEvent::Borrowed(e) => Some(e.member.clone()),
+//!             BookEvent::Returned(_) => None,
+//!         };
+//!     }
+//! }
+//!
+//! fn borrow(book: &mut Loaded<Book>, member: &str) -> Result<(), String> {
+//!     if let Some(by) = &book.borrowed_by {
+//!         return Err(format!("borrowed by {by}"));
+//!     }
+//!     let id = book.id().to_owned();
+//!     book.record(BookEvent::Borrowed(BookBorrowed { book: id, member: member.into() }));
+//!     Ok(())
+//! }
+//!
+//! let ann = || BookEvent::Borrowed(BookBorrowed { book: "test-1".into(), member: "ann".into() });
+//! AggregateTest::<Book>::given([])
+//!     .when(|book| borrow(book, "ann"))
+//!     .then([ann()]);
+//! AggregateTest::<Book>::given([ann()])
+//!     .when(|book| borrow(book, "bob"))
+//!     .then_error("borrowed by ann".to_string());
+//! ```
+//!
 //! # Automatic registration
 //!
 //! [`EventBusBuilder::discovered_handlers`] registers every `#[subscribe]` function in the

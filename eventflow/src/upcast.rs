@@ -12,7 +12,7 @@
 //!
 //! Every place eventflow decodes an event reads older versions through them: handlers,
 //! [`Repository::load`](crate::Repository::load), dead-letter replays, and
-//! [`decode`](crate::decode) for code of your own (projections). A version that cannot be
+//! [`decode`] for code of your own (projections). A version that cannot be
 //! read (newer than the type, or older with no upcaster) is an [`UpcastError`], never a
 //! silent misread.
 //!
@@ -367,7 +367,9 @@ pub mod __private {
 
     impl<T: Event> ViaEvent<T> for &Probe<T> {
         fn source(&self) -> Source<T> {
-            Source { read: read_event::<T> }
+            Source {
+                read: read_event::<T>,
+            }
         }
     }
 
@@ -377,7 +379,9 @@ pub mod __private {
 
     impl<T: DeserializeOwned> ViaSerde<T> for Probe<T> {
         fn source(&self) -> Source<T> {
-            Source { read: read_plain::<T> }
+            Source {
+                read: read_plain::<T>,
+            }
         }
     }
 
@@ -400,7 +404,11 @@ pub mod __private {
     }
 
     /// A plain serde type is the version just before, and only that.
-    fn read_plain<T: DeserializeOwned>(event: &'static str, newer: u32, old: Old<'_>) -> Result<T, UpcastError> {
+    fn read_plain<T: DeserializeOwned>(
+        event: &'static str,
+        newer: u32,
+        old: Old<'_>,
+    ) -> Result<T, UpcastError> {
         if old.version + 1 != newer {
             return Err(UpcastError::NoUpcaster {
                 event,

@@ -138,7 +138,11 @@ async fn each_event_is_saved_under_its_own_name_version_and_topic() {
 
     let reloaded = books.load("b-1").await.unwrap();
     assert_eq!(
-        (reloaded.borrowed_by.as_deref(), reloaded.loans, reloaded.version()),
+        (
+            reloaded.borrowed_by.as_deref(),
+            reloaded.loans,
+            reloaded.version()
+        ),
         (Some("bob"), 2, 3)
     );
     bus.shutdown().await;
@@ -200,7 +204,10 @@ fn the_test_kit_checks_new_events_and_refusals() {
     let book = AggregateTest::<Book>::given_for("b-3", [borrowed("b-3", "ann")])
         .when(give_back)
         .then([returned("b-3")]);
-    assert_eq!((book.borrowed_by.as_deref(), book.loans, book.version()), (None, 1, 1));
+    assert_eq!(
+        (book.borrowed_by.as_deref(), book.loans, book.version()),
+        (None, 1, 1)
+    );
 
     AggregateTest::<Book>::given([borrowed("test-1", "ann")])
         .when(|book| borrow(book, "bob"))
@@ -208,9 +215,7 @@ fn the_test_kit_checks_new_events_and_refusals() {
     AggregateTest::<Book>::given([borrowed("test-1", "ann"), returned("test-1")])
         .when(give_back)
         .then_error_containing("not borrowed");
-    AggregateTest::<Book>::given([])
-        .when(|_book| ())
-        .then([]);
+    AggregateTest::<Book>::given([]).when(|_book| ()).then([]);
 }
 
 /// The panic message of `check`.
@@ -218,7 +223,10 @@ fn failure(check: impl FnOnce()) -> String {
     let panic = catch_unwind(AssertUnwindSafe(check)).expect_err("the check passed");
     match panic.downcast::<String>() {
         Ok(message) => *message,
-        Err(panic) => panic.downcast_ref::<&str>().map(|s| s.to_string()).unwrap_or_default(),
+        Err(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -229,8 +237,16 @@ fn the_test_kit_shows_expected_and_recorded_events() {
             .when(|book| borrow(book, "ann"))
             .then([borrowed("test-1", "bob")]);
     });
-    assert!(message.contains("expected 1 event:\n  1. Borrowed(BookBorrowed { book: \"test-1\", member: \"bob\" })"), "{message}");
-    assert!(message.contains("recorded 1 event:\n  1. Borrowed(BookBorrowed { book: \"test-1\", member: \"ann\" })"), "{message}");
+    assert!(
+        message
+            .contains("expected 1 event:\n  1. Borrowed(BookBorrowed { book: \"test-1\", member: \"bob\" })"),
+        "{message}"
+    );
+    assert!(
+        message
+            .contains("recorded 1 event:\n  1. Borrowed(BookBorrowed { book: \"test-1\", member: \"ann\" })"),
+        "{message}"
+    );
     assert!(message.contains("first difference at event 1"), "{message}");
 
     let message = failure(|| {
@@ -238,14 +254,20 @@ fn the_test_kit_shows_expected_and_recorded_events() {
             .when(give_back)
             .then([returned("test-1"), borrowed("test-1", "bob")]);
     });
-    assert!(message.contains("event 2 was expected and not recorded"), "{message}");
+    assert!(
+        message.contains("event 2 was expected and not recorded"),
+        "{message}"
+    );
 
     let message = failure(|| {
         AggregateTest::<Book>::given([borrowed("test-1", "ann")])
             .when(|book| borrow(book, "bob"))
             .then([]);
     });
-    assert!(message.contains("expected the command to succeed, but it failed: AlreadyBorrowed"), "{message}");
+    assert!(
+        message.contains("expected the command to succeed, but it failed: AlreadyBorrowed"),
+        "{message}"
+    );
 
     let message = failure(|| {
         AggregateTest::<Book>::given([])
@@ -296,6 +318,9 @@ fn the_test_kit_catches_an_event_that_does_not_survive_saving() {
             .when(|shelf| shelf.record(label))
             .then([expected]);
     });
-    assert!(message.contains("recorded event 1 does not survive being saved"), "{message}");
+    assert!(
+        message.contains("recorded event 1 does not survive being saved"),
+        "{message}"
+    );
     assert!(message.contains("colour: \"\""), "{message}");
 }

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use eventflow::store::{ExpectedVersion, SqliteStore};
 use eventflow::upcast::UpcastError;
-use eventflow::{subscribe, Aggregate, Envelope, Error, Event, EventBus, EventSet, InProcess, State, Storage};
+use eventflow::{
+    subscribe, Aggregate, Envelope, Error, Event, EventBus, EventSet, InProcess, State, Storage,
+};
 use eventflow_tests::{remove_db, temp_db, within};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -122,7 +124,9 @@ fn written(name: &'static str, version: u32, payload: Value) -> Envelope {
 
 async fn write_stream(store: &SqliteStore, stream: &str, events: &[Envelope]) {
     let mut tx = store.begin().await.unwrap();
-    tx.append(stream, ExpectedVersion::NoStream, events).await.unwrap();
+    tx.append(stream, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -160,7 +164,11 @@ async fn old_events_in_sqlite_load_as_the_current_version() {
     );
     assert_eq!(
         order.items,
-        [("pen".to_owned(), 1), ("book".to_owned(), 2), ("lamp".to_owned(), 3)],
+        [
+            ("pen".to_owned(), 1),
+            ("book".to_owned(), 2),
+            ("lamp".to_owned(), 3)
+        ],
         "JSON upcasters: v1 got a quantity, v2's item became the sku"
     );
     assert_eq!(order.version(), 4);
@@ -219,7 +227,18 @@ async fn a_version_the_type_cannot_read_fails_the_load() {
     let orders = bus.repository::<Order>().unwrap();
     let error = orders.load("o-2").await.unwrap_err();
     assert!(
-        matches!(&error, Error::Upcast { version: 4, source: UpcastError::Newer { found: 4, known: 3, .. }, .. }),
+        matches!(
+            &error,
+            Error::Upcast {
+                version: 4,
+                source: UpcastError::Newer {
+                    found: 4,
+                    known: 3,
+                    ..
+                },
+                ..
+            }
+        ),
         "{error:?}"
     );
     let message = error.to_string();
@@ -239,12 +258,26 @@ async fn a_version_the_type_cannot_read_fails_the_load() {
     );
     assert!(error.to_string().contains("add a variant"), "{error}");
 
-    let error = bus.repository::<Notebook>().unwrap().load("n-1").await.unwrap_err();
+    let error = bus
+        .repository::<Notebook>()
+        .unwrap()
+        .load("n-1")
+        .await
+        .unwrap_err();
     assert!(
-        matches!(&error, Error::Upcast { source: UpcastError::NoUpcaster { from: 1, to: 2, .. }, .. }),
+        matches!(
+            &error,
+            Error::Upcast {
+                source: UpcastError::NoUpcaster { from: 1, to: 2, .. },
+                ..
+            }
+        ),
         "{error:?}"
     );
-    assert!(error.to_string().contains("#[event(upcast(v1 = function))]"), "{error}");
+    assert!(
+        error.to_string().contains("#[event(upcast(v1 = function))]"),
+        "{error}"
+    );
     bus.shutdown().await;
     remove_db(&path);
 }
@@ -308,7 +341,10 @@ async fn a_v3_handler_receives_events_of_an_old_producer() {
         sku: "pen".into(),
         quantity: 1,
     };
-    assert_eq!(log.entries(), [format!("bill {placed:?}"), format!("pick {added:?}")]);
+    assert_eq!(
+        log.entries(),
+        [format!("bill {placed:?}"), format!("pick {added:?}")]
+    );
     assert!(bus.dead_letters(None).await.unwrap().is_empty());
     bus.shutdown().await;
 }
@@ -325,7 +361,11 @@ async fn a_newer_version_is_dead_lettered_with_a_clear_reason() {
         .await
         .unwrap();
 
-    let newer = written("order.placed", 4, json!({"order_id": "o-7", "cents": 1, "currency": "EUR", "vat": 0}));
+    let newer = written(
+        "order.placed",
+        4,
+        json!({"order_id": "o-7", "cents": 1, "currency": "EUR", "vat": 0}),
+    );
     let id = bus.publish_envelope(newer).await.unwrap();
     within(10, "the event to be dead-lettered", transport.wait_idle()).await;
 
@@ -391,7 +431,11 @@ async fn a_dead_letter_replays_once_the_upcaster_is_deployed() {
     within(10, "the note to be dead-lettered", transport.wait_idle()).await;
     let letters = before.dead_letters(Some("notes")).await.unwrap();
     assert_eq!(letters.len(), 1, "a v1 note without upcaster must not be handled");
-    assert!(letters[0].error.contains("no upcaster covers v1"), "{}", letters[0].error);
+    assert!(
+        letters[0].error.contains("no upcaster covers v1"),
+        "{}",
+        letters[0].error
+    );
     assert!(log.entries().is_empty(), "{:?}", log.entries());
     before.shutdown().await;
 
@@ -418,7 +462,10 @@ async fn audit_v2(event: OrderPlacedV2, State(log): State<Log>) -> Result<(), St
 
 #[subscribe(group = "audit")]
 async fn audit_v3(event: OrderPlaced, State(log): State<Log>) -> Result<(), String> {
-    log.push(format!("v3 handler: {} {} {}", event.order_id, event.cents, event.currency));
+    log.push(format!(
+        "v3 handler: {} {} {}",
+        event.order_id, event.cents, event.currency
+    ));
     Ok(())
 }
 
@@ -476,25 +523,55 @@ fn decode_reads_old_versions_and_refuses_other_events() {
     let v2: OrderPlacedV2 = eventflow::decode(&v1).unwrap();
     assert_eq!(v2.cents, 300, "an older type reads what is older than it");
 
-    let error = eventflow::decode::<OrderPlacedV2>(&written("order.placed", 3, json!({"order_id": "o"}))).unwrap_err();
+    let error = eventflow::decode::<OrderPlacedV2>(&written("order.placed", 3, json!({"order_id": "o"})))
+        .unwrap_err();
     assert!(
-        matches!(&error, Error::Upcast { source: UpcastError::Newer { found: 3, known: 2, .. }, .. }),
+        matches!(
+            &error,
+            Error::Upcast {
+                source: UpcastError::Newer {
+                    found: 3,
+                    known: 2,
+                    ..
+                },
+                ..
+            }
+        ),
         "{error:?}"
     );
 
-    let item = written("order.item_added", 3, json!({"order_id": "o-5", "sku": "pen", "quantity": 1}));
+    let item = written(
+        "order.item_added",
+        3,
+        json!({"order_id": "o-5", "sku": "pen", "quantity": 1}),
+    );
     let error = eventflow::decode::<OrderPlaced>(&item).unwrap_err();
     assert!(
-        matches!(&error, Error::Upcast { source: UpcastError::OtherEvent { .. }, .. }),
+        matches!(
+            &error,
+            Error::Upcast {
+                source: UpcastError::OtherEvent { .. },
+                ..
+            }
+        ),
         "{error:?}"
     );
     let set = OrderEvent::decode(&eventflow::codec::Json, &item).unwrap();
-    assert!(matches!(set, OrderEvent::ItemAdded(ItemAdded { quantity: 1, .. })), "{set:?}");
+    assert!(
+        matches!(set, OrderEvent::ItemAdded(ItemAdded { quantity: 1, .. })),
+        "{set:?}"
+    );
 
     let bad_v1 = written("order.placed", 1, json!({"order_id": "o-6"}));
     let error = eventflow::decode::<OrderPlaced>(&bad_v1).unwrap_err();
     assert!(
-        matches!(&error, Error::Upcast { source: UpcastError::Decode { version: 1, .. }, .. }),
+        matches!(
+            &error,
+            Error::Upcast {
+                source: UpcastError::Decode { version: 1, .. },
+                ..
+            }
+        ),
         "{error:?}"
     );
     assert!(error.to_string().contains("missing field `amount`"), "{error}");

@@ -216,7 +216,10 @@ fn parse_upcast(errors: &Errors, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::
         }
         Ok(())
     })?;
-    Ok(Upcast { from: from.get(), json })
+    Ok(Upcast {
+        from: from.get(),
+        json,
+    })
 }
 
 /// `Some(Ok(n))` for `vN` with N a number, `Some(Err(..))` for `v0`, `None` for other names.

@@ -56,10 +56,10 @@ mod events;
 mod snapshot;
 pub mod testing;
 
-pub use events::EventSet;
 #[doc(hidden)]
 pub use events::not_in_set;
 pub use snapshot::Snapshots;
+pub use events::EventSet;
 
 use std::marker::PhantomData;
 use std::ops::Deref;

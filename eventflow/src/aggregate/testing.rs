@@ -167,7 +167,10 @@ where
     where
         R::Error: fmt::Display,
     {
-        self.then_error_that(|error| error.to_string().contains(text), &format!("an error containing {text:?}"));
+        self.then_error_that(
+            |error| error.to_string().contains(text),
+            &format!("an error containing {text:?}"),
+        );
     }
 
     #[track_caller]
@@ -227,7 +230,11 @@ impl<T, E: Debug> CommandOutcome for Result<T, E> {
 
 /// The events numbered, one per line, under a heading.
 fn listing<E: Debug>(what: &str, events: &[E]) -> String {
-    let mut out = format!("{what} {} event{}:", events.len(), if events.len() == 1 { "" } else { "s" });
+    let mut out = format!(
+        "{what} {} event{}:",
+        events.len(),
+        if events.len() == 1 { "" } else { "s" }
+    );
     for (number, event) in events.iter().enumerate() {
         let _ = write!(out, "\n  {}. {event:?}", number + 1);
     }

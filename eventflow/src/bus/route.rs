@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use crate::codec::Codec;
-use crate::upcast;
 use crate::context::StateMap;
 use crate::handler::{BoxFuture, Handler, HandlerOptions};
+use crate::upcast;
 use crate::{BoxError, Context, Envelope, Error, Event};
 
 /// A handler with its event type erased, as the bus stores it.

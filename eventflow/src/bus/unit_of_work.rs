@@ -3,8 +3,8 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::Shared;
-use crate::store::{ExpectedVersion, Transaction};
 use crate::aggregate::EventSet;
+use crate::store::{ExpectedVersion, Transaction};
 use crate::{Error, Event};
 
 /// A business change and the events announcing it, committed together.
