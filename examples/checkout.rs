@@ -6,6 +6,7 @@
 //! cargo run --example checkout -- --orders 50    # more orders: time to press Ctrl-C
 //! cargo run --example checkout -- --store memory # nothing kept between runs
 //! cargo run --example checkout -- --transport kafka  # on Kafka at $KAFKA_BROKERS
+//! cargo run --example checkout -- --transport rabbitmq  # on RabbitMQ at $AMQP_URL
 //! cargo run --example checkout -- --store mongo --transport kafka  # the full seed setup
 //! ```
 //!
@@ -131,7 +132,7 @@ fn short(id: uuid::Uuid) -> String {
 }
 
 /// Command-line options: `--orders N`, `--store sqlite|mongo|memory`, `--db PATH`,
-/// `--transport in-process|kafka`.
+/// `--transport in-process|kafka|rabbitmq`.
 struct Options {
     orders: u64,
     store: String,
@@ -162,7 +163,7 @@ impl Options {
                 other => {
                     return Err(format!(
                         "unknown option `{other}`; use --orders N, --store sqlite|mongo|memory, --db PATH, \
-                         --transport in-process|kafka"
+                         --transport in-process|kafka|rabbitmq"
                     ))
                 }
             }
@@ -184,7 +185,12 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             println!("transport: Kafka at {}", brokers());
             builder.transport(kafka)
         }
-        other => return Err(format!("unknown transport `{other}`; use in-process or kafka").into()),
+        "rabbitmq" => {
+            let rabbit = eventflow_rabbitmq::RabbitMq::from_env().build()?;
+            println!("transport: RabbitMQ at {}", rabbit.url());
+            builder.transport(rabbit)
+        }
+        other => return Err(format!("unknown transport `{other}`; use in-process, kafka or rabbitmq").into()),
     };
     let mut mongo = None;
     let store: Arc<dyn Storage> = match options.store.as_str() {
