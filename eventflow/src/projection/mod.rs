@@ -74,7 +74,6 @@ use std::future::Future;
 pub use handle::{Phase, Progress, ProjectionHandle};
 pub(crate) use runner::Starter;
 
-use crate::codec;
 use crate::store::{StoredEvent, Transaction};
 use crate::{BoxError, Error, Event};
 
@@ -123,30 +122,13 @@ pub fn checkpoint_name(projection: &str) -> String {
 
 /// Decodes a stored event as `E` if it is one (its name is `E::NAME`), else `None`.
 ///
-/// The payload is decoded as JSON, the default codec's format. An event of `E`'s name in
-/// another version is an [`Error::UnknownVersion`]; a payload that does not match `E` is an
-/// [`Error::Decode`].
-// Kept small and on its own, so that the upcasting decoder can replace it.
+/// The payload is decoded as JSON, the default codec's format, and events of older
+/// versions are upcast as `E` declares ([`upcast`](crate::upcast)). A version `E` cannot
+/// read (newer than it knows, or older with no upcaster) is an [`Error::Upcast`]; a
+/// payload that does not match `E` is an error too, never a silent decode.
 pub fn decode<E: Event>(event: &StoredEvent) -> Result<Option<E>, Error> {
-    let envelope = &event.envelope;
-    if &*envelope.name != E::NAME {
+    if &*event.envelope.name != E::NAME {
         return Ok(None);
     }
-    if envelope.version != E::VERSION {
-        return Err(Error::UnknownVersion {
-            id: envelope.id,
-            name: envelope.name.to_string(),
-            found: envelope.version,
-            expected: E::VERSION,
-            group: "a projection".to_owned(),
-        });
-    }
-    codec::decode(&codec::Json, &envelope.payload)
-        .map(Some)
-        .map_err(|source| Error::Decode {
-            id: envelope.id,
-            name: envelope.name.to_string(),
-            version: envelope.version,
-            source,
-        })
+    crate::upcast::decode(&event.envelope).map(Some)
 }
