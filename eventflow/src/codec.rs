@@ -102,6 +102,27 @@ struct Staged {
 impl Staged {
     const STACK: usize = 512;
 
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if self.spilled.is_none() && end <= Staged::STACK {
+            self.stack[self.len..end].copy_from_slice(bytes);
+            self.len = end;
+        } else {
+            self.spill(bytes);
+        }
+    }
+
+    #[cold]
+    fn spill(&mut self, bytes: &[u8]) {
+        let heap = self.spilled.get_or_insert_with(|| {
+            let mut heap = Vec::with_capacity(2 * (self.len + bytes.len()));
+            heap.extend_from_slice(&self.stack[..self.len]);
+            heap
+        });
+        heap.extend_from_slice(bytes);
+    }
+
     fn into_bytes(self) -> Bytes {
         match self.spilled {
             Some(heap) => Bytes::from(heap),
@@ -121,19 +142,17 @@ impl Default for Staged {
 }
 
 impl std::io::Write for Staged {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if let Some(heap) = &mut self.spilled {
-            heap.extend_from_slice(bytes);
-        } else if self.len + bytes.len() <= Staged::STACK {
-            self.stack[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-            self.len += bytes.len();
-        } else {
-            let mut heap = Vec::with_capacity(2 * (self.len + bytes.len()));
-            heap.extend_from_slice(&self.stack[..self.len]);
-            heap.extend_from_slice(bytes);
-            self.spilled = Some(heap);
-        }
+        self.put(bytes);
         Ok(bytes.len())
+    }
+
+    /// What serde_json calls for every token: one copy, without the default's loop.
+    #[inline]
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.put(bytes);
+        Ok(())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
