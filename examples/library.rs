@@ -161,7 +161,13 @@ fn options() -> Result<Options, String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     eventflow_examples::init_tracing();
-    let options = options().map_err(|e| format!("{e}\nusage: library [--db PATH] [--loans N]"))?;
+    let options = match options() {
+        Ok(options) => options,
+        Err(problem) => {
+            eprintln!("{problem}\nusage: library [--db PATH] [--loans N]");
+            std::process::exit(2);
+        }
+    };
     let store = SqliteStore::open(&options.db).await?;
     rusqlite::Connection::open(&options.db)?.execute_batch(TABLE)?;
     let bus = EventBus::builder()

@@ -136,6 +136,10 @@ impl<P: Projection> Runner<P> {
             match applied {
                 Ok(()) => {
                     self.applied(batch.len() as u64, last).await;
+                    if batch.len() < P::BATCH {
+                        // The store had no more when the batch was read.
+                        self.reached_end();
+                    }
                     next = prefetched;
                 }
                 Err(Error::CheckpointMoved { actual, .. }) => {
