@@ -139,6 +139,8 @@ impl<P: Projection> Runner<P> {
                     if batch.len() < P::BATCH {
                         // The store had no more when the batch was read.
                         self.reached_end();
+                    } else {
+                        self.answer(false);
                     }
                     next = prefetched;
                 }
@@ -204,7 +206,6 @@ impl<P: Projection> Runner<P> {
             }
             p.error = None;
         });
-        self.answer(false);
     }
 
     fn reached_end(&mut self) {
