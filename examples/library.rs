@@ -73,10 +73,13 @@ impl Aggregate for Book {
 /// Loans per member, in the table `loans_per_member`.
 struct LoansPerMember;
 
-const TABLE: &str = "CREATE TABLE IF NOT EXISTS loans_per_member (member TEXT PRIMARY KEY, loans INTEGER NOT NULL)";
+const TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS loans_per_member (member TEXT PRIMARY KEY, loans INTEGER NOT NULL)";
 
 fn sqlite(tx: &mut dyn Transaction) -> Result<&SqliteTransaction, BoxError> {
-    Ok(tx.downcast_mut::<SqliteTransaction>().ok_or("the library runs on SQLite")?)
+    Ok(tx
+        .downcast_mut::<SqliteTransaction>()
+        .ok_or("the library runs on SQLite")?)
 }
 
 impl Projection for LoansPerMember {
@@ -98,7 +101,9 @@ impl Projection for LoansPerMember {
         if from > 0 {
             return Err("loans_per_member keeps totals, so it can only be rebuilt from the start".into());
         }
-        sqlite(tx)?.connection().execute("DELETE FROM loans_per_member", [])?;
+        sqlite(tx)?
+            .connection()
+            .execute("DELETE FROM loans_per_member", [])?;
         Ok(())
     }
 }
@@ -112,7 +117,10 @@ async fn lend(books: &Repository<Book>, loans: u64) -> Result<(), eventflow::Err
         let mut book = books.load(id).await?;
         for n in 0..loans {
             let member = MEMBERS[(n as usize + b) % MEMBERS.len()];
-            book.record(BookEvent::Borrowed { book: id.to_string(), member: member.into() });
+            book.record(BookEvent::Borrowed {
+                book: id.to_string(),
+                member: member.into(),
+            });
             book.record(BookEvent::Returned { book: id.to_string() });
             if book.pending().len() >= 14 {
                 books.save(&mut book).await?;
@@ -131,7 +139,7 @@ struct Options {
 fn options() -> Result<Options, String> {
     let mut options = Options {
         db: "eventflow-library.db".into(),
-        loans: 500,
+        loans: 520,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -153,7 +161,13 @@ fn options() -> Result<Options, String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     eventflow_examples::init_tracing();
-    let options = options().map_err(|e| format!("{e}\nusage: library [--db PATH] [--loans N]"))?;
+    let options = match options() {
+        Ok(options) => options,
+        Err(problem) => {
+            eprintln!("{problem}\nusage: library [--db PATH] [--loans N]");
+            std::process::exit(2);
+        }
+    };
     let store = SqliteStore::open(&options.db).await?;
     rusqlite::Connection::open(&options.db)?.execute_batch(TABLE)?;
     let bus = EventBus::builder()
@@ -182,7 +196,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let loans = bus.projection(LoansPerMember::NAME)?;
     let progress = loans.caught_up().await?;
-    println!("projection caught up: {progress}");
+    println!("{progress}: caught up");
 
     // Rebuilt from the first event, its progress printed as it goes.
     let mut watch = loans.watch();
@@ -213,7 +227,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     println!("loans per member: {table:?}");
     if table != expected {
-        return Err(format!("the rebuilt read model {table:?} differs from the aggregates {expected:?}").into());
+        return Err(
+            format!("the rebuilt read model {table:?} differs from the aggregates {expected:?}").into(),
+        );
     }
     println!("the rebuilt read model counts every loan once");
     Ok(())

@@ -70,13 +70,23 @@ impl Progress {
 
 impl std::fmt::Display for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let phase = match self.phase {
+            Phase::Starting => "starting",
+            Phase::CatchingUp => "catching up",
+            Phase::Rebuilding => "rebuilding",
+            Phase::Live => "live",
+            Phase::Stopped => "stopped",
+        };
         write!(
             f,
-            "projection `{}` {:?}: at {}, {} done at {:.0}/s",
-            self.name, self.phase, self.position, self.done, self.rate
+            "projection `{}` {phase} at position {}",
+            self.name, self.position
         )?;
-        if let Some(remaining) = self.remaining() {
-            write!(f, ", {remaining} left")?;
+        if matches!(self.phase, Phase::CatchingUp | Phase::Rebuilding) {
+            write!(f, ": {} events done at {:.0}/s", self.done, self.rate)?;
+            if let Some(remaining) = self.remaining() {
+                write!(f, ", {remaining} left")?;
+            }
         }
         if let Some(error) = &self.error {
             write!(f, " (retrying: {error})")?;

@@ -6,7 +6,7 @@
 //! from its checkpoint ([`Storage::read_all`](crate::Storage::read_all)), catches up, then
 //! follows new commits as they happen, woken by the store's commit signal. Its writes and
 //! its checkpoint commit in one unit of work
-//! ([`Transaction::save_checkpoint`](crate::store::Transaction::save_checkpoint)), so each
+//! ([`Transaction::save_checkpoint`]), so each
 //! event counts exactly once, across crashes and with several processes running the same
 //! projection.
 //!

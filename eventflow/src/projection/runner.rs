@@ -17,6 +17,9 @@ use crate::Error;
 /// (those of other processes, on backends that cannot watch the database).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Where a `caught_up` call waits for its answer.
+type Answer = oneshot::Sender<Result<Progress, Error>>;
+
 type Run = Box<dyn FnOnce(Arc<dyn Storage>, watch::Receiver<bool>) -> BoxFuture<'static, ()> + Send>;
 
 /// A registered projection, ready to run once the bus has its storage.
@@ -68,7 +71,7 @@ struct Runner<P> {
     commands: mpsc::UnboundedReceiver<Command>,
     /// `caught_up` calls waiting, with the head position when each asked (`None`: the
     /// backend cannot tell, so the next time the runner finds no more events).
-    waiting: Vec<(Option<u64>, oneshot::Sender<Result<Progress, Error>>)>,
+    waiting: Vec<(Option<u64>, Answer)>,
     /// The position applied and committed.
     position: u64,
     /// The checkpoint's value as last read or written: what the next commit expects.
@@ -136,6 +139,12 @@ impl<P: Projection> Runner<P> {
             match applied {
                 Ok(()) => {
                     self.applied(batch.len() as u64, last).await;
+                    if batch.len() < P::BATCH {
+                        // The store had no more when the batch was read.
+                        self.reached_end();
+                    } else {
+                        self.answer(false);
+                    }
                     next = prefetched;
                 }
                 Err(Error::CheckpointMoved { actual, .. }) => {
@@ -200,7 +209,6 @@ impl<P: Projection> Runner<P> {
             }
             p.error = None;
         });
-        self.answer(false);
     }
 
     fn reached_end(&mut self) {
