@@ -165,6 +165,16 @@
 //!     .then_error("borrowed by ann".to_string());
 //! ```
 //!
+//! # Shutting down, and waiting until handled
+//!
+//! [`EventBus::shutdown`] is graceful: it stops taking new publishes, lets the groups handle
+//! (or dead-letter) what was already published or committed, then stops, within
+//! [`EventBusBuilder::shutdown_timeout`]; [`EventBus::run_until_signal`] does it on Ctrl-C
+//! or SIGTERM ([`shutdown_signal`]). [`EventBus::settled`] and
+//! [`EventBus::settled_within`] wait until what was published or committed through the bus
+//! has been handled, across the outbox, the transport and retries: what a test, an example
+//! or a short-lived tool waits for before it checks the effects or exits.
+//!
 //! # Automatic registration
 //!
 //! [`EventBusBuilder::discovered_handlers`] registers every `#[subscribe]` function in the

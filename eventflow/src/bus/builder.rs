@@ -205,8 +205,26 @@ impl EventBusBuilder {
 
     /// Checks the configuration, joins every group to the transport and starts handling.
     ///
-    /// Fails if a handler needs state the bus does not have, or if two handlers of one
-    /// group handle the same event at the same version.
+    /// The checks, every one made before anything runs (the configuration checks are
+    /// collected into one [`Error::Config`] that lists every problem):
+    ///
+    /// - each handler's extractors can be served: a [`State<T>`](crate::State) it takes was
+    ///   added with [`state`](Self::state) (the error names the handler and the type);
+    /// - a handler that takes [`Tx`](crate::Tx) has a [`storage`](Self::storage) to open
+    ///   its transaction in;
+    /// - no two handlers of one group handle the same event at the same version (a group
+    ///   handles an event once; handlers of different versions of one event may share a
+    ///   group, each event going to the handler that reads its version);
+    /// - a handler that takes a typed `Tx<T>` runs on a storage whose units of work are `T`
+    ///   (the error names both types);
+    /// - each projection's name is unique and the bus has a storage for it;
+    /// - each member of each group joins the transport ([`Transport::subscribe`]); its
+    ///   error is returned as it is (a broker that cannot be reached, say);
+    /// - no group whose consumer handles its batches in a broker transaction (a Kafka
+    ///   `transactional_group`) has a handler taking `Tx`: the two cannot commit together.
+    ///
+    /// Then it starts one task per group member, and with storage the outbox
+    /// [`Relay`] (with the [`relay`](Self::relay) settings) and the inbox pruning.
     pub async fn start(mut self) -> Result<EventBus, Error> {
         if let Some(storage) = &self.storage {
             if self.routes.iter().any(|route| route.transactional()) {
