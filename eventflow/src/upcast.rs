@@ -253,7 +253,24 @@ pub(crate) fn decode_payload<E: Event>(codec: &dyn Codec, envelope: &Envelope) -
         codec,
         bytes: &envelope.payload,
     };
-    read::<E>(envelope.version, payload).map_err(|source| Error::Upcast {
+    // Upcasters are the application's code: one that panics fails this event (it is
+    // dead-lettered, or the load fails), not the worker that runs every event of a group.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read::<E>(envelope.version, payload)
+    }));
+    let read = read.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        Err(UpcastError::Failed {
+            event: E::NAME,
+            from: envelope.version,
+            reason: format!("it panicked: {message}"),
+        })
+    });
+    read.map_err(|source| Error::Upcast {
         id: envelope.id,
         name: envelope.name.to_string(),
         version: envelope.version,

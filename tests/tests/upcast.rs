@@ -576,3 +576,55 @@ fn decode_reads_old_versions_and_refuses_other_events() {
     );
     assert!(error.to_string().contains("missing field `amount`"), "{error}");
 }
+
+/// An upcaster with a bug.
+#[derive(Event, Serialize, Deserialize, Debug)]
+#[event(name = "note.moved", version = 2, topic = "notes", upcast(v1 = buggy))]
+struct NoteMoved {
+    to: String,
+}
+
+fn buggy(v1: Value) -> Result<Value, String> {
+    let to = v1["to"].as_str().expect("every v1 has a `to`");
+    Ok(json!({ "to": to }))
+}
+
+#[subscribe(group = "notes")]
+async fn move_note(note: NoteMoved, State(log): State<Log>) -> Result<(), String> {
+    log.push(format!("moved to {}", note.to));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panicking_upcaster_dead_letters_its_event_and_the_group_goes_on() {
+    let transport = InProcess::new();
+    let log = Log::default();
+    let bus = EventBus::builder()
+        .transport(transport.clone())
+        .state(log.clone())
+        .handler(move_note)
+        .start()
+        .await
+        .unwrap();
+    let bad = Envelope::new("note.moved", 1, "notes", "application/json", r#"{"from":"a"}"#);
+    let good = Envelope::new("note.moved", 1, "notes", "application/json", r#"{"to":"b"}"#);
+    bus.publish_envelope(bad).await.unwrap();
+    bus.publish_envelope(good).await.unwrap();
+    within(10, "the notes to be handled", transport.wait_idle()).await;
+
+    assert_eq!(
+        log.entries(),
+        ["moved to b"],
+        "the event after the bad one was handled"
+    );
+    let letters = bus.dead_letters(Some("notes")).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0]
+            .error
+            .contains("the upcaster of `note.moved` from v1 failed: it panicked: every v1 has a `to`"),
+        "{}",
+        letters[0].error
+    );
+    bus.shutdown().await;
+}
