@@ -97,8 +97,6 @@ impl RabbitMqBuilder {
     /// The reconnection delay before attempt `attempt` (1 for the first retry).
     pub(crate) fn reconnect_delay(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.reconnect_min
-            .saturating_mul(factor)
-            .min(self.reconnect_max)
+        self.reconnect_min.saturating_mul(factor).min(self.reconnect_max)
     }
 }

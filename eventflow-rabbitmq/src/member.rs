@@ -183,9 +183,12 @@ impl Member {
         let config = &spec.config;
         let url = &config.url;
         let name = format!("eventflow member of {}", spec.group);
-        let connection = Connection::connect(url, ConnectionProperties::default().with_connection_name(name.into()))
-            .await
-            .map_err(|e| Error::amqp("connecting to RabbitMQ", url, e))?;
+        let connection = Connection::connect(
+            url,
+            ConnectionProperties::default().with_connection_name(name.into()),
+        )
+        .await
+        .map_err(|e| Error::amqp("connecting to RabbitMQ", url, e))?;
         let control = connection
             .create_channel()
             .await
@@ -251,7 +254,10 @@ impl Member {
             while let Some(item) = consumer.next().await {
                 match item {
                     Ok(delivery) => {
-                        if events.send(LaneEvent::Delivery(index, generation, delivery)).is_err() {
+                        if events
+                            .send(LaneEvent::Delivery(index, generation, delivery))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -315,7 +321,11 @@ impl Member {
     async fn on_event(&mut self, session: &mut Session, event: LaneEvent) -> Result<(), String> {
         match event {
             LaneEvent::Delivery(index, generation, delivery) => {
-                let Some(lane) = session.lanes.get_mut(index).filter(|l| l.generation == generation) else {
+                let Some(lane) = session
+                    .lanes
+                    .get_mut(index)
+                    .filter(|l| l.generation == generation)
+                else {
                     return Ok(());
                 };
                 // A lane being handed on keeps what arrives now: it returns to the queue
@@ -365,7 +375,9 @@ impl Member {
             by_lane.entry(lane).or_default().push(offset);
         }
         for (index, offsets) in by_lane {
-            let Some(lane) = session.lanes.get_mut(index) else { continue };
+            let Some(lane) = session.lanes.get_mut(index) else {
+                continue;
+            };
             let mut tags: Vec<u64> = offsets.iter().filter_map(|o| lane.unacked.remove(o)).collect();
             if tags.is_empty() {
                 continue;
@@ -381,7 +393,10 @@ impl Member {
             };
             for (tag, multiple) in acks {
                 if let Err(error) = lane.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
-                    return Err(format!("acknowledging on queue `{}` failed: {error}", self.spec.lanes[index].queue));
+                    return Err(format!(
+                        "acknowledging on queue `{}` failed: {error}",
+                        self.spec.lanes[index].queue
+                    ));
                 }
             }
             if lane.releasing && lane.unacked.is_empty() {
@@ -456,7 +471,9 @@ impl Member {
             (None, false) => {
                 match topology::join_idle(&session.connection, &self.spec.config, &self.spec.group).await {
                     Ok(idle) => session.idle = Some(idle),
-                    Err(error) => tracing::debug!(group = %self.spec.group, %error, "joining the idle queue failed"),
+                    Err(error) => {
+                        tracing::debug!(group = %self.spec.group, %error, "joining the idle queue failed")
+                    }
                 }
             }
             (Some(_), true) => {
