@@ -50,7 +50,7 @@ pub(crate) enum Command {
 
 /// What a lane's consuming task reports.
 enum LaneEvent {
-    Delivery(usize, u64, Delivery),
+    Delivery(usize, u64, Box<Delivery>),
     Ended(usize, u64, Option<lapin::Error>),
 }
 
@@ -255,7 +255,7 @@ impl Member {
                 match item {
                     Ok(delivery) => {
                         if events
-                            .send(LaneEvent::Delivery(index, generation, delivery))
+                            .send(LaneEvent::Delivery(index, generation, Box::new(delivery)))
                             .is_err()
                         {
                             return;
@@ -343,7 +343,7 @@ impl Member {
                     .send(Received {
                         lane: index,
                         offset,
-                        delivery,
+                        delivery: *delivery,
                     })
                     .is_err()
                 {

@@ -262,7 +262,7 @@ mod tests {
         assert!(reason.contains("message-id"), "{reason}");
         let no_version = BasicProperties::default()
             .with_message_id(Uuid::now_v7().to_string().into())
-            .with_kind("order.paid".into())
+            .with_type("order.paid".into())
             .with_content_type("application/json".into());
         let reason = decode(&no_version, "orders", Bytes::new()).unwrap_err();
         assert!(reason.contains(VERSION), "{reason}");
