@@ -190,7 +190,9 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             println!("transport: RabbitMQ at {}", rabbit.url());
             builder.transport(rabbit)
         }
-        other => return Err(format!("unknown transport `{other}`; use in-process, kafka or rabbitmq").into()),
+        other => {
+            return Err(format!("unknown transport `{other}`; use in-process, kafka or rabbitmq").into())
+        }
     };
     let mut mongo = None;
     let store: Arc<dyn Storage> = match options.store.as_str() {

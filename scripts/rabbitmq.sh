@@ -1,10 +1,11 @@
 # RabbitMQ for the eventflow-rabbitmq suite, sourced by scripts/test after servers.sh.
 #
 # start_rabbitmq: when AMQP_URL is unset and nothing answers on 5672, installs Debian's
-# rabbitmq-server if it is missing (apt-get; quorum queues and single active consumers
-# need no plugin) and starts a node of its own, as the calling user, with its data and
-# logs under $SERVERS_DIR/rabbitmq; no systemd needed. stop_rabbitmq stops that node.
-# Both export RABBITMQ_SERVER_BIN, which the outage test uses to run a private broker.
+# rabbitmq-server if it is missing (apt-get, as root; Debian 12 ships RabbitMQ 3.10, and
+# quorum queues need >= 3.8; single active consumers need no plugin) and starts a node of
+# its own with its data and logs under $SERVERS_DIR/rabbitmq; no systemd needed. The node
+# is stopped with the other servers (stop_servers), or by stop_rabbitmq. It exports
+# RABBITMQ_SERVER_BIN, with which the outage test runs a private node.
 
 RABBITMQ_BIN_DIR="${RABBITMQ_BIN_DIR:-/usr/lib/rabbitmq/bin}"
 RABBITMQ_STARTED_NODE=""
@@ -14,12 +15,10 @@ rabbitmq_env() {
   mkdir -p "$base"
   export RABBITMQ_NODENAME=eventflow-test@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
     RABBITMQ_NODE_PORT=5672 RABBITMQ_MNESIA_BASE=$base/mnesia RABBITMQ_LOG_BASE=$base/log \
-    RABBITMQ_ENABLED_PLUGINS_FILE=$base/enabled_plugins RABBITMQ_CONFIG_FILE=$base/rabbitmq \
+    RABBITMQ_ENABLED_PLUGINS_FILE=$base/enabled_plugins \
     RABBITMQ_PID_FILE=$base/rabbitmq.pid
   # No plugin: eventflow's topology uses quorum queues and single active consumers only.
   [[ -f $base/enabled_plugins ]] || echo "[]." >"$base/enabled_plugins"
-  # A test machine's disk is often nearly full; the default 50 MB limit is kept.
-  [[ -f $base/rabbitmq.conf ]] || printf 'loopback_users = none\n' >"$base/rabbitmq.conf"
 }
 
 start_rabbitmq() {
@@ -38,10 +37,14 @@ start_rabbitmq() {
     if port_open 5672; then echo "using the RabbitMQ server the package started on 5672"; return 0; fi
   fi
   rabbitmq_env
+  # A fresh node each run, as for the other servers: queues of earlier runs are not kept.
+  rm -rf "$RABBITMQ_MNESIA_BASE"
   local log=$SERVERS_DIR/rabbitmq/server.log
   "$RABBITMQ_BIN_DIR/rabbitmq-server" >"$log" 2>&1 &
   local pid=$!
   RABBITMQ_STARTED_NODE=$RABBITMQ_NODENAME
+  # stop_servers (scripts/servers.sh) stops it too: SIGTERM makes RabbitMQ shut down cleanly.
+  STARTED_PIDS+=("$pid")
   # RabbitMQ opens 5672 only once it has booted; on a loaded machine that takes a while.
   for _ in $(seq 1 240); do
     if port_open 5672; then

@@ -97,8 +97,58 @@ impl RabbitMqBuilder {
     /// The reconnection delay before attempt `attempt` (1 for the first retry).
     pub(crate) fn reconnect_delay(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.reconnect_min
-            .saturating_mul(factor)
-            .min(self.reconnect_max)
+        self.reconnect_min.saturating_mul(factor).min(self.reconnect_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Error, RabbitMq};
+
+    fn refused(builder: super::RabbitMqBuilder) -> String {
+        match builder.build() {
+            Err(Error::Config(message)) => message,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_configuration_that_cannot_work_is_refused_with_what_to_do() {
+        let message = refused(RabbitMq::builder("localhost:5672"));
+        assert!(
+            message.contains("amqp://user:password@host:5672/vhost"),
+            "{message}"
+        );
+        let message = refused(RabbitMq::builder(super::DEFAULT_URL).queues_per_group(0));
+        assert!(message.contains("at least one queue"), "{message}");
+        let message = refused(RabbitMq::builder(super::DEFAULT_URL).prefetch(0));
+        assert!(message.contains("unlimited"), "{message}");
+        assert!(RabbitMq::builder(super::DEFAULT_URL).build().is_ok());
+    }
+
+    #[test]
+    fn reconnecting_backs_off_exponentially_up_to_the_maximum() {
+        let builder = RabbitMq::builder(super::DEFAULT_URL)
+            .reconnect_backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<u128> = (1..=6).map(|a| builder.reconnect_delay(a).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(builder.reconnect_delay(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn names_follow_the_documented_topology() {
+        let rabbit = RabbitMq::builder(super::DEFAULT_URL)
+            .prefix("shop.")
+            .build()
+            .unwrap();
+        assert_eq!(rabbit.exchange("orders"), "shop.orders");
+        assert_eq!(rabbit.queue("inventory", "orders", 3), "shop.inventory.orders.3");
+        assert_eq!(
+            rabbit.dead_letter_queue("inventory"),
+            "shop.inventory.dead-letters"
+        );
+        assert_eq!(rabbit.queues_per_group(), 4);
     }
 }

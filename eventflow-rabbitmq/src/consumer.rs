@@ -80,7 +80,11 @@ impl RabbitMqConsumer {
 
     fn record(&mut self, received: Received) -> Record {
         let lane = &self.spec.lanes[received.lane];
-        let Received { lane: index, offset, delivery } = received;
+        let Received {
+            lane: index,
+            offset,
+            delivery,
+        } = received;
         let payload = Bytes::from(delivery.data);
         let envelope = match properties::decode(&delivery.properties, &lane.topic, payload.clone()) {
             Ok(envelope) => envelope,
@@ -97,7 +101,13 @@ impl RabbitMqConsumer {
                         payload: payload.clone(),
                     },
                 );
-                Envelope::new(FOREIGN, 0, lane.topic.to_string(), "application/octet-stream", payload)
+                Envelope::new(
+                    FOREIGN,
+                    0,
+                    lane.topic.to_string(),
+                    "application/octet-stream",
+                    payload,
+                )
             }
         };
         Record {
@@ -150,7 +160,9 @@ impl Consumer for RabbitMqConsumer {
     async fn commit(&mut self, records: &[Record]) -> Result<(), eventflow::Error> {
         let mut acks = Vec::with_capacity(records.len());
         for record in records {
-            let Some(lane) = self.lane_of(record) else { continue };
+            let Some(lane) = self.lane_of(record) else {
+                continue;
+            };
             if let Some(foreign) = self.foreign.remove(&(lane, record.offset)) {
                 if let Err(error) = self.dead_letter_foreign(lane, &foreign).await {
                     self.foreign.insert((lane, record.offset), foreign);

@@ -45,6 +45,10 @@ impl Error {
                 "the broker denied access (ACCESS_REFUSED): check the user and virtual host in \
                  `{url}` and its permissions"
             ),
+            lapin::ErrorKind::ProtocolError(error) if error.get_id() == 530 => format!(
+                "the broker refused the virtual host (NOT_ALLOWED): create it (`rabbitmqctl \
+                 add_vhost`) or fix the path of `{url}`; the default vhost `/` is written %2f"
+            ),
             _ => format!(
                 "check that RabbitMQ at `{url}` is running and reachable (the address comes from \
                  `AMQP_URL` with `RabbitMq::from_env`); eventflow reconnects with backoff"

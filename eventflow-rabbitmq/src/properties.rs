@@ -150,17 +150,23 @@ pub(crate) fn decode(properties: &BasicProperties, topic: &str, payload: Bytes) 
         .ok_or(format!("no `{VERSION}` header: not an eventflow event"))?;
     let version = header_number(version)
         .and_then(|v| u32::try_from(v).ok())
-        .ok_or(format!("the `{VERSION}` header is not a version number: {version:?}"))?;
+        .ok_or(format!(
+            "the `{VERSION}` header is not a version number: {version:?}"
+        ))?;
     let mut envelope = Envelope::new(name, version, topic.to_owned(), content_type, payload);
     envelope.id = id;
     envelope.correlation_id = match properties.correlation_id() {
-        Some(correlation) => Uuid::parse_str(correlation.as_str()).map_err(|e| {
-            format!("the `correlation-id` property `{correlation}` is not a UUID ({e})")
-        })?,
+        Some(correlation) => Uuid::parse_str(correlation.as_str())
+            .map_err(|e| format!("the `correlation-id` property `{correlation}` is not a UUID ({e})"))?,
         None => id,
     };
-    envelope.timestamp = match (headers.get(TIMESTAMP).and_then(header_number), properties.timestamp()) {
-        (Some(nanos), _) if nanos >= 0 => UNIX_EPOCH + Duration::from_nanos(nanos.min(u64::MAX.into()) as u64),
+    envelope.timestamp = match (
+        headers.get(TIMESTAMP).and_then(header_number),
+        properties.timestamp(),
+    ) {
+        (Some(nanos), _) if nanos >= 0 => {
+            UNIX_EPOCH + Duration::from_nanos(nanos.min(u64::MAX.into()) as u64)
+        }
         (_, Some(seconds)) => UNIX_EPOCH + Duration::from_secs(*seconds),
         _ => SystemTime::now(),
     };
@@ -242,7 +248,10 @@ mod tests {
         assert_eq!(received.causation_id, sent.causation_id);
         assert_eq!(received.timestamp, sent.timestamp);
         assert_eq!(received.content_type, "application/json");
-        assert_eq!(received.headers, sent.headers, "traceparent and free-form headers");
+        assert_eq!(
+            received.headers, sent.headers,
+            "traceparent and free-form headers"
+        );
         assert_eq!(&received.payload[..], b"{}");
     }
 
@@ -253,7 +262,7 @@ mod tests {
         assert!(reason.contains("message-id"), "{reason}");
         let no_version = BasicProperties::default()
             .with_message_id(Uuid::now_v7().to_string().into())
-            .with_kind("order.paid".into())
+            .with_type("order.paid".into())
             .with_content_type("application/json".into());
         let reason = decode(&no_version, "orders", Bytes::new()).unwrap_err();
         assert!(reason.contains(VERSION), "{reason}");

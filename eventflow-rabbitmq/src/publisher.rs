@@ -66,7 +66,11 @@ impl Publisher {
         }
         if let Some((attempts, at, error)) = &*lock(&self.failures) {
             if at.elapsed() < self.config.reconnect_delay(*attempts) {
-                return Err(Error::amqp("connecting to RabbitMQ", &self.config.url, error.clone()));
+                return Err(Error::amqp(
+                    "connecting to RabbitMQ",
+                    &self.config.url,
+                    error.clone(),
+                ));
             }
         }
         match self.connect().await {
@@ -166,7 +170,11 @@ impl Publisher {
                 *current = None;
             }
         }
-        Error::amqp(format!("publishing to exchange `{exchange}`"), &self.config.url, error)
+        Error::amqp(
+            format!("publishing to exchange `{exchange}`"),
+            &self.config.url,
+            error,
+        )
     }
 
     /// Publishes one envelope and waits for the broker's confirm.
@@ -183,7 +191,12 @@ impl Publisher {
 
     /// Writes a message with `properties` (the dead-letter headers set) to `group`'s
     /// dead-letter exchange and waits for the confirm.
-    pub(crate) async fn dead_letter_raw(&self, group: &str, payload: &[u8], properties: BasicProperties) -> Result<(), Error> {
+    pub(crate) async fn dead_letter_raw(
+        &self,
+        group: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), Error> {
         let link = self.link().await?;
         let known = read(&link.dead_letters).get(group).cloned();
         let exchange = match known {
@@ -218,7 +231,10 @@ impl Pending {
                 exchange: self.exchange.to_string(),
             }),
             Err(error) => Err(Error::amqp(
-                format!("waiting for RabbitMQ to confirm a message to exchange `{}`", self.exchange),
+                format!(
+                    "waiting for RabbitMQ to confirm a message to exchange `{}`",
+                    self.exchange
+                ),
                 &publisher.config.url,
                 error,
             )),

@@ -48,19 +48,37 @@ fn text(value: &str) -> AMQPValue {
 }
 
 /// Declares the exchange of a topic: direct (the routing key is a queue number), durable.
-pub(crate) async fn declare_exchange(channel: &Channel, config: &RabbitMqBuilder, exchange: &str) -> Result<(), Error> {
+pub(crate) async fn declare_exchange(
+    channel: &Channel,
+    config: &RabbitMqBuilder,
+    exchange: &str,
+) -> Result<(), Error> {
     channel
-        .exchange_declare(exchange.into(), ExchangeKind::Direct, durable(), FieldTable::default())
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Direct,
+            durable(),
+            FieldTable::default(),
+        )
         .await
         .map_err(|e| Error::amqp(format!("declaring exchange `{exchange}`"), &config.url, e))
 }
 
 /// Declares `group`'s dead-letter exchange (fanout) and queue (quorum), bound together.
-pub(crate) async fn declare_dead_letters(channel: &Channel, config: &RabbitMqBuilder, group: &str) -> Result<String, Error> {
+pub(crate) async fn declare_dead_letters(
+    channel: &Channel,
+    config: &RabbitMqBuilder,
+    group: &str,
+) -> Result<String, Error> {
     let name = config.dead_letters(group);
     let url = &config.url;
     channel
-        .exchange_declare(name.as_str().into(), ExchangeKind::Fanout, durable(), FieldTable::default())
+        .exchange_declare(
+            name.as_str().into(),
+            ExchangeKind::Fanout,
+            durable(),
+            FieldTable::default(),
+        )
         .await
         .map_err(|e| Error::amqp(format!("declaring dead-letter exchange `{name}`"), url, e))?;
     let mut arguments = FieldTable::default();
@@ -119,17 +137,31 @@ pub(crate) async fn declare_group_queue(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| Error::amqp(format!("binding queue `{queue}` to exchange `{exchange}`"), url, e))?;
+        .map_err(|e| {
+            Error::amqp(
+                format!("binding queue `{queue}` to exchange `{exchange}`"),
+                url,
+                e,
+            )
+        })?;
     Ok(queue)
 }
 
 /// Declares `group`'s members queue (never holds a message; each member consumes from it)
 /// and returns how many members it has. Not durable, and deleted a minute after its last
 /// member left.
-pub(crate) async fn count_members(channel: &Channel, config: &RabbitMqBuilder, group: &str) -> Result<u32, Error> {
+pub(crate) async fn count_members(
+    channel: &Channel,
+    config: &RabbitMqBuilder,
+    group: &str,
+) -> Result<u32, Error> {
     let name = config.members(group);
     let queue = channel
-        .queue_declare(name.as_str().into(), QueueDeclareOptions::default(), idle_arguments())
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            idle_arguments(),
+        )
         .await
         .map_err(|e| Error::amqp(format!("declaring members queue `{name}`"), &config.url, e))?;
     Ok(queue.consumer_count())
@@ -150,10 +182,18 @@ fn idle_arguments() -> FieldTable {
 }
 
 /// How many members of `group` work on no queue.
-pub(crate) async fn count_idle(channel: &Channel, config: &RabbitMqBuilder, group: &str) -> Result<u32, Error> {
+pub(crate) async fn count_idle(
+    channel: &Channel,
+    config: &RabbitMqBuilder,
+    group: &str,
+) -> Result<u32, Error> {
     let name = config.idle(group);
     let queue = channel
-        .queue_declare(name.as_str().into(), QueueDeclareOptions::default(), idle_arguments())
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            idle_arguments(),
+        )
         .await
         .map_err(|e| Error::amqp(format!("declaring idle queue `{name}`"), &config.url, e))?;
     Ok(queue.consumer_count())
@@ -169,7 +209,11 @@ pub(crate) async fn join_idle(
     let what = |e| Error::amqp(format!("joining idle queue `{name}`"), &config.url, e);
     let channel = connection.create_channel().await.map_err(what)?;
     channel
-        .queue_declare(name.as_str().into(), QueueDeclareOptions::default(), idle_arguments())
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions::default(),
+            idle_arguments(),
+        )
         .await
         .map_err(what)?;
     let consumer = channel

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventflow::{subscribe, Backoff, EventBus, MemoryStore, State};
-use eventflow_rabbitmq::lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use eventflow_rabbitmq::lapin::options::{
+    BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use eventflow_rabbitmq::lapin::types::{AMQPValue, FieldTable};
 use eventflow_rabbitmq::lapin::{BasicProperties, Channel};
 use eventflow_rabbitmq::{properties, RabbitMq};
@@ -55,7 +57,11 @@ async fn an_event_travels_with_its_metadata_in_amqp_properties_and_headers() {
     let rabbit = rabbitmq_common::rabbit("properties").await;
     let (_connection, channel) = rabbitmq_common::channel().await;
     // A queue of our own on the topic's exchange, bound to every queue number.
-    let publisher = EventBus::builder().transport(rabbit.clone()).start().await.unwrap();
+    let publisher = EventBus::builder()
+        .transport(rabbit.clone())
+        .start()
+        .await
+        .unwrap();
     let paid = OrderPaid {
         order_id: "order-1".into(),
         seq: 1,
@@ -63,7 +69,11 @@ async fn an_event_travels_with_its_metadata_in_amqp_properties_and_headers() {
     publisher.publish(&paid).await.unwrap(); // declares the exchange
     let tap = format!("{}.tap", rabbit.exchange("orders"));
     channel
-        .queue_declare(tap.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+        .queue_declare(
+            tap.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     for index in 0..rabbit.queues_per_group() {
@@ -81,8 +91,14 @@ async fn an_event_travels_with_its_metadata_in_amqp_properties_and_headers() {
     let id = publisher.publish(&paid).await.unwrap();
     let message = next_message(&channel, &tap).await;
     let props = &message.delivery.properties;
-    assert_eq!(props.message_id().as_ref().map(|m| m.to_string()), Some(id.to_string()));
-    assert_eq!(props.kind().as_ref().map(|k| k.to_string()).as_deref(), Some("order.paid"));
+    assert_eq!(
+        props.message_id().as_ref().map(|m| m.to_string()),
+        Some(id.to_string())
+    );
+    assert_eq!(
+        props.kind().as_ref().map(|k| k.to_string()).as_deref(),
+        Some("order.paid")
+    );
     assert_eq!(
         props.content_type().as_ref().map(|c| c.to_string()).as_deref(),
         Some("application/json")
@@ -126,7 +142,10 @@ async fn a_dead_lettered_event_lands_on_the_groups_dead_letter_queue() {
     let (_connection, channel) = rabbitmq_common::channel().await;
     let letter = next_message(&channel, &rabbit.dead_letter_queue("crm")).await;
     let props = &letter.delivery.properties;
-    assert_eq!(props.message_id().as_ref().map(|m| m.to_string()), Some(id.to_string()));
+    assert_eq!(
+        props.message_id().as_ref().map(|m| m.to_string()),
+        Some(id.to_string())
+    );
     assert_eq!(header(props, properties::GROUP).as_deref(), Some("crm"));
     assert_eq!(header(props, properties::ATTEMPTS).as_deref(), Some("2"));
     assert_eq!(header(props, properties::ORIGIN_TOPIC).as_deref(), Some("orders"));
@@ -188,7 +207,10 @@ async fn a_message_that_is_not_an_eventflow_event_is_dead_lettered_with_the_reas
         assert!(error.contains("message-id"), "the reason: {error}");
         assert_eq!(header(props, properties::ATTEMPTS).as_deref(), Some("0"));
         let queue = header(props, properties::ORIGIN_QUEUE).unwrap();
-        assert!(queue.starts_with(&rabbit.queue("inventory", "orders", 0)[..queue.len() - 1]), "{queue}");
+        assert!(
+            queue.starts_with(&rabbit.queue("inventory", "orders", 0)[..queue.len() - 1]),
+            "{queue}"
+        );
     }
     bus.shutdown().await;
 }
@@ -219,7 +241,11 @@ async fn scaling_a_group_from_one_to_three_instances_and_back_loses_and_doubles_
     // One database for every instance, as in production: its inbox absorbs redelivery.
     let store = MemoryStore::new();
     let effects = Effects::default();
-    let publisher = EventBus::builder().transport(rabbit.clone()).start().await.unwrap();
+    let publisher = EventBus::builder()
+        .transport(rabbit.clone())
+        .start()
+        .await
+        .unwrap();
     let mut instances = vec![ledger_instance(&rabbit, &store, &effects).await];
     let total = 900u64;
     let publishing = {

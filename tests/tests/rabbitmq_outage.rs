@@ -74,6 +74,8 @@ impl Broker {
     fn start(&mut self) {
         let log = std::fs::File::create(self.data.join("server.log")).expect("creating the log");
         let child = Command::new(&self.binary)
+            // Erlang writes crash dumps to its working directory: keep them with the data.
+            .current_dir(&self.data)
             .env("RABBITMQ_NODENAME", &self.node)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODE_PORT", self.port.to_string())

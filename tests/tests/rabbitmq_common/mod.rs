@@ -79,5 +79,8 @@ pub async fn builder(test: &str) -> RabbitMqBuilder {
 
 /// A transport on the broker under test, private to `test`.
 pub async fn rabbit(test: &str) -> RabbitMq {
-    builder(test).await.build().expect("building the RabbitMQ transport")
+    builder(test)
+        .await
+        .build()
+        .expect("building the RabbitMQ transport")
 }

@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::RabbitMqBuilder;
 use crate::{topology, Error};
 
+mod share;
+
 /// One queue a member consumes: queue `index` of the group on `topic`.
 pub(crate) struct Lane {
     pub(crate) topic: Arc<str>,
@@ -50,7 +52,7 @@ pub(crate) enum Command {
 
 /// What a lane's consuming task reports.
 enum LaneEvent {
-    Delivery(usize, u64, Delivery),
+    Delivery(usize, u64, Box<Delivery>),
     Ended(usize, u64, Option<lapin::Error>),
 }
 
@@ -183,9 +185,12 @@ impl Member {
         let config = &spec.config;
         let url = &config.url;
         let name = format!("eventflow member of {}", spec.group);
-        let connection = Connection::connect(url, ConnectionProperties::default().with_connection_name(name.into()))
-            .await
-            .map_err(|e| Error::amqp("connecting to RabbitMQ", url, e))?;
+        let connection = Connection::connect(
+            url,
+            ConnectionProperties::default().with_connection_name(name.into()),
+        )
+        .await
+        .map_err(|e| Error::amqp("connecting to RabbitMQ", url, e))?;
         let control = connection
             .create_channel()
             .await
@@ -251,7 +256,10 @@ impl Member {
             while let Some(item) = consumer.next().await {
                 match item {
                     Ok(delivery) => {
-                        if events.send(LaneEvent::Delivery(index, generation, delivery)).is_err() {
+                        if events
+                            .send(LaneEvent::Delivery(index, generation, Box::new(delivery)))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -315,7 +323,11 @@ impl Member {
     async fn on_event(&mut self, session: &mut Session, event: LaneEvent) -> Result<(), String> {
         match event {
             LaneEvent::Delivery(index, generation, delivery) => {
-                let Some(lane) = session.lanes.get_mut(index).filter(|l| l.generation == generation) else {
+                let Some(lane) = session
+                    .lanes
+                    .get_mut(index)
+                    .filter(|l| l.generation == generation)
+                else {
                     return Ok(());
                 };
                 // A lane being handed on keeps what arrives now: it returns to the queue
@@ -333,7 +345,7 @@ impl Member {
                     .send(Received {
                         lane: index,
                         offset,
-                        delivery,
+                        delivery: *delivery,
                     })
                     .is_err()
                 {
@@ -365,7 +377,9 @@ impl Member {
             by_lane.entry(lane).or_default().push(offset);
         }
         for (index, offsets) in by_lane {
-            let Some(lane) = session.lanes.get_mut(index) else { continue };
+            let Some(lane) = session.lanes.get_mut(index) else {
+                continue;
+            };
             let mut tags: Vec<u64> = offsets.iter().filter_map(|o| lane.unacked.remove(o)).collect();
             if tags.is_empty() {
                 continue;
@@ -381,7 +395,10 @@ impl Member {
             };
             for (tag, multiple) in acks {
                 if let Err(error) = lane.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
-                    return Err(format!("acknowledging on queue `{}` failed: {error}", self.spec.lanes[index].queue));
+                    return Err(format!(
+                        "acknowledging on queue `{}` failed: {error}",
+                        self.spec.lanes[index].queue
+                    ));
                 }
             }
             if lane.releasing && lane.unacked.is_empty() {
@@ -389,82 +406,5 @@ impl Member {
             }
         }
         Ok(())
-    }
-
-    /// Closes a drained lane's channel, which hands the queue to the next consumer in line
-    /// (with what was prefetched and not passed on), and queues up again behind it.
-    async fn requeue_lane(&mut self, session: &mut Session, index: usize) -> Result<(), String> {
-        let old = &session.lanes[index];
-        let _ = old.channel.close(200, "handing the queue on".into()).await;
-        tracing::debug!(group = %self.spec.group, queue = %self.spec.lanes[index].queue, "handed the queue on to another member");
-        let lane = self
-            .open_lane(&session.connection, index)
-            .await
-            .map_err(|e| e.to_string())?;
-        session.lanes[index] = lane;
-        self.mark_idle(session).await;
-        Ok(())
-    }
-
-    /// Compares the queues this member is active on with its fair share and starts
-    /// handing surplus ones on.
-    async fn rebalance(&mut self, session: &mut Session) -> Result<(), String> {
-        let spec = self.spec.clone();
-        let config = &spec.config;
-        let members = topology::count_members(&session.control, config, &spec.group)
-            .await
-            .map_err(|e| e.to_string())?
-            .max(1);
-        let idle = match topology::count_idle(&session.control, config, &spec.group).await {
-            Ok(idle) => idle,
-            Err(error) => return Err(error.to_string()),
-        };
-        let queues = config.queues_per_group;
-        let (fair_low, fair_high) = (queues / members, queues.div_ceil(members));
-        for topic in &spec.topics {
-            let active: Vec<usize> = (0..session.lanes.len())
-                .filter(|i| &*spec.lanes[*i].topic == topic.as_str())
-                .filter(|i| session.lanes[*i].active && !session.lanes[*i].releasing)
-                .collect();
-            let held = active.len() as u32;
-            // More than a fair share, or a fair share's top while a member has nothing.
-            let surplus = if held > fair_high {
-                held - fair_high
-            } else if idle > 0 && held > fair_low.max(1) {
-                1
-            } else {
-                0
-            };
-            let mut candidates = active;
-            candidates.sort_by_key(|i| session.lanes[*i].unacked.len());
-            for index in candidates.into_iter().take(surplus as usize) {
-                tracing::debug!(group = %spec.group, queue = %spec.lanes[index].queue, members, idle, held, "handing a queue on");
-                session.lanes[index].releasing = true;
-                if session.lanes[index].unacked.is_empty() {
-                    self.requeue_lane(session, index).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Joins the group's idle queue while this member is active on no queue, and leaves
-    /// it once it is, so the others know someone waits for work.
-    async fn mark_idle(&mut self, session: &mut Session) {
-        let working = session.lanes.iter().any(|l| l.active && !l.releasing);
-        match (&session.idle, working) {
-            (None, false) => {
-                match topology::join_idle(&session.connection, &self.spec.config, &self.spec.group).await {
-                    Ok(idle) => session.idle = Some(idle),
-                    Err(error) => tracing::debug!(group = %self.spec.group, %error, "joining the idle queue failed"),
-                }
-            }
-            (Some(_), true) => {
-                if let Some((channel, _)) = session.idle.take() {
-                    let _ = channel.close(200, "working".into()).await;
-                }
-            }
-            _ => {}
-        }
     }
 }
