@@ -249,7 +249,13 @@ impl<P: Projection> Runner<P> {
                 }
             },
             Command::Rebuild { from, done } => {
-                let result = self.reset(from).await;
+                let mut result = self.reset(from).await;
+                if let Err(Error::CheckpointMoved { actual, .. }) = &result {
+                    // A rebuild moves the checkpoint wherever it is (another runner's, or
+                    // not read yet): once more, from the value found.
+                    self.saved = actual.clone();
+                    result = self.reset(from).await;
+                }
                 if result.is_ok() {
                     self.begin_phase(Phase::Rebuilding, from).await;
                 }
