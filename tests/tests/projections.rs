@@ -257,6 +257,45 @@ async fn a_projection_needs_storage_and_a_name_of_its_own() {
     assert!(matches!(missing, Err(eventflow::Error::Config(_))), "{missing:?}");
 }
 
+/// A checkpoint that is not a position stops the projection with an error that says what to
+/// do; `caught_up` reports it, and a rebuild sets it right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_is_not_a_position_is_reported_and_a_rebuild_repairs_it() {
+    let db = temp_db();
+    let store = open(&db).await;
+    commit_events(&store, 120).await;
+    store
+        .save_checkpoint("projection.counted", "forty-two")
+        .await
+        .unwrap();
+    let bus = EventBus::builder()
+        .storage(store.clone())
+        .projection(SqliteCount)
+        .start()
+        .await
+        .unwrap();
+    let counted = bus.projection("counted").unwrap();
+    let stuck = within(30, "caught_up to report the bad checkpoint", counted.caught_up()).await;
+    assert!(
+        matches!(&stuck, Err(e) if e.to_string().contains("holds `forty-two`, which is not an event position")),
+        "{stuck:?}"
+    );
+    assert!(counted.progress().error.is_some_and(|e| e.contains("forty-two")));
+    assert!(
+        counts(&db).is_empty(),
+        "the projection applied events from a checkpoint it could not read"
+    );
+
+    within(30, "the rebuild", counted.rebuild()).await.unwrap();
+    let progress = within(30, "the catch-up after the rebuild", counted.caught_up())
+        .await
+        .unwrap();
+    assert_eq!((progress.position, progress.error), (120, None));
+    assert_eq!(assert_each_event_counted_once(&db).await, 120);
+    bus.shutdown().await;
+    remove_db(&db);
+}
+
 fn child(db: &Path, mode: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_projection_child"));
     command

@@ -88,6 +88,12 @@ impl<P: Projection> Runner<P> {
         let mut loaded = false;
         let mut next: Option<Vec<StoredEvent>> = None;
         while !*shutdown.borrow() {
+            // First, so that a rebuild can set right a checkpoint that does not load, and a
+            // `caught_up` call learns why the projection is stuck.
+            while let Ok(command) = self.commands.try_recv() {
+                next = None;
+                self.command(command).await;
+            }
             if !loaded {
                 match self.load_checkpoint().await {
                     Ok(()) => loaded = true,
@@ -97,10 +103,6 @@ impl<P: Projection> Runner<P> {
                         continue;
                     }
                 }
-            }
-            while let Ok(command) = self.commands.try_recv() {
-                next = None;
-                self.command(command).await;
             }
             commits.borrow_and_update();
             let batch = match next.take() {
@@ -247,7 +249,13 @@ impl<P: Projection> Runner<P> {
                 }
             },
             Command::Rebuild { from, done } => {
-                let result = self.reset(from).await;
+                let mut result = self.reset(from).await;
+                if let Err(Error::CheckpointMoved { actual, .. }) = &result {
+                    // A rebuild moves the checkpoint wherever it is (another runner's, or
+                    // not read yet): once more, from the value found.
+                    self.saved = actual.clone();
+                    result = self.reset(from).await;
+                }
                 if result.is_ok() {
                     self.begin_phase(Phase::Rebuilding, from).await;
                 }
@@ -277,6 +285,8 @@ impl<P: Projection> Runner<P> {
 
     async fn load_checkpoint(&mut self) -> Result<(), Error> {
         let saved = self.storage.checkpoint(&self.checkpoint).await?;
+        // Kept even if it does not parse: a rebuild replaces it only if it is still this.
+        self.saved = saved.clone();
         let position = match saved.as_deref() {
             None => 0,
             Some(value) => value.parse().map_err(|_| {
@@ -288,7 +298,6 @@ impl<P: Projection> Runner<P> {
                 ))
             })?,
         };
-        self.saved = saved;
         let phase = self.progress.borrow().phase;
         if matches!(phase, Phase::Starting) {
             self.begin_phase(Phase::CatchingUp, position).await;
