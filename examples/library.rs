@@ -13,6 +13,10 @@
 //! it from the first event and prints its progress as it goes, then checks it against the
 //! aggregates.
 //!
+//! `BookEvent` is at version 2; a new database first gets a few version 1 events, as an
+//! earlier release wrote them, and every read (the aggregate's load, the projection, the
+//! rebuild) upcasts them with `reader_to_member`.
+//!
 //! Run it again on the same file: the books go on from where they were, the projection
 //! catches up with only the new events, and the rebuild counts everything once more.
 
@@ -20,13 +24,17 @@ use std::collections::BTreeMap;
 
 use eventflow::aggregate::Snapshots;
 use eventflow::projection::{self, Phase, Projection};
-use eventflow::store::{rusqlite, SqliteStore, SqliteTransaction, Storage, StoredEvent, Transaction};
-use eventflow::{Aggregate, BoxError, Event, EventBus, Repository};
+use eventflow::store::{
+    rusqlite, ExpectedVersion, SqliteStore, SqliteTransaction, Storage, StoredEvent, Transaction,
+};
+use eventflow::{Aggregate, BoxError, Envelope, Event, EventBus, Repository};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
-/// What happens to a book.
+/// What happens to a book. Version 2: the first release called the member `reader`, so
+/// the events it wrote are version 1 and are upcast on read by [`reader_to_member`].
 #[derive(Event, Serialize, Deserialize, Debug, Clone)]
-#[event(name = "book.event", version = 1, topic = "library")]
+#[event(name = "book.event", version = 2, topic = "library", upcast(v1 = reader_to_member))]
 enum BookEvent {
     Borrowed {
         #[event(key)]
@@ -39,10 +47,42 @@ enum BookEvent {
     },
 }
 
-// ---- Upcasting (v1 -> v2): the spot for the upcast part of issue 12. ----
-// An older `BookBorrowed` v1 still in the store, and the upcaster that turns it into the
-// current version, go here; the projection's `projection::decode` then reads both.
-// ---- end of the upcasting spot ----
+/// The JSON upcaster from version 1: `Borrowed { book, reader }` became
+/// `Borrowed { book, member }` (a rename needs a new version; see `eventflow::versioning`).
+fn reader_to_member(mut v1: Value) -> Result<Value, String> {
+    if let Some(borrowed) = v1.get_mut("Borrowed").and_then(Value::as_object_mut) {
+        let reader = borrowed.remove("reader").ok_or("a v1 `Borrowed` without `reader`")?;
+        borrowed.insert("member".into(), reader);
+    }
+    Ok(v1)
+}
+
+/// What the first release left in the store: a loan of each book, as version 1 events.
+/// Written once, on a new database; every later read upcasts them.
+async fn first_release(store: &SqliteStore) -> Result<usize, eventflow::Error> {
+    let mut written = 0;
+    for (b, id) in BOOKS.iter().enumerate() {
+        let v1 = |payload: Value| {
+            let mut envelope = Envelope::new(BookEvent::NAME, 1, BookEvent::TOPIC, "application/json", payload.to_string());
+            envelope.key = Some(id.to_string());
+            envelope
+        };
+        let events = [
+            v1(json!({"Borrowed": {"book": id, "reader": MEMBERS[b % MEMBERS.len()]}})),
+            v1(json!({"Returned": {"book": id}})),
+        ];
+        let mut tx = store.begin().await?;
+        match tx.append(&Repository::<Book>::stream(id), ExpectedVersion::NoStream, &events).await {
+            Ok(_) => {
+                tx.commit().await?;
+                written += events.len();
+            }
+            Err(eventflow::Error::Conflict { .. }) => {} // not a new database
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(written)
+}
 
 /// A book: who has it and how often each member borrowed it.
 #[derive(Default, Serialize, Deserialize, Debug)]
@@ -177,6 +217,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let books = bus.repository::<Book>()?;
 
+    let old = first_release(&store).await?;
+    if old > 0 {
+        println!("the first release left {old} events of `book.event` v1 in the store; they are read as v2");
+    }
     lend(&books, options.loans).await?;
     println!("lent each of {} books {} times", BOOKS.len(), options.loans);
 
