@@ -16,9 +16,3 @@ fn subscribe() {
     t.pass("ui/subscribe/pass/*.rs");
     t.compile_fail("ui/subscribe/fail/*.rs");
 }
-
-#[test]
-fn derive_event_set() {
-    let t = trybuild::TestCases::new();
-    t.compile_fail("ui/event_set/fail/*.rs");
-}
