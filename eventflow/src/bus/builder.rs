@@ -174,8 +174,18 @@ impl EventBusBuilder {
 
     /// Checks the configuration, joins every group to the transport and starts handling.
     ///
-    /// Fails if a handler needs state the bus does not have, or if two handlers of one
-    /// group handle the same event.
+    /// Fails with [`Error::Config`], naming every problem at once, if:
+    /// - a handler takes a [`State<T>`](crate::State) the bus has no value of
+    ///   ([`state`](Self::state)), or an extractor of your own refuses
+    ///   ([`FromContext::check`](crate::FromContext::check));
+    /// - a handler takes [`Tx`](crate::Tx) and the bus has no [`storage`](Self::storage);
+    /// - a handler takes a typed `Tx<T>` and the storage's units of work are not `T` (the
+    ///   message names both types; to learn it, `start` begins a unit of work and drops it);
+    /// - two handlers of one group handle the same event;
+    /// - a handler takes `Tx` in a group whose consumer handles its events in a broker
+    ///   transaction (a Kafka transactional group).
+    ///
+    /// Joining the transport can fail too (a broker that cannot be reached).
     pub async fn start(mut self) -> Result<EventBus, Error> {
         if let Some(storage) = &self.storage {
             if self.routes.iter().any(|route| route.transactional()) {
