@@ -152,7 +152,8 @@ impl fmt::Debug for Context {
 
 /// A handler argument the bus can provide.
 ///
-/// Implemented by [`Context`] and [`State<T>`]; implement it for your own extractors.
+/// Implemented by [`Context`], [`State<T>`] and [`Tx`]; implement it for your own
+/// extractors.
 /// `#[subscribe]` checks every argument after the event against this trait, so a wrong
 /// argument type is a compile error on that argument.
 pub trait FromContext: Sized + Send + 'static {

@@ -209,14 +209,16 @@ impl EventBusBuilder {
     /// collected into one [`Error::Config`] that lists every problem):
     ///
     /// - each handler's extractors can be served: a [`State<T>`](crate::State) it takes was
-    ///   added with [`state`](Self::state) (the error names the handler and the type);
+    ///   added with [`state`](Self::state) (the error names the handler and the type), and
+    ///   no extractor of your own refuses ([`FromContext::check`](crate::FromContext::check));
     /// - a handler that takes [`Tx`](crate::Tx) has a [`storage`](Self::storage) to open
     ///   its transaction in;
     /// - no two handlers of one group handle the same event at the same version (a group
     ///   handles an event once; handlers of different versions of one event may share a
     ///   group, each event going to the handler that reads its version);
     /// - a handler that takes a typed `Tx<T>` runs on a storage whose units of work are `T`
-    ///   (the error names both types);
+    ///   (the error names both types; to learn it, `start` begins a unit of work and drops
+    ///   it);
     /// - each projection's name is unique and the bus has a storage for it;
     /// - each member of each group joins the transport ([`Transport::subscribe`]); its
     ///   error is returned as it is (a broker that cannot be reached, say);
