@@ -54,3 +54,65 @@ fn a_lease_held_by_a_relay_on_another_host_is_waited_for_then_taken() {
     );
     remove_db(&db);
 }
+
+/// Collects what the bus logs.
+#[derive(Clone, Default)]
+struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_relay_that_finds_the_outbox_held_says_so_once_naming_the_holder_and_until_when() {
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let db = temp_db();
+    let store = eventflow::store::SqliteStore::open(&db).await.unwrap();
+    let holder = "relay-x@another-host pid=1 start=1 boot=b pidns=1";
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        + Duration::from_secs(30);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT OR REPLACE INTO outbox_lease (id, holder, expires_at) VALUES (1, ?1, ?2)",
+            (holder, expires.as_nanos() as i64),
+        )
+        .unwrap();
+    let bus = eventflow::EventBus::builder()
+        .storage(store)
+        .relay(eventflow::RelaySettings::default().poll_interval(Duration::from_millis(50)))
+        .shutdown_timeout(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    // Ten polls or so.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    bus.shutdown().await;
+    let logged = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let lines: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("another relay holds the outbox lease"))
+        .collect();
+    assert_eq!(lines.len(), 1, "not logged once: {logged}");
+    assert!(
+        lines[0].contains(holder) && lines[0].contains("until="),
+        "{}",
+        lines[0]
+    );
+    remove_db(&db);
+}
