@@ -51,7 +51,9 @@ enum BookEvent {
 /// `Borrowed { book, member }` (a rename needs a new version; see `eventflow::versioning`).
 fn reader_to_member(mut v1: Value) -> Result<Value, String> {
     if let Some(borrowed) = v1.get_mut("Borrowed").and_then(Value::as_object_mut) {
-        let reader = borrowed.remove("reader").ok_or("a v1 `Borrowed` without `reader`")?;
+        let reader = borrowed
+            .remove("reader")
+            .ok_or("a v1 `Borrowed` without `reader`")?;
         borrowed.insert("member".into(), reader);
     }
     Ok(v1)
@@ -63,7 +65,13 @@ async fn first_release(store: &SqliteStore) -> Result<usize, eventflow::Error> {
     let mut written = 0;
     for (b, id) in BOOKS.iter().enumerate() {
         let v1 = |payload: Value| {
-            let mut envelope = Envelope::new(BookEvent::NAME, 1, BookEvent::TOPIC, "application/json", payload.to_string());
+            let mut envelope = Envelope::new(
+                BookEvent::NAME,
+                1,
+                BookEvent::TOPIC,
+                "application/json",
+                payload.to_string(),
+            );
             envelope.key = Some(id.to_string());
             envelope
         };
@@ -72,7 +80,14 @@ async fn first_release(store: &SqliteStore) -> Result<usize, eventflow::Error> {
             v1(json!({"Returned": {"book": id}})),
         ];
         let mut tx = store.begin().await?;
-        match tx.append(&Repository::<Book>::stream(id), ExpectedVersion::NoStream, &events).await {
+        match tx
+            .append(
+                &Repository::<Book>::stream(id),
+                ExpectedVersion::NoStream,
+                &events,
+            )
+            .await
+        {
             Ok(_) => {
                 tx.commit().await?;
                 written += events.len();

@@ -107,6 +107,7 @@ mod group_protocol;
 pub mod headers;
 mod lag;
 mod member;
+mod settle;
 mod start_offsets;
 mod transaction;
 mod transport;

@@ -566,6 +566,19 @@ impl Transport for Kafka {
         ))
     }
 
+    /// Waits until the groups have committed what the log held at the call.
+    fn until_settled(
+        &self,
+        groups: &[(&str, &[&str])],
+    ) -> Option<BoxFuture<'static, Result<(), eventflow::Error>>> {
+        let settled = crate::settle::until_settled(self.inner.clone(), self.subscriptions(groups));
+        Some(Box::pin(async move { Ok(settled.await?) }))
+    }
+
+    async fn unsettled(&self, groups: &[(&str, &[&str])]) -> Option<String> {
+        crate::settle::unsettled(self.inner.clone(), self.subscriptions(groups)).await
+    }
+
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), eventflow::Error> {
         Ok(self.inner.publish_dead_letter(letter).await?)
     }

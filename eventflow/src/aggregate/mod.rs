@@ -58,8 +58,8 @@ pub mod testing;
 
 #[doc(hidden)]
 pub use events::not_in_set;
-pub use snapshot::Snapshots;
 pub use events::EventSet;
+pub use snapshot::Snapshots;
 
 use std::marker::PhantomData;
 use std::ops::Deref;

@@ -4,8 +4,8 @@ mod builder;
 mod dead_letters;
 mod inbox;
 mod route;
-mod settle;
 mod sequenced;
+mod settle;
 mod unit_of_work;
 mod worker;
 

@@ -38,8 +38,9 @@ impl EventBus {
     ///
     /// What it waits for on the transport comes from
     /// [`Transport::until_settled`](crate::transport::Transport::until_settled): the
-    /// in-process transport tells exactly; a transport that cannot tell makes it fail with
-    /// [`Error::Config`]. If another relay (another process or bus on the same store) holds
+    /// in-process transport tells exactly, Kafka from the groups' committed offsets against
+    /// the ends of their partitions taken at the call; a transport that cannot tell makes it
+    /// fail with [`Error::Config`]. If another relay (another process or bus on the same store) holds
     /// the outbox lease, the entries it delivers are not waited for. Fails with
     /// [`Error::Closed`] once the bus has shut down.
     pub async fn settled(&self) -> Result<(), Error> {
@@ -95,7 +96,7 @@ impl Shared {
             None if strict => Err(Error::Config(
                 "this bus's transport cannot tell when its groups have handled an event \
                  (`Transport::until_settled` returns None); wait on the broker's consumer lag \
-                 instead (`eventflow_kafka::Kafka::lag`)"
+                 instead"
                     .into(),
             )),
             None => Ok(()),

@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{ExpectedVersion, OutboxEntry, OutboxLease, SnapshotStore, Storage, StoredEvent, StoredSnapshot, Transaction};
+use super::{
+    ExpectedVersion, OutboxEntry, OutboxLease, SnapshotStore, Storage, StoredEvent, StoredSnapshot,
+    Transaction,
+};
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
 
