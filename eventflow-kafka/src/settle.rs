@@ -80,6 +80,9 @@ pub(crate) async fn unsettled(inner: Arc<Inner>, groups: Subscriptions) -> Optio
 /// Per group: the end offset of each partition of each of its topics.
 type Targets = Vec<(String, HashMap<(String, i32), i64>)>;
 
+/// Per (group, Kafka topic): how many events the group has not committed.
+type Behind = Vec<((String, String), i64)>;
+
 fn ends(inner: &Inner, groups: &Subscriptions) -> Result<Targets, Error> {
     let client = client(inner, "eventflow-settle")?;
     let mut targets = Vec::new();
@@ -107,7 +110,7 @@ fn ends(inner: &Inner, groups: &Subscriptions) -> Result<Targets, Error> {
 }
 
 /// Per (group, topic): how many events below the targets the group has not committed.
-fn behind(inner: &Inner, targets: &Targets) -> Result<Vec<((String, String), i64)>, Error> {
+fn behind(inner: &Inner, targets: &Targets) -> Result<Behind, Error> {
     let mut left: HashMap<(String, String), i64> = HashMap::new();
     for (group, ends) in targets {
         if ends.is_empty() {
