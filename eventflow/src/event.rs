@@ -30,6 +30,20 @@ use crate::upcast::{Old, UpcastError};
 /// The name and version travel in every [`Envelope`](crate::Envelope); a consumer uses them
 /// to pick the type to decode into, so renaming a type in code does not break consumers as
 /// long as `name` stays the same.
+///
+/// An event is encoded and decoded with serde, so a type without `Serialize` and
+/// `Deserialize` is refused at compile time, on the type:
+///
+/// ```compile_fail,E0277
+/// use eventflow::Event;
+///
+/// #[derive(Event)]
+/// #[event(name = "order.paid")]
+/// struct OrderPaid {
+///     #[event(key)]
+///     order_id: String,
+/// }
+/// ```
 pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The event's stable name, e.g. `"order.paid"`. Defaults to the type name.
     const NAME: &'static str;
