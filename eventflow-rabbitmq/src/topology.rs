@@ -155,16 +155,7 @@ pub(crate) async fn count_members(
     config: &RabbitMqBuilder,
     group: &str,
 ) -> Result<u32, Error> {
-    let name = config.members(group);
-    let queue = channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions::default(),
-            idle_arguments(),
-        )
-        .await
-        .map_err(|e| Error::amqp(format!("declaring members queue `{name}`"), &config.url, e))?;
-    Ok(queue.consumer_count())
+    consumers(channel, config, &config.members(group), "members").await
 }
 
 impl RabbitMqBuilder {
@@ -187,15 +178,21 @@ pub(crate) async fn count_idle(
     config: &RabbitMqBuilder,
     group: &str,
 ) -> Result<u32, Error> {
-    let name = config.idle(group);
+    consumers(channel, config, &config.idle(group), "idle").await
+}
+
+/// Declares the expiring queue `name` (a `kind` queue: members or idle) and returns how many
+/// consumers it has.
+async fn consumers(
+    channel: &Channel,
+    config: &RabbitMqBuilder,
+    name: &str,
+    kind: &str,
+) -> Result<u32, Error> {
     let queue = channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions::default(),
-            idle_arguments(),
-        )
+        .queue_declare(name.into(), QueueDeclareOptions::default(), idle_arguments())
         .await
-        .map_err(|e| Error::amqp(format!("declaring idle queue `{name}`"), &config.url, e))?;
+        .map_err(|e| Error::amqp(format!("declaring {kind} queue `{name}`"), &config.url, e))?;
     Ok(queue.consumer_count())
 }
 
