@@ -106,10 +106,12 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 EOF_PROPS
+  # A cluster id may start with "-" (URL-safe base64), so it is passed as --cluster-id=<id>,
+  # which the option parser cannot mistake for an option of its own.
   local cluster_id
   cluster_id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
   java -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_LOG4J" kafka.tools.StorageTool \
-    format -t "$cluster_id" -c "$props" >"$log" 2>&1 ||
+    format --cluster-id="$cluster_id" -c "$props" >"$log" 2>&1 ||
     { echo "error: formatting Kafka's log dir $data failed:" >&2; cat "$log" >&2; return 1; }
   java -Xmx512m -Xms512m -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_LOG4J" \
     kafka.Kafka "$props" >>"$log" 2>&1 &

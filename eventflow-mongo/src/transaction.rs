@@ -53,8 +53,10 @@ use crate::store::{marker, MongoStore};
 /// [`transaction_retries`](crate::MongoStoreBuilder::transaction_retries) times with a short
 /// random backoff. eventflow can run again only what it wrote itself: once the application
 /// has used the [`session`](MongoTransaction::session), a transient error fails the commit
-/// with an error saying to run the whole unit of work again (a handler with
-/// [`Tx`](eventflow::Tx) is then retried by the bus).
+/// with [`Error::Transient`] saying to run the whole unit of work again. A handler with
+/// [`Tx`](eventflow::Tx) is then run again by the bus without spending its retries, and so
+/// is one whose own write through the session met the conflict (`?` on the driver's error
+/// gives `Error::Transient`).
 pub struct MongoTransaction {
     store: MongoStore,
     session: ClientSession,
@@ -389,20 +391,26 @@ impl Transaction for MongoTransaction {
             self.check_expectations().await?;
             let error = describe(&error);
             if self.session_used {
-                return Err(Error::backend(format!(
-                    "MongoDB aborted the unit of work with a transient error ({error}), e.g. a \
+                return Err(Error::Transient(
+                    format!(
+                        "MongoDB aborted the unit of work with a transient error ({error}), e.g. a \
                      write conflict with a concurrent unit of work; nothing of it was written. \
                      The application wrote through its session, which eventflow cannot run \
                      again by itself: run the whole unit of work again"
-                )));
+                    )
+                    .into(),
+                ));
             }
             if attempt > self.store.inner.transaction_retries {
-                return Err(Error::backend(format!(
-                    "MongoDB aborted the unit of work {attempt} times with transient errors, the \
+                return Err(Error::Transient(
+                    format!(
+                        "MongoDB aborted the unit of work {attempt} times with transient errors, the \
                      last: {error}; nothing of it was written. Units of work that append or \
                      enqueue events commit one at a time: many concurrent ones wait for each \
                      other; run it again, or raise `transaction_retries`"
-                )));
+                    )
+                    .into(),
+                ));
             }
             tokio::time::sleep(backoff(attempt)).await;
             start(&mut self.session).await?;

@@ -168,6 +168,15 @@ pub enum Error {
         rejections: Vec<Rejection>,
     },
 
+    /// A backend failed in a way that running the same work again is expected to fix: a
+    /// write conflict with a concurrent unit of work (MongoDB's `TransientTransactionError`),
+    /// a database still busy after its timeout. Nothing of the failed work was written. The
+    /// bus runs a handler that failed with it again at once, with a short random pause,
+    /// without spending its [`retries`](crate::EventBusBuilder::retries) (up to
+    /// [`Error::TRANSIENT_RETRIES`] times in a row; then the attempts count as usual).
+    #[error(transparent)]
+    Transient(BoxError),
+
     /// A transport or storage backend failed.
     #[error(transparent)]
     Backend(BoxError),
@@ -188,6 +197,22 @@ impl Error {
         }
     }
 
+    /// How many times in a row the bus runs a handler again after an
+    /// [`Error::Transient`] failure before those attempts count against its retries.
+    pub const TRANSIENT_RETRIES: u32 = 64;
+
+    /// Whether running the same work again is expected to succeed: an [`Error::Transient`],
+    /// also when it is the source of a handler's own error type (any `?` that keeps it as
+    /// the source, e.g. `anyhow`), and a MongoDB or SQLite error of that kind however it
+    /// was boxed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transient(_) => true,
+            Error::Backend(inner) => is_transient(&**inner),
+            _ => false,
+        }
+    }
+
     /// Whether publishing the same event again would fail the same way
     /// ([`Error::Rejected`]), rather than maybe succeed later.
     pub fn is_permanent(&self) -> bool {
@@ -195,21 +220,65 @@ impl Error {
     }
 }
 
+/// Whether `error`, or an error in its chain of sources, is one that running the same work
+/// again is expected to fix (see [`Error::Transient`]).
+pub(crate) fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(error) = error.downcast_ref::<Error>() {
+            if matches!(error, Error::Transient(_)) {
+                return true;
+            }
+        }
+        #[cfg(feature = "mongodb")]
+        if error
+            .downcast_ref::<mongodb::error::Error>()
+            .is_some_and(|error| error.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR))
+        {
+            return true;
+        }
+        #[cfg(feature = "sqlite")]
+        if error.downcast_ref::<rusqlite::Error>().is_some_and(sqlite_busy) {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// `?` on a rusqlite error in a handler (or anywhere) returning `eventflow::Error`: it
-/// becomes [`Error::Backend`], its message kept.
+/// becomes [`Error::Backend`], its message kept; [`Error::Transient`] when the database
+/// was busy (locked by another connection past the busy timeout).
 #[cfg(feature = "sqlite")]
 impl From<rusqlite::Error> for Error {
     fn from(error: rusqlite::Error) -> Self {
-        Error::Backend(Box::new(error))
+        match sqlite_busy(&error) {
+            true => Error::Transient(Box::new(error)),
+            false => Error::Backend(Box::new(error)),
+        }
     }
 }
 
 /// `?` on a MongoDB driver error in a handler returning `eventflow::Error`: it becomes
-/// [`Error::Backend`]. The `mongodb` feature is turned on by `eventflow-mongo`, so a
+/// [`Error::Backend`], or [`Error::Transient`] when the server labelled it
+/// `TransientTransactionError` (a write conflict with a concurrent transaction, a primary
+/// stepping down), so the bus runs the handler's unit of work again as the MongoDB
+/// transaction spec asks. The `mongodb` feature is turned on by `eventflow-mongo`, so a
 /// program using it has this conversion.
 #[cfg(feature = "mongodb")]
 impl From<mongodb::error::Error> for Error {
     fn from(error: mongodb::error::Error) -> Self {
-        Error::Backend(Box::new(error))
+        match error.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR) {
+            true => Error::Transient(Box::new(error)),
+            false => Error::Backend(Box::new(error)),
+        }
     }
 }

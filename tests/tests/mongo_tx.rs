@@ -1,6 +1,9 @@
 //! A handler's `Tx<MongoTransaction>` on MongoDB (`MONGODB_URI`): the application's write
 //! in the handler's transaction, `?` on the driver's errors, and a failed attempt rolled
-//! back with its marker.
+//! back with its marker. The handlers of orders 1, 2 and 13 run concurrently, and their
+//! transactions all create the `ledger` collection: MongoDB aborts all but one with a
+//! write conflict (`TransientTransactionError`), which the bus runs again without spending
+//! the one retry, so only order 13's own duplicate key makes a dead letter.
 
 mod mongo_support;
 
@@ -73,12 +76,25 @@ async fn a_typed_tx_gives_the_mongo_transaction_and_question_mark_works_on_drive
         ids.sort();
         ids
     };
-    within(30, "orders 1 and 2 booked", async {
+    let booked = tokio::time::timeout(Duration::from_secs(30), async {
         while ids().await.len() < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
+    if booked.is_err() {
+        let letters: Vec<_> = bus
+            .dead_letters(Some("ledger"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|letter| (letter.envelope.key, letter.error))
+            .collect();
+        panic!(
+            "orders 1 and 2 not booked within 30 s; booked: {:?}; dead letters: {letters:?}",
+            ids().await
+        );
+    }
     within(30, "the group to finish", transport.wait_idle()).await;
     assert_eq!(
         ids().await,
@@ -86,6 +102,10 @@ async fn a_typed_tx_gives_the_mongo_transaction_and_question_mark_works_on_drive
         "the failed attempts' inserts were rolled back"
     );
     let letter = &bus.dead_letters(Some("ledger")).await.unwrap()[0];
+    assert_eq!(
+        letter.attempts, 2,
+        "a duplicate key is no transient conflict: the first try and one retry"
+    );
     assert!(
         letter.error.to_lowercase().contains("duplicate key"),
         "the driver's message: {}",

@@ -361,7 +361,7 @@ async fn deliver(
         Some(Failure::Failed { error, attempts: 0 }) => Err(Failure::Failed { error, attempts: 0 }),
         Some(Failure::Failed { error, attempts }) => {
             let span = handle_span(group, route, envelope, attempts);
-            match back_off_or_give_up(shared, route, error, attempts, shutdown, &span).await {
+            match back_off_or_give_up(shared, route, error, attempts, attempts, shutdown, &span).await {
                 Ok(()) => {
                     attempt_all(shared, group, route, envelope, publisher, shutdown, attempts + 1).await
                 }
@@ -499,6 +499,9 @@ async fn attempt_all(
         });
     }
     let mut attempt = first_attempt;
+    // Attempts that failed with a transient error in a row: run again, not counted.
+    let mut transient = 0;
+    let mut uncounted = 0;
     let transactional = route.route.transactional();
     loop {
         let mut ctx = Context::new(
@@ -545,29 +548,65 @@ async fn attempt_all(
             }
             return Ok(attempt);
         };
-        back_off_or_give_up(shared, route, error.to_string(), attempt, shutdown, &span).await?;
+        let is_transient = crate::error::is_transient(&*error);
+        if !is_transient {
+            transient = 0;
+        }
+        match is_transient && transient < Error::TRANSIENT_RETRIES {
+            true => {
+                transient += 1;
+                uncounted += 1;
+                let wait = transient_pause(transient);
+                tracing::info!(parent: &span, error = %error, ?wait, "handler met a transient conflict; running it again");
+                if sleep_unless_stopped(wait, shutdown).await {
+                    return Err(Failure::Interrupted);
+                }
+            }
+            false => {
+                let counted = attempt - uncounted;
+                back_off_or_give_up(
+                    shared,
+                    route,
+                    error.to_string(),
+                    counted,
+                    attempt,
+                    shutdown,
+                    &span,
+                )
+                .await?;
+            }
+        }
         attempt += 1;
     }
 }
 
-/// After attempt `attempt` failed with `error`: gives up (to dead-letter the event) once
-/// the route's retry budget is spent, else waits out the backoff before the next attempt.
+/// The pause before running a handler again after its `n`th transient failure in a row:
+/// random (so that the units of work that conflicted do not meet again), growing to 100 ms.
+fn transient_pause(n: u32) -> Duration {
+    let ceiling_ms = (1u64 << n.min(7)).min(100);
+    Duration::from_micros(fastrand::u64(500..=ceiling_ms * 1000))
+}
+
+/// After attempt `attempt` failed with `error`, the `counted`th against the route's retry
+/// budget: gives up (to dead-letter the event) once the budget is spent, else waits out the
+/// backoff before the next attempt.
 async fn back_off_or_give_up(
     shared: &Shared,
     route: &GroupRoute,
     error: String,
+    counted: u32,
     attempt: u32,
     shutdown: &mut watch::Receiver<bool>,
     span: &tracing::Span,
 ) -> Result<(), Failure> {
-    if attempt > route.retries {
+    if counted > route.retries {
         tracing::error!(parent: span, error = %error, attempts = attempt, "handler failed; dead-lettering event");
         return Err(Failure::Failed {
             error,
             attempts: attempt,
         });
     }
-    let wait = shared.backoff.delay(attempt);
+    let wait = shared.backoff.delay(counted);
     tracing::warn!(parent: span, error = %error, ?wait, "handler failed; retrying");
     match sleep_unless_stopped(wait, shutdown).await {
         true => Err(Failure::Interrupted),
