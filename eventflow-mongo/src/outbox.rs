@@ -78,7 +78,7 @@ pub(crate) mod layout;
 pub(crate) mod lease;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use eventflow::store::OutboxEntry;
@@ -91,11 +91,12 @@ use mongodb::options::ReturnDocument;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::client::Inner;
 use crate::document::{self, int, now_nanos};
 use crate::error::{backend, is_duplicate_key, is_transient};
-pub(crate) use crate::outbox::cleanup::{Cleaner, CLEANUP_CHUNK};
+use crate::outbox::cleanup::Cleaner;
+pub(crate) use crate::outbox::cleanup::CLEANUP_CHUNK;
 use crate::outbox::layout::{Stored, DELIVERED, LAST};
-use crate::store::{Inner, MongoStore};
 
 /// The checkpoint holding the outbox relay's saved position: a change-stream resume token
 /// and the outbox sequence expected after it, as extended JSON. Saved at most once a
@@ -114,10 +115,19 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Outbox documents the stream may read ahead of the relay.
 const READ_AHEAD: usize = 1024;
 
+/// The relay's side of the outbox of one store handle (and its clones): the feed, the
+/// lease and the clean-up of delivered entries. Only the relay holding the lease uses it.
+pub(crate) struct Outbox {
+    inner: Arc<Inner>,
+    feed: Arc<tokio::sync::Mutex<Feed>>,
+    /// Deletes delivered outbox entries in the background.
+    cleaner: Cleaner,
+}
+
 /// The relay's view of the outbox, shared by the relays of one store handle; only the one
 /// holding the lease uses it.
 #[derive(Default)]
-pub(crate) struct Feed {
+struct Feed {
     /// The relay this feed is positioned for.
     owner: Option<String>,
     mode: Mode,
@@ -243,7 +253,7 @@ impl Feed {
     /// if the last write was at least [`FLUSH_INTERVAL`] ago and none is under way: one
     /// write of each per interval, whatever the rate of marks, and none on the delivery
     /// path.
-    fn flush_if_due(&mut self, store: &MongoStore) {
+    fn flush_if_due(&mut self, outbox: &Outbox) {
         let due = self
             .flushed_at
             .is_none_or(|flushed| flushed.elapsed() >= FLUSH_INTERVAL);
@@ -257,15 +267,15 @@ impl Feed {
         let (watermark, position) = (self.unflushed.take(), self.unsaved.take());
         self.flushing = true;
         self.flushed_at = Some(Instant::now());
-        let (store, epoch) = (store.clone(), self.epoch);
+        let (inner, shared, epoch) = (outbox.inner.clone(), outbox.feed.clone(), self.epoch);
         tokio::spawn(async move {
             let marked = Marked {
                 others: &BTreeMap::new(),
                 watermark,
                 position: position.clone(),
             };
-            let written = delete_delivered(&store, &relay, marked).await;
-            let mut feed = store.inner.feed.lock().await;
+            let written = delete_delivered(&inner, &relay, marked).await;
+            let mut feed = shared.lock().await;
             if feed.epoch != epoch {
                 return;
             }
@@ -299,7 +309,7 @@ impl Feed {
     }
 
     /// Hands the documents the watermark has passed whole to the clean-up.
-    fn clean_up(&mut self, store: &MongoStore) {
+    fn clean_up(&mut self, outbox: &Outbox) {
         let mut delivered = Vec::new();
         while let Some(&(first, last)) = self.documents.front() {
             if last >= self.watermark {
@@ -308,8 +318,8 @@ impl Feed {
             delivered.push((first, last - first + 1));
             self.documents.pop_front();
         }
-        let inner = &store.inner;
-        inner
+        let inner = &outbox.inner;
+        outbox
             .cleaner
             .delete(&inner.outbox, inner.cleanup_interval, self.watermark, delivered);
     }
@@ -321,12 +331,12 @@ impl Feed {
     }
 
     /// Fills `pending` up to `limit` entries with what is available now.
-    async fn fill(&mut self, store: &MongoStore, limit: usize) -> Result<(), Error> {
+    async fn fill(&mut self, outbox: &Outbox, limit: usize) -> Result<(), Error> {
         while self.pending.len() < limit {
             match self.mode {
-                Mode::Resume => self.resume(store).await?,
+                Mode::Resume => self.resume(outbox).await?,
                 Mode::Scan { after } => {
-                    if !self.scan(store, after, limit).await? {
+                    if !self.scan(outbox, after, limit).await? {
                         return Ok(());
                     }
                 }
@@ -379,8 +389,8 @@ impl Feed {
 
     /// Positions the feed from the saved position, or for a scan if there is none or it
     /// cannot be resumed from.
-    async fn resume(&mut self, store: &MongoStore) -> Result<(), Error> {
-        let saved = eventflow::store::Storage::checkpoint(store, OUTBOX_POSITION_CHECKPOINT).await?;
+    async fn resume(&mut self, outbox: &Outbox) -> Result<(), Error> {
+        let saved = crate::checkpoints::read(&outbox.inner, OUTBOX_POSITION_CHECKPOINT).await?;
         let Some(saved) = saved else {
             tracing::info!("no saved outbox relay position: scanning the outbox, then streaming");
             self.rescan(0);
@@ -399,7 +409,7 @@ impl Feed {
                 return Ok(());
             }
         };
-        match open_stream(store, Some(token)).await {
+        match open_stream(&outbox.inner, Some(token)).await {
             Ok(stream) => {
                 tracing::debug!(
                     next,
@@ -424,10 +434,10 @@ impl Feed {
     }
 
     /// One scan step; returns false when `pending` is full and the scan must go on later.
-    async fn scan(&mut self, store: &MongoStore, after: u64, limit: usize) -> Result<bool, Error> {
-        let inner = &store.inner;
+    async fn scan(&mut self, outbox: &Outbox, after: u64, limit: usize) -> Result<bool, Error> {
+        let inner = &outbox.inner;
         if self.stream.is_none() {
-            let stream = open_stream(store, None)
+            let stream = open_stream(inner, None)
                 .await
                 .map_err(|e| backend("opening a change stream on the outbox", e))?;
             self.stream = Some(stream);
@@ -443,7 +453,7 @@ impl Feed {
         let mut after = after.max(self.watermark.saturating_sub(1));
         loop {
             let want = limit.saturating_sub(self.pending.len()).max(1);
-            let start = first_document_after(store, after)
+            let start = first_document_after(inner, after)
                 .await
                 .map_err(|e| backend("scanning the outbox", e))?;
             // Every document holds at least one entry: `want` documents are enough.
@@ -484,7 +494,7 @@ impl Feed {
             let position = (start, self.next);
             match self.pending.back_mut() {
                 Some(last) => last.position = Some(position),
-                None => save_position(store, position)
+                None => save_position(inner, position)
                     .await
                     .map_err(|e| backend("saving the outbox relay position", e))?,
             }
@@ -495,12 +505,11 @@ impl Feed {
 
 /// The `_id` of the first document that may hold a sequence after `after`: the one holding
 /// both `after` and `after + 1`, if there is one.
-async fn first_document_after(store: &MongoStore, after: u64) -> Result<u64, mongodb::error::Error> {
+async fn first_document_after(inner: &Inner, after: u64) -> Result<u64, mongodb::error::Error> {
     if after == 0 {
         return Ok(0);
     }
-    let holding = store
-        .inner
+    let holding = inner
         .outbox
         .find_one(doc! { "_id": { "$lte": int(after) } })
         .sort(doc! { "_id": -1 })
@@ -515,11 +524,10 @@ async fn first_document_after(store: &MongoStore, after: u64) -> Result<u64, mon
 }
 
 async fn open_stream(
-    store: &MongoStore,
+    inner: &Arc<Inner>,
     resume: Option<ResumeToken>,
 ) -> Result<Stream, mongodb::error::Error> {
-    let stream = store
-        .inner
+    let stream = inner
         .outbox
         .watch()
         .pipeline([doc! { "$match": { "operationType": "insert" } }])
@@ -527,7 +535,7 @@ async fn open_stream(
         .await?;
     let start = stream.resume_token();
     let (sender, events) = mpsc::channel(READ_AHEAD);
-    let task = tokio::spawn(follow(stream, sender, std::sync::Arc::downgrade(&store.inner)));
+    let task = tokio::spawn(follow(stream, sender, Arc::downgrade(inner)));
     Ok(Stream { events, task, start })
 }
 
@@ -579,11 +587,10 @@ async fn follow(
 /// Takes or renews the outbox lease for `relay`. `None` while another relay holds it;
 /// otherwise whether `relay` held it without a break since its last claim, and the
 /// delivered watermark.
-async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Option<(bool, u64)>, Error> {
+async fn acquire(inner: &Inner, relay: &str, lease: Duration) -> Result<Option<(bool, u64)>, Error> {
     let now = now_nanos();
     let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
-    let previous = store
-        .inner
+    let previous = inner
         .leases
         .find_one_and_update(
             doc! {
@@ -607,7 +614,7 @@ async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Opt
         // Unless that relay's process is provably gone, it keeps the lease.
         Err(error) if is_duplicate_key(&error) => {
             Ok(
-                lease::take_from_gone(store, relay, Duration::from_nanos(lease as u64))
+                lease::take_from_gone(inner, relay, Duration::from_nanos(lease as u64))
                     .await?
                     .map(|watermark| (false, watermark)),
             )
@@ -618,10 +625,9 @@ async fn acquire(store: &MongoStore, relay: &str, lease: Duration) -> Result<Opt
 
 /// Moves the expiry of `relay`'s lease to `lease` from now, if it still holds it; whether
 /// it does.
-async fn renew(store: &MongoStore, relay: &str, lease: Duration) -> Result<bool, Error> {
+async fn renew(inner: &Inner, relay: &str, lease: Duration) -> Result<bool, Error> {
     let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
-    let renewed = store
-        .inner
+    let renewed = inner
         .leases
         .update_one(
             doc! { "_id": LEASE_ID, "holder": relay },
@@ -632,139 +638,159 @@ async fn renew(store: &MongoStore, relay: &str, lease: Duration) -> Result<bool,
     Ok(renewed.matched_count > 0)
 }
 
-pub(crate) async fn claim(
-    store: &MongoStore,
-    relay: &str,
-    lease: Duration,
-    after: u64,
-    limit: usize,
-) -> Result<Vec<OutboxEntry>, Error> {
-    let acquired = Instant::now();
-    let mut feed = store.inner.feed.lock().await;
-    // Within a third of the lease from taking or renewing it, `relay` still holds it: no
-    // other relay takes it before it expires. A claim of 0 entries always renews it.
-    let held = feed.owner.as_deref() == Some(relay)
-        && feed.held_until.is_some_and(|until| acquired < until)
-        && limit > 0;
-    if !held {
-        let Some((continuous, watermark)) = acquire(store, relay, lease).await? else {
-            return Ok(Vec::new());
-        };
-        if !continuous || feed.owner.as_deref() != Some(relay) {
-            // Another relay may have delivered entries meanwhile: start from the saved position.
-            feed.reset(Some(relay));
-            // Documents delivered before may be left: by another relay, or an earlier layout.
-            store.inner.cleaner.sweep();
+impl Outbox {
+    /// The outbox of the store on `inner`, with no relay positioned on it yet.
+    pub(crate) fn new(inner: Arc<Inner>) -> Self {
+        Outbox {
+            inner,
+            feed: Arc::default(),
+            cleaner: Cleaner::default(),
         }
-        feed.held_until = Some(acquired + lease / 3);
-        feed.watermark = feed.watermark.max(watermark);
-        feed.clean_up(store);
     }
-    // Reached in marks that came too soon after the last write; nothing moved since.
-    feed.flush_if_due(store);
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    // Entries up to `after` were sent and are not marked delivered yet: skip them.
-    let sent = feed
-        .pending
-        .iter()
-        .take_while(|p| p.entry.sequence <= after)
-        .count();
-    feed.fill(store, sent + limit).await?;
-    if acquired.elapsed() > lease / 4 {
-        // Opening the stream or scanning took a while: the lease runs from now.
-        let renewed = Instant::now();
-        if !renew(store, relay, lease).await? {
-            feed.reset(None);
-            return Ok(Vec::new());
-        }
-        feed.held_until = Some(renewed + lease / 3);
-    }
-    let unsent = feed.pending.iter().skip(sent);
-    Ok(unsent.take(limit).map(|p| p.entry.clone()).collect())
-}
 
-pub(crate) async fn mark_delivered(store: &MongoStore, relay: &str, sequences: &[u64]) -> Result<(), Error> {
-    let mut feed = store.inner.feed.lock().await;
-    let delivered: HashSet<u64> = sequences.iter().copied().collect();
-    let owned = feed.owner.as_deref() == Some(relay);
-    // The oldest claimed entries raise the watermark; others are recorded in their document.
-    let prefix: Vec<&Pending> = match owned {
-        true => feed
+    /// Who holds the outbox lease now, and until when.
+    pub(crate) async fn lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {
+        lease::read(&self.inner).await
+    }
+
+    /// The next entries for `relay` after `after`, under the lease: see [`Storage::claim_outbox`](eventflow::store::Storage::claim_outbox).
+    pub(crate) async fn claim(
+        &self,
+        relay: &str,
+        lease: Duration,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, Error> {
+        let inner = &*self.inner;
+        let acquired = Instant::now();
+        let mut feed = self.feed.lock().await;
+        // Within a third of the lease from taking or renewing it, `relay` still holds it: no
+        // other relay takes it before it expires. A claim of 0 entries always renews it.
+        let held = feed.owner.as_deref() == Some(relay)
+            && feed.held_until.is_some_and(|until| acquired < until)
+            && limit > 0;
+        if !held {
+            let Some((continuous, watermark)) = acquire(inner, relay, lease).await? else {
+                return Ok(Vec::new());
+            };
+            if !continuous || feed.owner.as_deref() != Some(relay) {
+                // Another relay may have delivered entries meanwhile: start from the saved position.
+                feed.reset(Some(relay));
+                // Documents delivered before may be left: by another relay, or an earlier layout.
+                self.cleaner.sweep();
+            }
+            feed.held_until = Some(acquired + lease / 3);
+            feed.watermark = feed.watermark.max(watermark);
+            feed.clean_up(self);
+        }
+        // Reached in marks that came too soon after the last write; nothing moved since.
+        feed.flush_if_due(self);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Entries up to `after` were sent and are not marked delivered yet: skip them.
+        let sent = feed
             .pending
             .iter()
-            .take_while(|p| delivered.contains(&p.entry.sequence))
-            .collect(),
-        false => Vec::new(),
-    };
-    let reached = prefix.iter().rev().find_map(|p| p.position.clone());
-    let watermark = prefix.last().map(|p| p.entry.sequence + 1);
-    // Sequences not claimed through this feed (it was reset) are left alone: they may be
-    // delivered again, as after any takeover.
-    let mut others: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
-    for p in feed.pending.iter().skip(prefix.len()) {
-        if delivered.contains(&p.entry.sequence) {
-            let (_, sequences) = others.entry(p.document).or_insert((p.size, Vec::new()));
-            sequences.push(p.entry.sequence);
+            .take_while(|p| p.entry.sequence <= after)
+            .count();
+        feed.fill(self, sent + limit).await?;
+        if acquired.elapsed() > lease / 4 {
+            // Opening the stream or scanning took a while: the lease runs from now.
+            let renewed = Instant::now();
+            if !renew(inner, relay, lease).await? {
+                feed.reset(None);
+                return Ok(Vec::new());
+            }
+            feed.held_until = Some(renewed + lease / 3);
         }
+        let unsent = feed.pending.iter().skip(sent);
+        Ok(unsent.take(limit).map(|p| p.entry.clone()).collect())
     }
-    // While `relay` surely holds the lease, a mark that only raises the watermark is
-    // written with the next flush, at most every FLUSH_INTERVAL and in the background: no
-    // write per batch on the delivery path, and none that commits queue behind on the
-    // server. Until it is written, a relay taking over after a crash delivers those
-    // entries again, as it does entries sent and not marked; one that takes over after
-    // `release` does not, since the release writes it.
-    let surely_held = feed.held_until.is_some_and(|until| Instant::now() < until);
-    if owned && others.is_empty() && surely_held {
-        feed.reach(watermark, reached);
-        feed.pending.retain(|p| !delivered.contains(&p.entry.sequence));
-        feed.clean_up(store);
-        feed.flush_if_due(store);
-        return Ok(());
-    }
-    // Otherwise written now, fenced by the lease, with what earlier marks reached.
-    let (watermark, position) = match owned {
-        true => {
-            feed.reach(watermark, reached);
-            (feed.unflushed, feed.unsaved.clone())
-        }
-        false => (None, None),
-    };
-    let mut attempt = 0;
-    loop {
-        let marked = Marked {
-            others: &others,
-            watermark,
-            position: position.clone(),
+
+    /// Marks `sequences` delivered by `relay`: see [`Storage::mark_delivered`](eventflow::store::Storage::mark_delivered).
+    pub(crate) async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let mut feed = self.feed.lock().await;
+        let delivered: HashSet<u64> = sequences.iter().copied().collect();
+        let owned = feed.owner.as_deref() == Some(relay);
+        // The oldest claimed entries raise the watermark; others are recorded in their document.
+        let prefix: Vec<&Pending> = match owned {
+            true => feed
+                .pending
+                .iter()
+                .take_while(|p| delivered.contains(&p.entry.sequence))
+                .collect(),
+            false => Vec::new(),
         };
-        match delete_delivered(store, relay, marked).await {
-            Ok(true) => break,
-            Ok(false) => {
-                if feed.owner.as_deref() == Some(relay) {
-                    feed.reset(None);
-                }
-                return Err(Error::backend(format!(
-                    "relay `{relay}` lost the outbox lease before marking entries delivered; \
+        let reached = prefix.iter().rev().find_map(|p| p.position.clone());
+        let watermark = prefix.last().map(|p| p.entry.sequence + 1);
+        // Sequences not claimed through this feed (it was reset) are left alone: they may be
+        // delivered again, as after any takeover.
+        let mut others: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
+        for p in feed.pending.iter().skip(prefix.len()) {
+            if delivered.contains(&p.entry.sequence) {
+                let (_, sequences) = others.entry(p.document).or_insert((p.size, Vec::new()));
+                sequences.push(p.entry.sequence);
+            }
+        }
+        // While `relay` surely holds the lease, a mark that only raises the watermark is
+        // written with the next flush, at most every FLUSH_INTERVAL and in the background: no
+        // write per batch on the delivery path, and none that commits queue behind on the
+        // server. Until it is written, a relay taking over after a crash delivers those
+        // entries again, as it does entries sent and not marked; one that takes over after
+        // `release` does not, since the release writes it.
+        let surely_held = feed.held_until.is_some_and(|until| Instant::now() < until);
+        if owned && others.is_empty() && surely_held {
+            feed.reach(watermark, reached);
+            feed.pending.retain(|p| !delivered.contains(&p.entry.sequence));
+            feed.clean_up(self);
+            feed.flush_if_due(self);
+            return Ok(());
+        }
+        // Otherwise written now, fenced by the lease, with what earlier marks reached.
+        let (watermark, position) = match owned {
+            true => {
+                feed.reach(watermark, reached);
+                (feed.unflushed, feed.unsaved.clone())
+            }
+            false => (None, None),
+        };
+        let mut attempt = 0;
+        loop {
+            let marked = Marked {
+                others: &others,
+                watermark,
+                position: position.clone(),
+            };
+            match delete_delivered(inner, relay, marked).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    if feed.owner.as_deref() == Some(relay) {
+                        feed.reset(None);
+                    }
+                    return Err(Error::backend(format!(
+                        "relay `{relay}` lost the outbox lease before marking entries delivered; \
                      they will be delivered again, so keep batches short enough to deliver \
                      within the lease or lengthen the lease"
-                )));
+                    )));
+                }
+                Err(error) if is_transient(&error) && attempt < inner.transaction_retries => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=10))).await;
+                }
+                Err(error) => return Err(backend("marking outbox entries delivered", error)),
             }
-            Err(error) if is_transient(&error) && attempt < store.inner.transaction_retries => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=10))).await;
-            }
-            Err(error) => return Err(backend("marking outbox entries delivered", error)),
         }
+        if owned {
+            feed.flushed_at = Some(Instant::now());
+            feed.unflushed = None;
+            feed.unsaved = None;
+        }
+        feed.pending.retain(|p| !delivered.contains(&p.entry.sequence));
+        feed.clean_up(self);
+        Ok(())
     }
-    if owned {
-        feed.flushed_at = Some(Instant::now());
-        feed.unflushed = None;
-        feed.unsaved = None;
-    }
-    feed.pending.retain(|p| !delivered.contains(&p.entry.sequence));
-    feed.clean_up(store);
-    Ok(())
 }
 
 /// What a relay marks delivered: the new watermark, the entries delivered out of order
@@ -784,11 +810,10 @@ struct Marked<'a> {
 /// Each step is safe on its own: the conditional update is the fence; the recorded and
 /// deleted entries were delivered by this relay; a position is only ever moved forward.
 async fn delete_delivered(
-    store: &MongoStore,
+    inner: &Inner,
     relay: &str,
     marked: Marked<'_>,
 ) -> Result<bool, mongodb::error::Error> {
-    let inner = &store.inner;
     let mut update = doc! { "$inc": { "deliveries": 1_i64 } };
     if let Some(watermark) = marked.watermark {
         update.insert("$max", doc! { "delivered_below": int(watermark) });
@@ -819,20 +844,16 @@ async fn delete_delivered(
         inner.outbox.delete_many(doc! { "_id": { "$in": whole } }).await?;
     }
     if let Some(position) = marked.position {
-        save_position(store, position).await?;
+        save_position(inner, position).await?;
     }
     Ok(true)
 }
 
 /// Saves the relay's position unless a later one is saved already (by a relay that took
 /// the lease over).
-async fn save_position(
-    store: &MongoStore,
-    position: (ResumeToken, u64),
-) -> Result<(), mongodb::error::Error> {
+async fn save_position(inner: &Inner, position: (ResumeToken, u64)) -> Result<(), mongodb::error::Error> {
     let next = int(position.1);
-    let saved = store
-        .inner
+    let saved = inner
         .checkpoints
         .update_one(
             doc! {
@@ -849,39 +870,42 @@ async fn save_position(
     }
 }
 
-pub(crate) async fn release(store: &MongoStore, relay: &str) -> Result<(), Error> {
-    let reached = {
-        let mut feed = store.inner.feed.lock().await;
-        match feed.owner.as_deref() == Some(relay) {
-            true => {
-                let reached = (feed.watermark, feed.reached.take());
-                feed.reset(None);
-                Some(reached)
+impl Outbox {
+    /// Gives `relay`'s lease up: see [`Storage::release_outbox`](eventflow::store::Storage::release_outbox).
+    pub(crate) async fn release(&self, relay: &str) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let reached = {
+            let mut feed = self.feed.lock().await;
+            match feed.owner.as_deref() == Some(relay) {
+                true => {
+                    let reached = (feed.watermark, feed.reached.take());
+                    feed.reset(None);
+                    Some(reached)
+                }
+                false => None,
             }
-            false => None,
+        };
+        let mut release = doc! { "$set": { "expires_at": 0_i64 } };
+        if let Some((watermark, position)) = reached {
+            // Everything before it was marked delivered: it holds whoever has the lease now.
+            if let Some(position) = position {
+                save_position(inner, position)
+                    .await
+                    .map_err(|e| backend("saving the outbox relay position", e))?;
+            }
+            // With the release: whoever takes the lease next starts from it.
+            if watermark > 0 {
+                release.insert("$max", doc! { "delivered_below": int(watermark) });
+            }
         }
-    };
-    let mut release = doc! { "$set": { "expires_at": 0_i64 } };
-    if let Some((watermark, position)) = reached {
-        // Everything before it was marked delivered: it holds whoever has the lease now.
-        if let Some(position) = position {
-            save_position(store, position)
-                .await
-                .map_err(|e| backend("saving the outbox relay position", e))?;
-        }
-        // With the release: whoever takes the lease next starts from it.
-        if watermark > 0 {
-            release.insert("$max", doc! { "delivered_below": int(watermark) });
-        }
+        // Expired rather than deleted: the document keeps the delivered watermark.
+        inner
+            .leases
+            .update_one(doc! { "_id": LEASE_ID, "holder": relay }, release)
+            .await
+            .map_err(|e| backend("releasing the outbox lease", e))?;
+        Ok(())
     }
-    // Expired rather than deleted: the document keeps the delivered watermark.
-    store
-        .inner
-        .leases
-        .update_one(doc! { "_id": LEASE_ID, "holder": relay }, release)
-        .await
-        .map_err(|e| backend("releasing the outbox lease", e))?;
-    Ok(())
 }
 
 /// A resume token and a sequence as extended JSON, for a checkpoint.
@@ -903,56 +927,57 @@ pub(crate) fn parse_position(saved: &str) -> Result<(ResumeToken, u64), String> 
     Ok((token, document::get_u64(&doc, "next")?))
 }
 
-/// How many outbox entries wait for the relay: those at or above the watermark, not
-/// delivered out of order.
-pub(crate) async fn backlog(store: &MongoStore) -> Result<u64, Error> {
-    let lease = store
-        .inner
-        .leases
-        .find_one(doc! { "_id": LEASE_ID })
-        .await
-        .map_err(|e| backend("reading the outbox lease", e))?;
-    let written = lease
-        .and_then(|lease| document::get_u64(&lease, "delivered_below").ok())
-        .unwrap_or(0);
-    // This handle's relay may have delivered more than it has written yet.
-    let feed = store.inner.feed.lock().await;
-    let watermark = match feed.owner {
-        Some(_) => written.max(feed.watermark),
-        None => written,
-    };
-    drop(feed);
-    let start = first_document_after(store, watermark.saturating_sub(1))
-        .await
-        .map_err(|e| backend("counting the outbox", e))?;
-    let documents: Vec<Document> = store
-        .inner
-        .outbox
-        .find(doc! { "_id": { "$gte": int(start) } })
-        .projection(doc! { "_id": 1, LAST: 1, DELIVERED: 1 })
-        .await
-        .map_err(|e| backend("counting the outbox", e))?
-        .try_collect()
-        .await
-        .map_err(|e| backend("counting the outbox", e))?;
-    let mut count = 0;
-    for doc in &documents {
-        let first = document::get_u64(doc, "_id")
-            .map_err(|reason| crate::error::unreadable("an outbox document", reason))?;
-        let last = document::get_u64(doc, LAST).unwrap_or(first);
-        let from = first.max(watermark);
-        if last < from {
-            continue;
-        }
-        let delivered = match doc.get(DELIVERED) {
-            Some(Bson::Array(sequences)) => sequences
-                .iter()
-                .filter_map(|s| s.as_i64().or_else(|| s.as_i32().map(i64::from)))
-                .filter(|&s| u64::try_from(s).is_ok_and(|s| (from..=last).contains(&s)))
-                .count() as u64,
-            _ => 0,
+impl Outbox {
+    /// How many outbox entries wait for the relay: those at or above the watermark, not
+    /// delivered out of order.
+    pub(crate) async fn backlog(&self) -> Result<u64, Error> {
+        let inner = &*self.inner;
+        let lease = inner
+            .leases
+            .find_one(doc! { "_id": LEASE_ID })
+            .await
+            .map_err(|e| backend("reading the outbox lease", e))?;
+        let written = lease
+            .and_then(|lease| document::get_u64(&lease, "delivered_below").ok())
+            .unwrap_or(0);
+        // This handle's relay may have delivered more than it has written yet.
+        let feed = self.feed.lock().await;
+        let watermark = match feed.owner {
+            Some(_) => written.max(feed.watermark),
+            None => written,
         };
-        count += (last - from + 1).saturating_sub(delivered);
+        drop(feed);
+        let start = first_document_after(inner, watermark.saturating_sub(1))
+            .await
+            .map_err(|e| backend("counting the outbox", e))?;
+        let documents: Vec<Document> = inner
+            .outbox
+            .find(doc! { "_id": { "$gte": int(start) } })
+            .projection(doc! { "_id": 1, LAST: 1, DELIVERED: 1 })
+            .await
+            .map_err(|e| backend("counting the outbox", e))?
+            .try_collect()
+            .await
+            .map_err(|e| backend("counting the outbox", e))?;
+        let mut count = 0;
+        for doc in &documents {
+            let first = document::get_u64(doc, "_id")
+                .map_err(|reason| crate::error::unreadable("an outbox document", reason))?;
+            let last = document::get_u64(doc, LAST).unwrap_or(first);
+            let from = first.max(watermark);
+            if last < from {
+                continue;
+            }
+            let delivered = match doc.get(DELIVERED) {
+                Some(Bson::Array(sequences)) => sequences
+                    .iter()
+                    .filter_map(|s| s.as_i64().or_else(|| s.as_i32().map(i64::from)))
+                    .filter(|&s| u64::try_from(s).is_ok_and(|s| (from..=last).contains(&s)))
+                    .count() as u64,
+                _ => 0,
+            };
+            count += (last - from + 1).saturating_sub(delivered);
+        }
+        Ok(count)
     }
-    Ok(count)
 }

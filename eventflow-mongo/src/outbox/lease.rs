@@ -10,9 +10,9 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 
 use super::LEASE_ID;
+use crate::client::Inner;
 use crate::document::{self, now_nanos};
 use crate::error::backend;
-use crate::store::MongoStore;
 
 /// The lease document's holder and expiry, if there is a lease document with a holder.
 fn lease_of(doc: &Document) -> Option<(String, i64)> {
@@ -22,9 +22,8 @@ fn lease_of(doc: &Document) -> Option<(String, i64)> {
 }
 
 /// Who holds the outbox lease now, and until when.
-pub(crate) async fn read(store: &MongoStore) -> Result<Option<OutboxLease>, Error> {
-    let lease = store
-        .inner
+pub(crate) async fn read(inner: &Inner) -> Result<Option<OutboxLease>, Error> {
+    let lease = inner
         .leases
         .find_one(doc! { "_id": LEASE_ID })
         .await
@@ -42,12 +41,11 @@ pub(crate) async fn read(store: &MongoStore) -> Result<Option<OutboxLease>, Erro
 /// delivered watermark if it did. Compare-and-set on the holder and expiry read, so of two
 /// relays racing for it one wins.
 pub(crate) async fn take_from_gone(
-    store: &MongoStore,
+    inner: &Inner,
     relay: &str,
     lease: Duration,
 ) -> Result<Option<u64>, Error> {
-    let current = store
-        .inner
+    let current = inner
         .leases
         .find_one(doc! { "_id": LEASE_ID })
         .await
@@ -59,8 +57,7 @@ pub(crate) async fn take_from_gone(
         return Ok(None);
     }
     let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
-    let taken = store
-        .inner
+    let taken = inner
         .leases
         .find_one_and_update(
             doc! { "_id": LEASE_ID, "holder": &holder, "expires_at": expires_at },
