@@ -16,8 +16,8 @@
 //! not that is written yet) has passed all of its entries; then its `_id` goes to a
 //! background task that deletes such documents by `_id`, off the delivery path, every
 //! second by default (`MongoStoreBuilder::outbox_cleanup_interval`), at most
-//! [`CLEANUP_CHUNK`](super::cleanup::CLEANUP_CHUNK) entries per delete, one delete at a time: one unbounded delete of a
-//! large backlog is one long operation (on some servers it holds the collection while it
+//! `CLEANUP_CHUNK` entries per delete (see `cleanup`), one delete at a time: one unbounded
+//! delete of a large backlog is one long operation (on some servers it holds the collection while it
 //! runs, stalling the commits that insert into it), while bounded ones let commits in
 //! between. When a relay starts or takes the outbox over, the task also sweeps the
 //! documents left wholly below the watermark by an earlier relay, in `_id` ranges. Entries

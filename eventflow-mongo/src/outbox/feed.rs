@@ -1,7 +1,7 @@
 //! The relay's feed of undelivered entries: it follows a change stream on the outbox
 //! collection, resumes from the saved position, and falls back to scanning the collection
-//! whenever the stream cannot be trusted. It hands the relay individual entries, each
-//! document's from the sequence it expects next.
+//! whenever the stream cannot be trusted. It hands the relay individual entries, from the
+//! sequence it expects next on.
 //!
 //! # Why nothing is lost
 //!
@@ -22,6 +22,9 @@
 //!
 //! A document's entries are read one by one: an entry that does not read whole is handed to
 //! the relay as corrupt, to be dead-lettered on its own, and its neighbours are delivered.
+//!
+//! What the saved position promises, and why an old one only delivers again, is told in
+//! `position`; how a relay taking the outbox over skips what is delivered, in `delivered`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
