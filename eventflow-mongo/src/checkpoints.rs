@@ -5,9 +5,9 @@ use eventflow::Error;
 use mongodb::bson::doc;
 use mongodb::ClientSession;
 
+use crate::client::Inner;
 use crate::document;
 use crate::error::{backend, is_duplicate_key, unreadable};
-use crate::store::{Inner, MongoStore};
 
 /// Writes the checkpoints a unit of work saved, in its transaction, each only if it still
 /// has the value the unit of work expected. The outer error is the driver's (a write
@@ -59,10 +59,25 @@ pub(crate) async fn write(
     Ok(Ok(()))
 }
 
+/// The value of checkpoint `name`, as committed.
+pub(crate) async fn read(inner: &Inner, name: &str) -> Result<Option<String>, Error> {
+    let found = inner
+        .checkpoints
+        .find_one(doc! { "_id": name })
+        .await
+        .map_err(|e| backend("reading a checkpoint", e))?;
+    found
+        .map(|doc| {
+            document::get_str(&doc, "value")
+                .map(str::to_owned)
+                .map_err(|reason| unreadable(&format!("checkpoint `{name}`"), reason))
+        })
+        .transpose()
+}
+
 /// The position of the newest event, 0 if there is none.
-pub(crate) async fn head_position(store: &MongoStore) -> Result<u64, Error> {
-    let newest = store
-        .inner
+pub(crate) async fn head_position(inner: &Inner) -> Result<u64, Error> {
+    let newest = inner
         .events
         .find_one(doc! {})
         .sort(doc! { "_id": -1 })

@@ -85,17 +85,21 @@
 
 mod cdc;
 mod checkpoints;
+mod client;
 mod document;
 mod error;
+mod inbox;
 mod outbox;
+mod schema;
 mod snapshots;
 mod store;
 mod transaction;
 
 pub use cdc::{ChangeCapture, ChangeOperation, DocumentChange, Snapshot};
+pub use client::CollectionNames;
 pub use mongodb;
 pub use outbox::OUTBOX_POSITION_CHECKPOINT;
-pub use store::{CollectionNames, MongoStore, MongoStoreBuilder, DEFAULT_URI};
+pub use store::{MongoStore, MongoStoreBuilder, DEFAULT_URI};
 pub use transaction::MongoTransaction;
 
 /// For the benchmark: not public API.

@@ -9,74 +9,20 @@ use eventflow::store::{OutboxEntry, SnapshotStore, Storage, StoredEvent, Transac
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::{IndexOptions, ReturnDocument};
-use mongodb::{Client, Collection, Database, IndexModel};
+use mongodb::{Client, Database};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::client::{CollectionNames, Inner};
 use crate::document::{self, field, int, uuid_bson};
 use crate::error::{backend, is_duplicate_key, unreadable};
-use crate::outbox::{Cleaner, Feed};
+use crate::inbox::marker;
+use crate::outbox::Outbox;
 use crate::transaction::MongoTransaction;
 
 /// The URI [`MongoStore::from_env`] uses when `MONGODB_URI` is not set: a server on this
 /// machine.
 pub const DEFAULT_URI: &str = "mongodb://127.0.0.1:27017/?directConnection=true";
-
-/// The names of the collections a [`MongoStore`] keeps its data in.
-///
-/// The defaults are the names below with the prefix `eventflow_`, so the store can share a
-/// database with the application's own collections. Change them with
-/// [`with_prefix`](CollectionNames::with_prefix) or by setting the fields.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CollectionNames {
-    /// Events, one document per event; unique index on (stream, version). Default
-    /// `eventflow_events`.
-    pub events: String,
-    /// Outbox entries waiting for the relay, one document per unit of work (`_id` the
-    /// sequence of its first entry, `last` that of its last, `entries`); delivered ones are
-    /// deleted in the background, every second by default. Default `eventflow_outbox`.
-    pub outbox: String,
-    /// Processed-event markers; unique index on (group, event id). Default `eventflow_inbox`.
-    pub inbox: String,
-    /// Dead letters. Default `eventflow_dead_letters`.
-    pub dead_letters: String,
-    /// Checkpoints: projections' positions and change streams' resume tokens. Default
-    /// `eventflow_checkpoints`.
-    pub checkpoints: String,
-    /// The relay's outbox lease, and the watermark below which outbox entries are
-    /// delivered. Default `eventflow_leases`.
-    pub leases: String,
-    /// The counters that number events and outbox entries in commit order. Default
-    /// `eventflow_counters`.
-    pub counters: String,
-    /// Aggregates' snapshots, one document per stream (`_id` the stream). Default
-    /// `eventflow_snapshots`.
-    pub snapshots: String,
-}
-
-impl CollectionNames {
-    /// The default names with another prefix, e.g. `"billing_"` for `billing_events`, ...
-    pub fn with_prefix(prefix: &str) -> Self {
-        CollectionNames {
-            events: format!("{prefix}events"),
-            outbox: format!("{prefix}outbox"),
-            inbox: format!("{prefix}inbox"),
-            dead_letters: format!("{prefix}dead_letters"),
-            checkpoints: format!("{prefix}checkpoints"),
-            leases: format!("{prefix}leases"),
-            counters: format!("{prefix}counters"),
-            snapshots: format!("{prefix}snapshots"),
-        }
-    }
-}
-
-impl Default for CollectionNames {
-    fn default() -> Self {
-        CollectionNames::with_prefix("eventflow_")
-    }
-}
 
 /// eventflow's storage on MongoDB: event store, transactional outbox, inbox, dead letters
 /// and checkpoints, in one database.
@@ -131,29 +77,8 @@ impl Default for CollectionNames {
 #[derive(Clone)]
 pub struct MongoStore {
     pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) client: Client,
-    pub(crate) database: Database,
-    pub(crate) names: CollectionNames,
-    pub(crate) events: Collection<Document>,
-    pub(crate) outbox: Collection<Document>,
-    pub(crate) inbox: Collection<Document>,
-    pub(crate) dead_letters: Collection<Document>,
-    pub(crate) checkpoints: Collection<Document>,
-    pub(crate) leases: Collection<Document>,
-    pub(crate) counters: Collection<Document>,
-    pub(crate) commits: watch::Sender<u64>,
-    pub(crate) feed: tokio::sync::Mutex<Feed>,
-    /// Taken by this process's units of work while they write numbered documents and
-    /// commit: they would conflict on the counter anyway, and queueing here is cheaper and
-    /// fairer than aborting on the server.
-    pub(crate) numbering: tokio::sync::Mutex<()>,
-    pub(crate) transaction_retries: u32,
-    pub(crate) cleanup_interval: Duration,
-    /// Deletes delivered outbox entries in the background.
-    pub(crate) cleaner: Cleaner,
+    /// The relay's side of the outbox: its feed, lease and clean-up.
+    pub(crate) outbox: Arc<Outbox>,
 }
 
 /// Opens a [`MongoStore`] with non-default settings; from [`MongoStore::builder`].
@@ -199,31 +124,19 @@ impl MongoStoreBuilder {
     /// exist (idempotent: every instance of the application may do it at start-up).
     pub async fn open(self) -> Result<MongoStore, Error> {
         let database = self.client.database(&self.database);
-        let collection = |name: &str| database.collection::<Document>(name);
-        let inner = Inner {
-            events: collection(&self.names.events),
-            outbox: collection(&self.names.outbox),
-            inbox: collection(&self.names.inbox),
-            dead_letters: collection(&self.names.dead_letters),
-            checkpoints: collection(&self.names.checkpoints),
-            leases: collection(&self.names.leases),
-            counters: collection(&self.names.counters),
-            client: self.client,
+        let inner = Arc::new(Inner::new(
+            self.client,
             database,
-            names: self.names,
-            commits: watch::channel(0).0,
-            feed: tokio::sync::Mutex::new(Feed::default()),
-            numbering: tokio::sync::Mutex::new(()),
-            transaction_retries: self.transaction_retries,
-            cleanup_interval: self.cleanup_interval,
-            cleaner: Cleaner::default(),
-        };
-        let store = MongoStore {
-            inner: Arc::new(inner),
-        };
-        store.check_server().await?;
-        store.create_indexes().await?;
-        Ok(store)
+            self.names,
+            self.transaction_retries,
+            self.cleanup_interval,
+        ));
+        crate::schema::check_server(&inner).await?;
+        crate::schema::create_indexes(&inner).await?;
+        Ok(MongoStore {
+            outbox: Arc::new(Outbox::new(inner.clone())),
+            inner,
+        })
     }
 }
 
@@ -271,133 +184,12 @@ impl MongoStore {
 
     /// How many outbox entries wait for the relay: the relay's backlog.
     pub async fn outbox_backlog(&self) -> Result<u64, Error> {
-        crate::outbox::backlog(self).await
+        self.outbox.backlog().await
     }
 
     /// The names of eventflow's collections.
     pub fn collection_names(&self) -> &CollectionNames {
         &self.inner.names
-    }
-
-    /// Fails with a clear message unless the server is reachable and can run transactions
-    /// and change streams (a replica set member or mongos).
-    async fn check_server(&self) -> Result<(), Error> {
-        let hello = self
-            .inner
-            .database
-            .run_command(doc! { "hello": 1 })
-            .await
-            .map_err(|e| backend("connecting to the server", e))?;
-        let replica_set = hello.get_str("setName").is_ok();
-        let mongos = hello.get_str("msg").is_ok_and(|msg| msg == "isdbgrid");
-        if !replica_set && !mongos {
-            return Err(Error::backend(
-                "the MongoDB server is a standalone server; eventflow-mongo needs a replica set \
-                 or sharded cluster, because units of work are transactions and the relay \
-                 follows a change stream. A single-node replica set will do: start mongod with \
-                 `--replSet rs0` and run `rs.initiate()` once",
-            ));
-        }
-        Ok(())
-    }
-
-    async fn create_indexes(&self) -> Result<(), Error> {
-        let unique = |keys: Document, name: &str| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().unique(true).name(name.to_owned()).build())
-                .build()
-        };
-        let inner = &self.inner;
-        let indexes = [
-            (
-                &inner.events,
-                unique(doc! { "stream": 1, "version": 1 }, "stream_version"),
-            ),
-            (
-                &inner.inbox,
-                unique(doc! { "group": 1, field::EVENT_ID: 1 }, "group_event_id"),
-            ),
-            (
-                &inner.dead_letters,
-                IndexModel::builder()
-                    .keys(doc! { "group": 1, "added_at": 1 })
-                    .options(IndexOptions::builder().name("group_added_at".to_owned()).build())
-                    .build(),
-            ),
-        ];
-        for (collection, index) in indexes {
-            collection
-                .create_index(index)
-                .await
-                .map_err(|e| backend(&format!("creating the indexes of `{}`", collection.name()), e))?;
-        }
-        // Transactions cannot create collections on servers before 4.4, and a collection
-        // created implicitly inside concurrent transactions makes them conflict: create
-        // every collection up front. "Already exists" (48) is what a second instance sees.
-        let existing = inner
-            .database
-            .list_collection_names()
-            .await
-            .map_err(|e| backend("listing collections", e))?;
-        let names = &inner.names;
-        for name in [&names.outbox, &names.checkpoints, &names.leases, &names.counters] {
-            if existing.contains(name) {
-                continue;
-            }
-            if let Err(e) = inner.database.create_collection(name).await {
-                if crate::error::code(&e) != Some(48) {
-                    return Err(backend(&format!("creating the collection `{name}`"), e));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Bumps the commit signal: a unit of work that appended or enqueued committed.
-    pub(crate) fn signal_commit(&self) {
-        self.inner.commits.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// Reserves `events` positions and `outbox` sequences inside `session`'s transaction;
-    /// returns the first of each.
-    pub(crate) async fn reserve_numbers(
-        &self,
-        session: &mut mongodb::ClientSession,
-        events: u64,
-        outbox: u64,
-    ) -> Result<(u64, u64), mongodb::error::Error> {
-        let after = self
-            .inner
-            .counters
-            .find_one_and_update(
-                doc! { "_id": "sequences" },
-                doc! { "$inc": { "position": int(events), "outbox": int(outbox) } },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .session(session)
-            .await?
-            .unwrap_or_default();
-        let read = |name: &str| document::get_u64(&after, name).unwrap_or(0);
-        Ok((read("position") + 1 - events, read("outbox") + 1 - outbox))
-    }
-
-    /// The current version of `stream` (0 if it has no events), as committed.
-    pub(crate) async fn stream_version(&self, stream: &str) -> Result<u64, Error> {
-        let head = self
-            .inner
-            .events
-            .find_one(doc! { "stream": stream })
-            .sort(doc! { "version": -1 })
-            .projection(doc! { "version": 1 })
-            .await
-            .map_err(|e| backend("reading a stream's version", e))?;
-        match head {
-            None => Ok(0),
-            Some(head) => document::get_u64(&head, "version")
-                .map_err(|reason| unreadable(&format!("the head of stream `{stream}`"), reason)),
-        }
     }
 }
 
@@ -425,7 +217,7 @@ fn stored_event(doc: &Document) -> Result<StoredEvent, Error> {
 #[async_trait]
 impl Storage for MongoStore {
     async fn begin(&self) -> Result<Box<dyn Transaction>, Error> {
-        Ok(Box::new(MongoTransaction::begin(self.clone()).await?))
+        Ok(Box::new(MongoTransaction::begin(self.inner.clone()).await?))
     }
 
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<StoredEvent>, Error> {
@@ -469,19 +261,19 @@ impl Storage for MongoStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, Error> {
-        crate::outbox::claim(self, relay, lease, after, limit).await
+        self.outbox.claim(relay, lease, after, limit).await
     }
 
     async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error> {
-        crate::outbox::mark_delivered(self, relay, sequences).await
+        self.outbox.mark_delivered(relay, sequences).await
     }
 
     async fn release_outbox(&self, relay: &str) -> Result<(), Error> {
-        crate::outbox::release(self, relay).await
+        self.outbox.release(relay).await
     }
 
     async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {
-        crate::outbox::lease::read(self).await
+        self.outbox.lease().await
     }
 
     fn commit_signal(&self) -> watch::Receiver<u64> {
@@ -489,14 +281,7 @@ impl Storage for MongoStore {
     }
 
     async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error> {
-        let found = self
-            .inner
-            .inbox
-            .find_one(doc! { "group": group, field::EVENT_ID: uuid_bson(event_id) })
-            .projection(doc! { "_id": 1 })
-            .await
-            .map_err(|e| backend("reading the inbox", e))?;
-        Ok(found.is_some())
+        crate::inbox::is_processed(&self.inner, group, event_id).await
     }
 
     async fn mark_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error> {
@@ -544,7 +329,7 @@ impl Storage for MongoStore {
     }
 
     async fn head_position(&self) -> Result<Option<u64>, Error> {
-        crate::checkpoints::head_position(self).await.map(Some)
+        crate::checkpoints::head_position(&self.inner).await.map(Some)
     }
 
     fn snapshots(&self) -> Option<&dyn SnapshotStore> {
@@ -552,19 +337,7 @@ impl Storage for MongoStore {
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {
-        let found = self
-            .inner
-            .checkpoints
-            .find_one(doc! { "_id": name })
-            .await
-            .map_err(|e| backend("reading a checkpoint", e))?;
-        found
-            .map(|doc| {
-                document::get_str(&doc, "value")
-                    .map(str::to_owned)
-                    .map_err(|reason| unreadable(&format!("checkpoint `{name}`"), reason))
-            })
-            .transpose()
+        crate::checkpoints::read(&self.inner, name).await
     }
 
     async fn save_checkpoint(&self, name: &str, value: &str) -> Result<(), Error> {
@@ -580,16 +353,6 @@ impl Storage for MongoStore {
 
 /// Inbox markers deleted per round trip when pruning.
 const PRUNE_CHUNK: i64 = 1_000;
-
-/// An inbox marker document.
-pub(crate) fn marker(group: &str, event_id: Uuid) -> Document {
-    doc! {
-        "group": group,
-        field::EVENT_ID: uuid_bson(event_id),
-        // A BSON date, so that a TTL index can prune old markers.
-        "processed_at": mongodb::bson::DateTime::now(),
-    }
-}
 
 #[async_trait]
 impl DeadLetterStore for MongoStore {

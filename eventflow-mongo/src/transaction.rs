@@ -2,6 +2,7 @@
 //! `ClientSession`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,13 +13,14 @@ use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{ClientSession, Collection};
 use uuid::Uuid;
 
+use crate::client::Inner;
 use crate::document::{self, int};
 use crate::error::{
     backend, describe, duplicate_index, is_duplicate_key, is_transient, is_unknown_commit_result,
 };
-use crate::store::{marker, MongoStore};
+use crate::inbox::marker;
 
-/// A unit of work on a [`MongoStore`]: one MongoDB multi-document transaction.
+/// A unit of work on a [`MongoStore`](crate::MongoStore): one MongoDB multi-document transaction.
 ///
 /// The application's own writes go through [`session`](MongoTransaction::session) and
 /// commit or roll back with the events, outbox entries and inbox markers of the unit of
@@ -58,7 +60,7 @@ use crate::store::{marker, MongoStore};
 /// is one whose own write through the session met the conflict (`?` on the driver's error
 /// gives `Error::Transient`).
 pub struct MongoTransaction {
-    store: MongoStore,
+    inner: Arc<Inner>,
     session: ClientSession,
     appends: Vec<Append>,
     outbox: Vec<Envelope>,
@@ -101,16 +103,15 @@ fn classify(what: &'static str) -> impl Fn(mongodb::error::Error) -> Failure {
 }
 
 impl MongoTransaction {
-    pub(crate) async fn begin(store: MongoStore) -> Result<Self, Error> {
-        let mut session = store
-            .inner
+    pub(crate) async fn begin(inner: Arc<Inner>) -> Result<Self, Error> {
+        let mut session = inner
             .client
             .start_session()
             .await
             .map_err(|e| backend("starting a session", e))?;
         start(&mut session).await?;
         Ok(MongoTransaction {
-            store,
+            inner,
             session,
             appends: Vec::new(),
             outbox: Vec::new(),
@@ -132,14 +133,14 @@ impl MongoTransaction {
 
     /// A collection of the store's database, for the application's own documents.
     pub fn collection<T: Send + Sync>(&self, name: &str) -> Collection<T> {
-        self.store.inner.database.collection(name)
+        self.inner.database.collection(name)
     }
 
     /// The version `stream` has in this unit of work so far.
     async fn pending_version(&self, stream: &str) -> Result<u64, Error> {
         match self.appends.iter().rev().find(|a| a.stream == stream) {
             Some(last) => Ok(last.found + last.events.len() as u64),
-            None => self.store.stream_version(stream).await,
+            None => self.inner.stream_version(stream).await,
         }
     }
 
@@ -152,7 +153,7 @@ impl MongoTransaction {
                 continue;
             }
             checked.push(append.stream.as_str());
-            let actual = self.store.stream_version(&append.stream).await?;
+            let actual = self.inner.stream_version(&append.stream).await?;
             if actual != append.found {
                 return Err(Error::Conflict {
                     stream: append.stream.clone(),
@@ -166,7 +167,7 @@ impl MongoTransaction {
 
     /// One attempt: eventflow's writes, then the commit.
     async fn write_and_commit(&mut self) -> Result<(), Failure> {
-        let inner = self.store.inner.clone();
+        let inner = self.inner.clone();
         if !self.markers.is_empty() {
             let markers: Vec<Document> = self.markers.iter().map(|(g, id)| marker(g, *id)).collect();
             if let Err(error) = inner.inbox.insert_many(markers).session(&mut self.session).await {
@@ -219,7 +220,7 @@ impl MongoTransaction {
         if event_count + outbox_count > 0 {
             // Last, so the counter document stays locked only until the commit.
             let (mut position, sequence) = self
-                .store
+                .inner
                 .reserve_numbers(&mut self.session, event_count, outbox_count)
                 .await
                 .map_err(classify("numbering events and outbox entries"))?;
@@ -249,7 +250,7 @@ impl MongoTransaction {
                         // Someone appended since this transaction read the head: read again.
                         return Err(Failure::Transient(error));
                     }
-                    let actual = self.store.stream_version(&append.stream).await?;
+                    let actual = self.inner.stream_version(&append.stream).await?;
                     return Err(Failure::Final(Error::Conflict {
                         stream: append.stream.clone(),
                         expected: append.expected,
@@ -286,7 +287,7 @@ impl MongoTransaction {
                 Ok(()) => return Ok(()),
                 Err(error) if is_unknown_commit_result(&error) => {
                     tries += 1;
-                    if tries > self.store.inner.transaction_retries {
+                    if tries > self.inner.transaction_retries {
                         return Err(Failure::Final(Error::backend(format!(
                             "could not learn whether a unit of work committed after {tries} \
                              attempts: {}; check the MongoDB deployment's health, then \
@@ -347,7 +348,7 @@ impl Transaction for MongoTransaction {
         }
         // The unique index decides at commit; this only spares a handler whose event was
         // processed already.
-        if eventflow::store::Storage::is_processed(&self.store, group, event_id).await? {
+        if crate::inbox::is_processed(&self.inner, group, event_id).await? {
             return Ok(false);
         }
         self.markers.push((group.to_owned(), event_id));
@@ -369,7 +370,7 @@ impl Transaction for MongoTransaction {
     async fn commit(mut self: Box<Self>) -> Result<(), Error> {
         let enqueued = !self.outbox.is_empty();
         let numbered = enqueued || self.appends.iter().any(|a| !a.events.is_empty());
-        let inner = self.store.inner.clone();
+        let inner = self.inner.clone();
         let _queued = match numbered {
             true => Some(inner.numbering.lock().await),
             false => None,
@@ -401,7 +402,7 @@ impl Transaction for MongoTransaction {
                     .into(),
                 ));
             }
-            if attempt > self.store.inner.transaction_retries {
+            if attempt > self.inner.transaction_retries {
                 return Err(Error::Transient(
                     format!(
                         "MongoDB aborted the unit of work {attempt} times with transient errors, the \
@@ -416,7 +417,7 @@ impl Transaction for MongoTransaction {
             start(&mut self.session).await?;
         }
         if numbered {
-            self.store.signal_commit();
+            self.inner.signal_commit();
         }
         Ok(())
     }

@@ -19,9 +19,12 @@ use mongodb::Collection;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::layout::LAST;
 use crate::document::{self, int};
 use crate::error::describe;
-use crate::outbox::layout::LAST;
+
+/// How often delivered entries below the watermark are deleted, by default.
+pub(crate) const CLEANUP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The most entries one clean-up delete removes (one document, if it holds more).
 pub(crate) const CLEANUP_CHUNK: u64 = 1024;

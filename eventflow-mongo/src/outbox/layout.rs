@@ -22,9 +22,12 @@
 
 use eventflow::store::OutboxEntry;
 use eventflow::{Envelope, Error};
+use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 
+use crate::client::Inner;
 use crate::document::{self, int};
+use crate::error::backend;
 
 /// The sequence of a document's last entry.
 pub(crate) const LAST: &str = "last";
@@ -182,6 +185,63 @@ fn corrupt(sequence: u64, doc: &Document, reason: &str) -> OutboxEntry {
         envelope: document::salvage_envelope(doc),
         corrupt: Some(format!("outbox entry {sequence} cannot be read: {reason}")),
     }
+}
+
+/// The `_id` of the first document that may hold a sequence after `after`: the one holding
+/// both `after` and `after + 1`, if there is one.
+pub(crate) async fn first_document_after(inner: &Inner, after: u64) -> Result<u64, mongodb::error::Error> {
+    if after == 0 {
+        return Ok(0);
+    }
+    let holding = inner
+        .outbox
+        .find_one(doc! { "_id": { "$lte": int(after) } })
+        .sort(doc! { "_id": -1 })
+        .projection(doc! { "_id": 1, LAST: 1 })
+        .await?;
+    let straddles = holding.and_then(|doc| {
+        let first = document::get_u64(&doc, "_id").ok()?;
+        let last = document::get_u64(&doc, LAST).ok()?;
+        (last > after).then_some(first)
+    });
+    Ok(straddles.unwrap_or(after + 1))
+}
+
+/// How many entries at or above `watermark` the outbox holds that are not delivered out
+/// of order: the relay's backlog.
+pub(crate) async fn count_undelivered(inner: &Inner, watermark: u64) -> Result<u64, Error> {
+    let start = first_document_after(inner, watermark.saturating_sub(1))
+        .await
+        .map_err(|e| backend("counting the outbox", e))?;
+    let documents: Vec<Document> = inner
+        .outbox
+        .find(doc! { "_id": { "$gte": int(start) } })
+        .projection(doc! { "_id": 1, LAST: 1, DELIVERED: 1 })
+        .await
+        .map_err(|e| backend("counting the outbox", e))?
+        .try_collect()
+        .await
+        .map_err(|e| backend("counting the outbox", e))?;
+    let mut count = 0;
+    for doc in &documents {
+        let first = document::get_u64(doc, "_id")
+            .map_err(|reason| crate::error::unreadable("an outbox document", reason))?;
+        let last = document::get_u64(doc, LAST).unwrap_or(first);
+        let from = first.max(watermark);
+        if last < from {
+            continue;
+        }
+        let delivered = match doc.get(DELIVERED) {
+            Some(Bson::Array(sequences)) => sequences
+                .iter()
+                .filter_map(|s| s.as_i64().or_else(|| s.as_i32().map(i64::from)))
+                .filter(|&s| u64::try_from(s).is_ok_and(|s| (from..=last).contains(&s)))
+                .count() as u64,
+            _ => 0,
+        };
+        count += (last - from + 1).saturating_sub(delivered);
+    }
+    Ok(count)
 }
 
 #[cfg(test)]

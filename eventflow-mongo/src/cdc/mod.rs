@@ -1,5 +1,8 @@
 //! [`ChangeCapture`]: change data capture from any collection, as events.
 
+mod change;
+mod position;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,32 +11,16 @@ use eventflow::transport::Transport;
 use eventflow::{Envelope, Error};
 use futures_util::StreamExt;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
+use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 use mongodb::options::FullDocumentType;
 use mongodb::Collection;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use uuid::Uuid;
 
+pub use self::change::{ChangeOperation, DocumentChange};
+use self::position::Position;
 use crate::error::describe;
 use crate::MongoStore;
-
-/// What happened to a document.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChangeOperation {
-    /// It was read by a [snapshot](Snapshot): it exists, as `document` shows.
-    Read,
-    /// It was inserted.
-    Insert,
-    /// Some of its fields were set or removed.
-    Update,
-    /// It was replaced whole.
-    Replace,
-    /// It was deleted.
-    Delete,
-}
 
 /// What a [`ChangeCapture`] publishes of the documents already in its collection, as
 /// Debezium's `snapshot.mode` does.
@@ -62,46 +49,6 @@ pub enum Snapshot {
     /// instead of an error: consumers then see every document's current state, but not the
     /// documents deleted in the gap.
     WhenNeeded,
-}
-
-/// The payload of a change event from [`ChangeCapture`], in JSON. BSON values are in
-/// relaxed extended JSON (`{"$oid": ...}`, `{"$date": ...}`, plain numbers).
-///
-/// To handle changes, declare an event with the source's name and topic that flattens this
-/// struct in:
-///
-/// ```
-/// use eventflow::Event;
-/// use eventflow_mongo::DocumentChange;
-/// use serde::{Deserialize, Serialize};
-///
-/// #[derive(Event, Serialize, Deserialize)]
-/// #[event(name = "mongo.change", topic = "orders.changes")]
-/// struct OrderChanged {
-///     #[serde(flatten)]
-///     change: DocumentChange,
-/// }
-/// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DocumentChange {
-    /// What happened.
-    pub operation: ChangeOperation,
-    /// The database of the collection.
-    pub database: String,
-    /// The collection.
-    pub collection: String,
-    /// The document's key: `{"_id": ...}` (plus the shard key on a sharded collection).
-    pub key: serde_json::Value,
-    /// The document after the change: for inserts, replaces and snapshot reads always; for updates, the
-    /// document as it was when the change was read (`null` if it was deleted since), unless
-    /// [`full_documents`](ChangeCapture::full_documents) is off; `null` for deletes.
-    pub document: Option<serde_json::Value>,
-    /// For updates: the fields set, with their new values.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub updated_fields: Option<serde_json::Value>,
-    /// For updates: the fields removed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed_fields: Vec<String>,
 }
 
 /// Change data capture: follows a change stream on one collection and publishes each
@@ -248,7 +195,7 @@ impl ChangeCapture {
                 match event {
                     Some(Ok(event)) => {
                         last = Some(event.id.clone());
-                        if let Some(envelope) = self.envelope(event)? {
+                        if let Some(envelope) = change::envelope(event, &self.event_name, &self.topic)? {
                             envelopes.push(envelope);
                         }
                     }
@@ -328,7 +275,7 @@ impl ChangeCapture {
         let Some(saved) = self.store.checkpoint(&self.checkpoint).await? else {
             return Ok(Position::None);
         };
-        parse_position(&saved).map_err(|reason| {
+        position::parse(&saved).map_err(|reason| {
             Error::backend(format!(
                 "the saved position of change capture `{}` is unreadable: {reason}; delete the \
                  checkpoint to capture from now on",
@@ -419,19 +366,25 @@ impl ChangeCapture {
             if let Some(document) = next {
                 let document = document.map_err(read_failed)?;
                 let id = document.get("_id").cloned().unwrap_or(Bson::Null);
-                let key = json(doc! { "_id": id.clone() });
+                let key = change::json(doc! { "_id": id.clone() });
                 let change = DocumentChange {
                     operation: ChangeOperation::Read,
                     database: namespace.db.clone(),
                     collection: namespace.coll.clone(),
                     key,
-                    document: Some(json(document)),
+                    document: Some(change::json(document)),
                     updated_fields: None,
                     removed_fields: Vec::new(),
                 };
                 // The same document in the same snapshot always gets the same id.
                 let seed = doc! { "s": start_bson.clone(), "k": id };
-                batch.push(self.change_envelope(&change, &seed, None)?);
+                batch.push(change::change_envelope(
+                    &change,
+                    &seed,
+                    None,
+                    &self.event_name,
+                    &self.topic,
+                )?);
                 read += 1;
             }
             if batch.len() >= self.batch || (last && !batch.is_empty()) {
@@ -494,91 +447,10 @@ impl ChangeCapture {
     }
 
     async fn save_position(&self, position: &Position) -> Result<(), Error> {
-        let encode = |token: &ResumeToken| {
-            mongodb::bson::to_bson(token)
-                .map(Bson::into_relaxed_extjson)
-                .map_err(|e| Error::backend(format!("could not encode a resume token: {e}")))
+        let Some(value) = position::format(position)? else {
+            return Ok(());
         };
-        let value = match position {
-            Position::Stream(token) => encode(token)?,
-            Position::Snapshot(token) => serde_json::json!({ "snapshot": encode(token)? }),
-            Position::None => return Ok(()),
-        };
-        self.store
-            .save_checkpoint(&self.checkpoint, &value.to_string())
-            .await
-    }
-
-    /// The change as an envelope; `None` for events that are not document changes
-    /// (`drop`, `rename`, `invalidate`, ...).
-    fn envelope(&self, event: ChangeStreamEvent<Document>) -> Result<Option<Envelope>, Error> {
-        let operation = match event.operation_type {
-            OperationType::Insert => ChangeOperation::Insert,
-            OperationType::Update => ChangeOperation::Update,
-            OperationType::Replace => ChangeOperation::Replace,
-            OperationType::Delete => ChangeOperation::Delete,
-            _ => return Ok(None),
-        };
-        let key = event.document_key.map(json).unwrap_or(serde_json::Value::Null);
-        let (database, collection) = match &event.ns {
-            Some(ns) => (ns.db.clone(), ns.coll.clone().unwrap_or_default()),
-            None => (String::new(), String::new()),
-        };
-        let (updated_fields, removed_fields) = match event.update_description {
-            Some(update) => (Some(json(update.updated_fields)), update.removed_fields),
-            None => (None, Vec::new()),
-        };
-        let change = DocumentChange {
-            operation,
-            database,
-            collection,
-            key,
-            document: event.full_document.map(json),
-            updated_fields,
-            removed_fields,
-        };
-        // The same change always gets the same id, so consumers' inboxes drop a replay.
-        let seed = doc! { "t": mongodb::bson::to_bson(&event.id).unwrap_or(Bson::Null) };
-        let timestamp = event.wall_time.map(|time| time.to_system_time());
-        self.change_envelope(&change, &seed, timestamp).map(Some)
-    }
-
-    /// The envelope of `change`: its id derived from `seed`, its partition key the
-    /// document key.
-    fn change_envelope(
-        &self,
-        change: &DocumentChange,
-        seed: &Document,
-        timestamp: Option<std::time::SystemTime>,
-    ) -> Result<Envelope, Error> {
-        let payload = serde_json::to_vec(change)
-            .map_err(|e| Error::backend(format!("could not encode a change event: {e}")))?;
-        let mut envelope = Envelope::new(
-            self.event_name.clone(),
-            1,
-            self.topic.clone(),
-            "application/json",
-            payload,
-        );
-        envelope.id = Uuid::new_v5(
-            &Uuid::NAMESPACE_OID,
-            &mongodb::bson::to_vec(seed).unwrap_or_default(),
-        );
-        envelope.correlation_id = envelope.id;
-        let key = &change.key;
-        envelope.key = Some(match key {
-            // `{"_id": "order-1"}` → `order-1`; other keys as their JSON.
-            serde_json::Value::Object(fields) if fields.len() == 1 => match fields.get("_id") {
-                Some(serde_json::Value::String(id)) => id.clone(),
-                Some(other) => other.to_string(),
-                None => key.to_string(),
-            },
-            _ => key.to_string(),
-        });
-        if let Some(timestamp) = timestamp {
-            envelope.timestamp = timestamp;
-        }
-        Ok(envelope)
+        self.store.save_checkpoint(&self.checkpoint, &value).await
     }
 }
 
@@ -590,35 +462,6 @@ impl std::fmt::Debug for ChangeCapture {
             .field("checkpoint", &self.checkpoint)
             .finish_non_exhaustive()
     }
-}
-
-/// Where a capture stands, as saved in its checkpoint.
-enum Position {
-    /// Never ran.
-    None,
-    /// Capturing changes after this token (saved as the token's extended JSON).
-    Stream(ResumeToken),
-    /// Taking a snapshot that started at this token (saved as `{"snapshot": token}`).
-    Snapshot(ResumeToken),
-}
-
-fn parse_position(saved: &str) -> Result<Position, String> {
-    let json: serde_json::Value = serde_json::from_str(saved).map_err(|e| e.to_string())?;
-    let token = |json: serde_json::Value| -> Result<ResumeToken, String> {
-        let bson = Bson::try_from(json).map_err(|e| e.to_string())?;
-        mongodb::bson::from_bson(bson).map_err(|e| e.to_string())
-    };
-    match json {
-        serde_json::Value::Object(mut fields) if fields.contains_key("snapshot") => Ok(Position::Snapshot(
-            token(fields.remove("snapshot").unwrap_or_default())?,
-        )),
-        json => Ok(Position::Stream(token(json)?)),
-    }
-}
-
-/// A BSON document as relaxed extended JSON.
-fn json(document: Document) -> serde_json::Value {
-    Bson::Document(document).into_relaxed_extjson()
 }
 
 /// Whether the server answered with an error (as opposed to being unreachable): resuming
