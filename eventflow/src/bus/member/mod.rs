@@ -14,12 +14,12 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::sequenced::{self, Parking};
-use super::{Group, GroupRoute, Publisher, Shared};
-use crate::context::FollowUps;
+use super::shared::{Group, GroupRoute, Shared};
 use crate::dead_letter::DeadLetter;
+use crate::follow_ups::{self, FollowUps};
 use crate::store::Storage;
 use crate::transport::{Consumer, Record, Transport};
-use crate::{BoxError, Context, Envelope, Error, Event, Tx};
+use crate::{BoxError, Context, Envelope, Error, Tx};
 
 /// How handling one record ended.
 enum Outcome {
@@ -508,7 +508,7 @@ async fn attempt_all(
             envelope.clone(),
             group.name.clone(),
             attempt,
-            Publisher(shared.clone()),
+            shared.outgoing.clone(),
         );
         let span = handle_span(group, route, envelope, attempt);
         let mut tx = None;
@@ -735,7 +735,7 @@ async fn attempt_in_unit<'a>(
     }
     // The handler gets the unit of work through its `Tx`, and gives it back when done.
     let tx = Tx::new(open.tx.take().expect("the shared unit of work is not in use"));
-    let mut ctx = Context::new(envelope.clone(), group.name.clone(), 1, Publisher(shared.clone()));
+    let mut ctx = Context::new(envelope.clone(), group.name.clone(), 1, shared.outgoing.clone());
     ctx.transaction = Some(tx.clone());
     let follow_ups = FollowUps::default();
     ctx.follow_ups = Some(follow_ups.clone());
@@ -744,7 +744,7 @@ async fn attempt_in_unit<'a>(
     match outcome {
         Ok(None) => {
             let kept = async {
-                enqueue_follow_ups(open.tx(), Some(&follow_ups)).await?;
+                follow_ups::enqueue(open.tx(), Some(&follow_ups)).await?;
                 open.tx().release_savepoint().await
             };
             match kept.await {
@@ -836,7 +836,7 @@ async fn send_follow_ups(
     follow_ups: FollowUps,
     span: &tracing::Span,
 ) -> Result<(), Failure> {
-    let envelopes = take_follow_ups(&follow_ups);
+    let envelopes = follow_ups::take(&follow_ups);
     if envelopes.is_empty() {
         return Ok(());
     }
@@ -846,18 +846,6 @@ async fn send_follow_ups(
             tracing::error!(parent: span, %error, "publishing the handler's follow-ups in the consumer's transaction failed; the batch is handled again");
             Err(Failure::Interrupted)
         }
-    }
-}
-
-impl Publisher {
-    /// The envelope of a follow-up of `cause`, for a [`Context`] that holds its follow-ups
-    /// back until the attempt succeeds.
-    pub(crate) fn envelope_caused_by<E: Event>(
-        &self,
-        event: &E,
-        cause: &Envelope,
-    ) -> Result<Envelope, Error> {
-        self.0.envelope(event, Some(cause))
     }
 }
 
@@ -913,12 +901,12 @@ async fn handle_once(
     follow_ups: Option<&FollowUps>,
 ) -> Result<Option<BoxError>, Error> {
     let held = ctx.follow_ups.clone();
-    let started = AssertUnwindSafe(route.route.invoke(envelope, ctx, &*shared.codec)?)
+    let started = AssertUnwindSafe(route.route.invoke(envelope, ctx, shared.codec())?)
         .catch_unwind()
         .instrument(span.clone());
     let finished = match held {
         // `EventBus::publish` from inside the handler joins its held-back follow-ups.
-        Some(held) => crate::context::HELD_FOLLOW_UPS.scope(held, started).await,
+        Some(held) => follow_ups::HELD_FOLLOW_UPS.scope(held, started).await,
         None => started.await,
     };
     Ok(match finished {
@@ -929,26 +917,6 @@ async fn handle_once(
         Ok(Err(error)) => Some(error),
         Err(panic) => Some(panic_error(panic)),
     })
-}
-
-/// What a handler published and the bus held back, taken out.
-fn take_follow_ups(follow_ups: &FollowUps) -> Vec<Envelope> {
-    std::mem::take(&mut *follow_ups.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
-}
-
-/// Puts what a transactional handler published into its unit of work's outbox.
-async fn enqueue_follow_ups(
-    tx: &mut dyn crate::store::Transaction,
-    follow_ups: Option<&FollowUps>,
-) -> Result<(), Error> {
-    let Some(follow_ups) = follow_ups else {
-        return Ok(());
-    };
-    let envelopes = take_follow_ups(follow_ups);
-    if envelopes.is_empty() {
-        return Ok(());
-    }
-    tx.enqueue(&envelopes).await
 }
 
 /// Starts a handler's unit of work with its inbox marker; `None` if the group already
@@ -966,7 +934,7 @@ async fn commit(tx: &Tx, follow_ups: Option<&FollowUps>) -> Result<(), Error> {
             "the handler's unit of work was already taken".into(),
         ));
     };
-    enqueue_follow_ups(&mut *tx, follow_ups).await?;
+    follow_ups::enqueue(&mut *tx, follow_ups).await?;
     match tx.commit().await {
         Ok(()) | Err(Error::AlreadyProcessed { .. }) => Ok(()),
         Err(error) => Err(error),
