@@ -45,7 +45,9 @@ def code_lines(text: str) -> list:
         if pending_test and re.match(r"(pub\s+)?mod\s+\w+\s*\{", stripped):
             break  # unit tests sit at the end of the file by convention
         pending_test = False
-        lines.append(re.sub(r"//.*", "", line))
+        line = re.sub(r"//.*", "", line)
+        # `pub(in crate::bus)` names where an item is visible, not something it uses.
+        lines.append(re.sub(r"\bpub\(in [^)]*\)", "pub(crate)", line))
     return lines
 
 

@@ -53,13 +53,15 @@ pub(crate) struct Group {
 
 impl Group {
     /// The handler for `envelope`: the one of its event's version; else the oldest newer
-    /// one, which upcasts it; else the newest, which refuses it as too new.
-    pub(super) fn route(&self, envelope: &Envelope) -> Option<&GroupRoute> {
+    /// one, which upcasts it; else the newest, which refuses it as too new;
+    /// with its place among the routes of its event's name.
+    pub(super) fn route_at(&self, envelope: &Envelope) -> Option<(usize, &GroupRoute)> {
         let versions = self.routes.get(&*envelope.name)?;
-        versions
+        let index = versions
             .iter()
-            .find(|route| route.route.event_version() >= envelope.version)
-            .or_else(|| versions.last())
+            .position(|route| route.route.event_version() >= envelope.version)
+            .or_else(|| versions.len().checked_sub(1))?;
+        Some((index, &versions[index]))
     }
 
     /// Every handler of the group.
