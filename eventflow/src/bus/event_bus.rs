@@ -80,7 +80,7 @@ impl EventBus {
 
     /// Starts a unit of work on the bus's storage: the application's writes and the
     /// events it publishes commit together. Fails if the bus has no
-    /// [`storage`](EventBusBuilder::storage), or once [`shutdown`](Self::shutdown) began
+    /// [`storage`](crate::EventBusBuilder::storage), or once [`shutdown`](Self::shutdown) began
     /// ([`Error::Closed`]).
     pub async fn begin(&self) -> Result<UnitOfWork, Error> {
         self.shared.refuse_when_draining()?;
@@ -94,7 +94,7 @@ impl EventBus {
     }
 
     /// A repository of event-sourced aggregates of type `A` on the bus's storage. Fails if
-    /// the bus has no [`storage`](EventBusBuilder::storage).
+    /// the bus has no [`storage`](crate::EventBusBuilder::storage).
     pub fn repository<A: Aggregate>(&self) -> Result<Repository<A>, Error> {
         let storage = self.shared.storage.clone().ok_or_else(|| {
             Error::Config(format!(
@@ -136,7 +136,7 @@ impl EventBus {
     /// 3. it stops the workers and the relay, commits what they finished, gives the outbox
     ///    lease up and returns.
     ///
-    /// Step 2 lasts at most the [`shutdown_timeout`](EventBusBuilder::shutdown_timeout)
+    /// Step 2 lasts at most the [`shutdown_timeout`](crate::EventBusBuilder::shutdown_timeout)
     /// (30 s by default). What is left then stays where it is safe: committed entries in
     /// the outbox, events in the broker, for the next start (or another instance of the
     /// group); a warning says how much. Events published to the in-process transport
