@@ -19,7 +19,7 @@
 //! - **read_stream only**: the raw floor of the first, `Storage::read_stream` of the whole
 //!   stream without decoding.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use eventflow::aggregate::Snapshots;
 use eventflow::store::{ExpectedVersion, SqliteStore, Storage, StoredSnapshot};
