@@ -205,7 +205,7 @@ impl<A: Aggregate> Repository<A> {
     /// [`Error::Upcast`] rather than building a wrong state.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
         let stream = Self::stream(id);
-        let (mut state, snapshot_version) = snapshot::restore::<A>(&*self.storage, &stream).await;
+        let (mut state, snapshot_version) = snapshot::restore(&A::snapshots(), &*self.storage, &stream).await;
         let mut version = snapshot_version;
         for stored in self.storage.read_stream(&stream, snapshot_version + 1).await? {
             let event = A::Event::decode(self.outgoing.codec(), &stored.envelope)?;
@@ -213,6 +213,7 @@ impl<A: Aggregate> Repository<A> {
             version = stored.version;
         }
         snapshot::after_load(
+            &A::snapshots(),
             &self.storage,
             &stream,
             &state,
@@ -238,6 +239,7 @@ impl<A: Aggregate> Repository<A> {
         let (version, saved) = work.append_pending(aggregate).await?;
         work.commit().await?;
         snapshot::after_save(
+            &A::snapshots(),
             &*self.storage,
             &aggregate.stream,
             &aggregate.state,

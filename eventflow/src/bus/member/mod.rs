@@ -38,6 +38,8 @@ use retry::sleep_unless_stopped;
 pub(super) use dead_letter::replay;
 pub(super) use retry::with_retries;
 
+/// Runs one member of `group` on `consumer` until shutdown: polls, handles each batch,
+/// commits in poll order, and leaves the group.
 pub(super) async fn run(
     shared: Arc<Shared>,
     group: Arc<Group>,
