@@ -217,7 +217,7 @@ def name(module: tuple) -> str:
 
 def main(argv: list) -> int:
     if not argv:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        print("usage: " + __doc__.strip().splitlines()[2].strip() + "  (crate directories)", file=sys.stderr)
         return 2
     found = False
     for arg in argv:
