@@ -19,13 +19,15 @@
 //! - **read_stream only**: the raw floor of the first, `Storage::read_stream` of the whole
 //!   stream without decoding.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use eventflow::aggregate::Snapshots;
 use eventflow::store::{ExpectedVersion, SqliteStore, Storage, StoredSnapshot};
 use eventflow::{Aggregate, Event, EventBus, MemoryStore};
 use serde::{Deserialize, Serialize};
+
+mod support;
+use support::{env_or, median_duration, TempDb};
 
 #[derive(Event, Serialize, Deserialize)]
 #[event(name = "account.event", topic = "accounts")]
@@ -80,18 +82,6 @@ impl Aggregate for SnapshottedAccount {
     fn snapshots() -> Snapshots<Self> {
         Snapshots::every(1_000)
     }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
 }
 
 async fn fill(bus: &EventBus, events: usize) {
@@ -188,7 +178,12 @@ async fn bench(label: &str, store: impl Storage + Clone, events: usize, rounds: 
             }
         }
     }
-    let (whole, fresh, stale, raw) = (median(whole), median(fresh), median(stale), median(raw));
+    let (whole, fresh, stale, raw) = (
+        median_duration(whole),
+        median_duration(fresh),
+        median_duration(stale),
+        median_duration(raw),
+    );
     println!("{label}: loading an aggregate of {events} events, medians of {rounds} loads");
     println!("  whole stream          {:>10.3} ms", whole.as_secs_f64() * 1e3);
     println!(
@@ -208,27 +203,19 @@ async fn bench(label: &str, store: impl Storage + Clone, events: usize, rounds: 
     bus.shutdown().await;
 }
 
-fn temp_db() -> PathBuf {
-    std::env::temp_dir().join(format!("eventflow-bench-aggregate-{}.db", std::process::id()))
-}
-
 fn main() {
-    let events = env("AGGREGATE_EVENTS", 10_000);
-    let rounds = env("AGGREGATE_ROUNDS", 11).max(1);
+    let events = env_or("AGGREGATE_EVENTS", 10_000usize);
+    let rounds = env_or("AGGREGATE_ROUNDS", 11usize).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let path = temp_db();
-        let store = SqliteStore::open(&path).await.unwrap();
+        let db = TempDb::new("aggregate", "sqlite");
+        let store = SqliteStore::open(db.path()).await.unwrap();
         bench("SQLite", store, events, rounds).await;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut file = path.as_os_str().to_owned();
-            file.push(suffix);
-            let _ = std::fs::remove_file(file);
-        }
+        drop(db);
         bench("memory", MemoryStore::new(), events, rounds).await;
     });
 }

@@ -29,6 +29,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+mod support;
+use support::{env_or, median};
+
 const GROUPS: u64 = 4;
 const TARGET_RATE: f64 = 1_000_000.0;
 const TARGET_RATIO: f64 = 0.5;
@@ -194,25 +197,6 @@ fn run_baseline(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Duration {
         );
         elapsed
     })
-}
-
-fn env_or(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a positive integer, got `{value}`")),
-        Err(_) => default,
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
 }
 
 fn millions(rate: f64) -> String {

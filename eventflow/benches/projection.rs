@@ -17,13 +17,15 @@
 //!   until `caught_up`: the same reads, plus one unit of work per batch that saves the
 //!   checkpoint (and would hold the read model's writes).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventflow::store::{ExpectedVersion, SqliteStore, Storage, StoredEvent, Transaction};
 use eventflow::{BoxError, Envelope, EventBus, MemoryStore, Projection};
+
+mod support;
+use support::{env_or, median, TempDb};
 
 const TARGET: f64 = 0.8;
 const PAGE: usize = 500;
@@ -44,18 +46,6 @@ impl Projection for Count {
         self.0.store(0, Ordering::Relaxed);
         Ok(())
     }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
 }
 
 async fn fill(store: &impl Storage, events: usize) {
@@ -137,26 +127,24 @@ async fn bench(label: &str, store: impl Storage + Clone, events: usize, rounds: 
     ratio
 }
 
-fn temp_db() -> PathBuf {
-    std::env::temp_dir().join(format!("eventflow-bench-projection-{}.db", std::process::id()))
-}
-
 fn main() {
-    let events = env("PROJECTION_EVENTS", 100_000);
-    let rounds = env("PROJECTION_ROUNDS", 5).max(1);
+    let events = env_or("PROJECTION_EVENTS", 100_000usize);
+    let rounds = env_or("PROJECTION_ROUNDS", 5usize).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let path = temp_db();
-        bench("SQLite", SqliteStore::open(&path).await.unwrap(), events, rounds).await;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut file = path.as_os_str().to_owned();
-            file.push(suffix);
-            let _ = std::fs::remove_file(file);
-        }
+        let db = TempDb::new("projection", "sqlite");
+        bench(
+            "SQLite",
+            SqliteStore::open(db.path()).await.unwrap(),
+            events,
+            rounds,
+        )
+        .await;
+        drop(db);
         bench("memory", MemoryStore::new(), events, rounds).await;
     });
 }

@@ -51,7 +51,7 @@
 //! [`Transport::until_handled`]: eventflow::transport::Transport::until_handled
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +64,9 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
+
+mod support;
+use support::{env_or, median, TempDb};
 
 const RELAY_TARGET: f64 = 100_000.0;
 const LATENCY_TARGET: Duration = Duration::from_millis(5);
@@ -199,39 +202,8 @@ async fn book_alone(
     Ok(())
 }
 
-/// A temporary database file, removed with its `-wal` and `-shm` when dropped.
-struct TempDb(PathBuf);
-
-impl TempDb {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "eventflow-bench-relay-{}-{tag}-{n}.db",
-            std::process::id()
-        ));
-        let db = TempDb(path);
-        db.remove();
-        db
-    }
-
-    fn remove(&self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
 async fn open(db: &TempDb) -> SqliteStore {
-    SqliteStore::open(&db.0).await.expect("the store opens")
+    SqliteStore::open(db.path()).await.expect("the store opens")
 }
 
 /// Puts events `first..first + n` in the outbox, `UNIT` per unit of work, building the
@@ -401,15 +373,15 @@ fn p3a(rt: &Runtime, n: u64, rounds: usize, bench: bool) {
         "P3a sustained relay throughput: {n} events in the outbox ({UNIT} per unit of work), \
          relay batch {BATCH}, 1 group, {rounds} rounds"
     );
-    let db = TempDb::new("p3a");
+    let db = TempDb::new("relay", "p3a");
     let store = rt.block_on(open(&db));
     // Warm-up: code paths, allocator, the file's pages.
     let warm = (n / 10).max(1);
     let mut next = 0;
     rt.block_on(fill_outbox(&store, next, warm));
-    rt.block_on(relay_backlog(&store, &db.0, warm));
+    rt.block_on(relay_backlog(&store, db.path(), warm));
     rt.block_on(fill_outbox(&store, next + warm, warm));
-    raw_drain(&db.0, warm);
+    raw_drain(db.path(), warm);
     next += 2 * warm;
 
     let (mut relay, mut raw, mut direct, mut fills) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -426,9 +398,9 @@ fn p3a(rt: &Runtime, n: u64, rounds: usize, bench: bool) {
             fills.push(n as f64 / took.as_secs_f64());
             next += n;
             if relay_side {
-                r = n as f64 / rt.block_on(relay_backlog(&store, &db.0, n)).as_secs_f64();
+                r = n as f64 / rt.block_on(relay_backlog(&store, db.path(), n)).as_secs_f64();
             } else {
-                b = n as f64 / raw_drain(&db.0, n).as_secs_f64();
+                b = n as f64 / raw_drain(db.path(), n).as_secs_f64();
             }
         }
         let d = n as f64 / rt.block_on(publish_direct(0, n)).as_secs_f64();
@@ -468,7 +440,7 @@ fn p3b(rt: &Runtime, secs: f64, bench: bool) {
         "P3b commit->handler latency: one event per unit of work every 1 ms for {secs} s (after \
          {warm_up:?} of warm-up), bus with the store (relay + inbox guard), 1 group"
     );
-    let db = TempDb::new("p3b");
+    let db = TempDb::new("relay", "p3b");
     let (committed, arrivals, elapsed) = rt.block_on(async {
         let store = open(&db).await;
         let arrivals = Arrivals::default();
@@ -564,7 +536,7 @@ enum Guard {
 /// Publishes `events` with `bus.publish` to one group set up as `guard` says; the time
 /// until the group committed them all.
 async fn guarded(guard: Guard, events: Arc<Vec<OrderPaid>>) -> Duration {
-    let db = TempDb::new("p5");
+    let db = TempDb::new("relay", "p5");
     let store = open(&db).await;
     let mut setup = store.begin().await.expect("begin");
     setup
@@ -610,7 +582,7 @@ async fn guarded(guard: Guard, events: Arc<Vec<OrderPaid>>) -> Duration {
 /// was batched), then the same SQL with plain rusqlite on the calling thread.
 fn p5_breakdown(rt: &Runtime, n: usize) {
     const POLL: usize = 256;
-    let db = TempDb::new("p5-breakdown");
+    let db = TempDb::new("relay", "p5-breakdown");
     let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
     let per_event = |took: Duration| took / n as u32;
     let (check, mark, check_one, mark_one) = rt.block_on(async {
@@ -645,7 +617,7 @@ fn p5_breakdown(rt: &Runtime, n: usize) {
         micros(mark_one)
     );
 
-    let connection = Connection::open(&db.0).unwrap();
+    let connection = Connection::open(db.path()).unwrap();
     connection.pragma_update(None, "synchronous", "NORMAL").unwrap();
     let time = |f: &mut dyn FnMut(&[Uuid])| {
         let started = Instant::now();
@@ -790,10 +762,10 @@ enum Floor {
 /// transport that decodes and counts each polled record, guarded as `floor` says with plain
 /// rusqlite on the blocking pool. Returns the time until `n` events were handled.
 async fn consumer_loop(n: u64, floor: Floor) -> (Duration, u64) {
-    let db = TempDb::new("p5-floor");
+    let db = TempDb::new("relay", "p5-floor");
     drop(open(&db).await);
     let connect = || {
-        let connection = Connection::open(&db.0).unwrap();
+        let connection = Connection::open(db.path()).unwrap();
         connection.pragma_update(None, "synchronous", "NORMAL").unwrap();
         Arc::new(Mutex::new(connection))
     };
@@ -983,7 +955,7 @@ fn status_kib(field: &str) -> u64 {
 
 fn p6(rt: &Runtime, n: u64) {
     println!("P6 memory while relaying a backlog of {n} events (streamed), 1 group");
-    let db = TempDb::new("p6");
+    let db = TempDb::new("relay", "p6");
     let store = rt.block_on(open(&db));
     let fill = rt.block_on(fill_outbox(&store, 0, n));
     println!(
@@ -1004,7 +976,7 @@ fn p6(rt: &Runtime, n: u64) {
             peak
         })
     };
-    let took = rt.block_on(relay_backlog(&store, &db.0, n));
+    let took = rt.block_on(relay_backlog(&store, db.path(), n));
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.join().expect("the sampler ends").max(status_kib("VmRSS"));
     let hwm_after = status_kib("VmHWM");
@@ -1030,25 +1002,6 @@ fn p6_in_child() {
         .status()
         .expect("the P6 child starts");
     assert!(status.success(), "the P6 child failed: {status}");
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(value) => value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a positive integer, got `{value}`")),
-        Err(_) => default,
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
 }
 
 fn percentile(sorted: &mut [Duration], p: f64) -> Duration {

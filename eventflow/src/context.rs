@@ -1,14 +1,16 @@
 //! What a handler can ask for: [`Context`], [`State`], and the [`FromContext`] trait.
 
-use std::any::{type_name, Any, TypeId};
-use std::collections::HashMap;
+use std::any::type_name;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use crate::bus::Publisher;
+use crate::follow_ups::{self, FollowUps};
+use crate::outgoing::Outgoing;
+use crate::state::StateMap;
+use crate::tx::TransactionType;
 use crate::{Envelope, Error, Event, Tx};
 
 /// The metadata of the event being handled, and a way to publish its follow-ups.
@@ -20,7 +22,7 @@ pub struct Context {
     envelope: Arc<Envelope>,
     group: Arc<str>,
     attempt: u32,
-    publisher: Publisher,
+    outgoing: Arc<Outgoing>,
     pub(crate) transaction: Option<Tx>,
     /// Set when the consumer publishes follow-ups in a broker transaction
     /// ([`Consumer::publisher`](crate::transport::Consumer::publisher)): what this attempt
@@ -28,38 +30,18 @@ pub struct Context {
     pub(crate) follow_ups: Option<FollowUps>,
 }
 
-/// The follow-ups an attempt published, held back until it succeeds.
-pub(crate) type FollowUps = Arc<Mutex<Vec<Envelope>>>;
-
-tokio::task_local! {
-    /// The follow-ups of the handler being polled, when they wait for it to succeed, so
-    /// that `EventBus::publish` from inside it holds its event back as `Context::publish`
-    /// does.
-    pub(crate) static HELD_FOLLOW_UPS: FollowUps;
-}
-
-/// Holds `envelope` back with the running handler's follow-ups, if they wait for it to
-/// succeed; otherwise gives it back to be published now.
-pub(crate) fn hold_as_follow_up(envelope: Envelope) -> Option<Envelope> {
-    match HELD_FOLLOW_UPS.try_with(Clone::clone) {
-        Ok(follow_ups) => {
-            follow_ups
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(envelope);
-            None
-        }
-        Err(_) => Some(envelope),
-    }
-}
-
 impl Context {
-    pub(crate) fn new(envelope: Arc<Envelope>, group: Arc<str>, attempt: u32, publisher: Publisher) -> Self {
+    pub(crate) fn new(
+        envelope: Arc<Envelope>,
+        group: Arc<str>,
+        attempt: u32,
+        outgoing: Arc<Outgoing>,
+    ) -> Self {
         Context {
             envelope,
             group,
             attempt,
-            publisher,
+            outgoing,
             transaction: None,
             follow_ups: None,
         }
@@ -125,17 +107,12 @@ impl Context {
     /// after publishing has published, and its retry publishes again.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Uuid, Error> {
         if let Some(follow_ups) = &self.follow_ups {
-            let envelope = self.publisher.envelope_caused_by(event, &self.envelope)?;
+            let envelope = self.outgoing.envelope(event, Some(&self.envelope))?;
             let id = envelope.id;
-            follow_ups
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(envelope);
+            follow_ups::hold(follow_ups, envelope);
             return Ok(id);
         }
-        self.publisher
-            .publish_caused_by(event, Some(&self.envelope))
-            .await
+        self.outgoing.publish_caused_by(event, Some(&self.envelope)).await
     }
 }
 
@@ -178,6 +155,27 @@ impl FromContext for Context {
     }
 }
 
+/// A handler that takes [`Tx`] runs in a unit of work shared with its inbox marker.
+impl<T: ?Sized + TransactionType> FromContext for Tx<T> {
+    const TRANSACTIONAL: bool = true;
+
+    fn from_context(ctx: &Context) -> Result<Self, String> {
+        let tx = ctx.transaction.as_ref().ok_or_else(|| {
+            "it takes `Tx` but the bus has no storage; add one with `EventBus::builder().storage(store)`"
+                .to_owned()
+        })?;
+        tx.typed::<T>()
+    }
+
+    /// Checks that the bus's storage gives units of work of type `T`.
+    fn check(state: &StateMap) -> Result<(), String> {
+        match (T::wanted(), state.transaction_type()) {
+            (Some(wanted), Some((held, name))) if wanted != held => Err(crate::tx::mismatch::<T>(name)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Shared application state, given to the bus with
 /// [`EventBusBuilder::state`](crate::EventBusBuilder::state) and taken by handlers as an
 /// argument, as in axum.
@@ -196,7 +194,7 @@ pub struct State<T>(pub T);
 
 impl<T: Clone + Send + Sync + 'static> FromContext for State<T> {
     fn from_context(ctx: &Context) -> Result<Self, String> {
-        ctx.publisher
+        ctx.outgoing
             .state()
             .get::<T>()
             .map(State)
@@ -211,40 +209,4 @@ impl<T: Clone + Send + Sync + 'static> FromContext for State<T> {
 fn missing_state<T>() -> String {
     let name = type_name::<T>();
     format!("it takes `State<{name}>` but the bus has no `{name}`; add it with `EventBus::builder().state(value)`")
-}
-
-/// The application state values a bus holds, one per type, and what `start()` checks
-/// handlers against.
-#[derive(Clone, Default)]
-pub struct StateMap(
-    HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
-    /// The type (and name) of the storage's units of work, when a handler takes `Tx`.
-    Option<(TypeId, &'static str)>,
-);
-
-impl StateMap {
-    pub(crate) fn insert<T: Clone + Send + Sync + 'static>(&mut self, value: T) {
-        self.0.insert(TypeId::of::<T>(), Arc::new(value));
-    }
-
-    pub(crate) fn set_transaction_type(&mut self, held: (TypeId, &'static str)) {
-        self.1 = Some(held);
-    }
-
-    /// The type of the bus storage's units of work and its name, if the bus knows it (it
-    /// learns it at start when a handler takes [`Tx`]).
-    pub fn transaction_type(&self) -> Option<(TypeId, &'static str)> {
-        self.1
-    }
-
-    /// A clone of the value of type `T`, if the bus has one.
-    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
-        self.0.get(&TypeId::of::<T>())?.downcast_ref::<T>().cloned()
-    }
-}
-
-impl fmt::Debug for StateMap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StateMap").field("len", &self.0.len()).finish()
-    }
 }

@@ -1,14 +1,10 @@
 //! The [`Handler`] trait that `#[subscribe]` implements, and its options.
 
 use std::borrow::Cow;
-use std::future::Future;
-use std::pin::Pin;
 
-use crate::context::StateMap;
+use crate::future::BoxFuture;
+use crate::state::StateMap;
 use crate::{BoxError, Context, Event};
-
-/// A boxed, sendable future, as handlers return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Reacts to one event type within one consumer group.
 ///
@@ -68,25 +64,3 @@ impl HandlerOptions {
         self
     }
 }
-
-/// A `#[subscribe]` handler found at link time; see
-/// [`EventBusBuilder::discovered_handlers`](crate::EventBusBuilder::discovered_handlers).
-#[doc(hidden)]
-pub struct Registration {
-    pub(crate) register: fn(crate::EventBusBuilder) -> crate::EventBusBuilder,
-}
-
-impl Registration {
-    #[doc(hidden)]
-    pub const fn new<H: Handler + Default>() -> Self {
-        Registration {
-            register: register::<H>,
-        }
-    }
-}
-
-fn register<H: Handler + Default>(builder: crate::EventBusBuilder) -> crate::EventBusBuilder {
-    builder.handler(H::default())
-}
-
-inventory::collect!(Registration);

@@ -191,14 +191,18 @@ mod dead_letter;
 mod envelope;
 mod error;
 mod event;
+mod follow_ups;
+mod future;
 mod handler;
 mod outbox_progress;
+mod outgoing;
 pub mod projection;
 mod publish_error;
 mod relay;
 mod relay_settings;
 mod retry;
 mod signal;
+mod state;
 pub mod store;
 pub mod transport;
 mod tx;
@@ -209,12 +213,13 @@ pub mod versioning {}
 
 pub use aggregate::{testing, Aggregate, EventSet, Loaded, Repository, Snapshots};
 pub use bus::{EventBus, EventBusBuilder, UnitOfWork};
-pub use context::{Context, FromContext, State, StateMap};
+pub use context::{Context, FromContext, State};
 pub use dead_letter::{DeadLetter, DeadLetterStore, Replayed};
 pub use envelope::{Envelope, TRACEPARENT};
 pub use error::{BoxError, Error};
 pub use event::Event;
-pub use handler::{BoxFuture, Handler, HandlerOptions};
+pub use future::BoxFuture;
+pub use handler::{Handler, HandlerOptions};
 pub use outbox_progress::OutboxProgress;
 pub use projection::{Projection, ProjectionHandle};
 pub use publish_error::Rejection;
@@ -222,6 +227,7 @@ pub use relay::Relay;
 pub use relay_settings::RelaySettings;
 pub use retry::Backoff;
 pub use signal::shutdown_signal;
+pub use state::StateMap;
 pub use store::{MemoryStore, Storage};
 pub use transport::InProcess;
 pub use tx::{TransactionType, Tx, TxGuard};
@@ -240,7 +246,7 @@ mod readme {}
 #[doc(hidden)]
 pub mod __private {
     pub use crate::aggregate::not_in_set;
-    pub use crate::handler::Registration;
+    pub use crate::bus::Registration;
     pub use inventory;
     pub use serde;
 

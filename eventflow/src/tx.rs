@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::context::StateMap;
 use crate::store::Transaction;
-use crate::{Context, FromContext};
 
 /// The transaction a handler's own writes share with its processed-event marker: both
 /// commit when the handler returns `Ok`, or neither does. This gives an exactly-once
@@ -121,7 +119,7 @@ impl Tx {
     }
 
     /// This transaction as `T`, or what is wrong.
-    fn typed<T: ?Sized + TransactionType>(&self) -> Result<Tx<T>, String> {
+    pub(crate) fn typed<T: ?Sized + TransactionType>(&self) -> Result<Tx<T>, String> {
         match T::wanted() {
             Some(wanted) if wanted != self.held.0 => Err(mismatch::<T>(self.held.1)),
             _ => Ok(Tx {
@@ -175,27 +173,7 @@ impl<T: ?Sized + TransactionType> DerefMut for TxGuard<'_, T> {
     }
 }
 
-impl<T: ?Sized + TransactionType> FromContext for Tx<T> {
-    const TRANSACTIONAL: bool = true;
-
-    fn from_context(ctx: &Context) -> Result<Self, String> {
-        let tx = ctx.transaction.as_ref().ok_or_else(|| {
-            "it takes `Tx` but the bus has no storage; add one with `EventBus::builder().storage(store)`"
-                .to_owned()
-        })?;
-        tx.typed::<T>()
-    }
-
-    /// Checks that the bus's storage gives units of work of type `T`.
-    fn check(state: &StateMap) -> Result<(), String> {
-        match (T::wanted(), state.transaction_type()) {
-            (Some(wanted), Some((held, name))) if wanted != held => Err(mismatch::<T>(name)),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn mismatch<T: ?Sized + TransactionType>(held: &str) -> String {
+pub(crate) fn mismatch<T: ?Sized + TransactionType>(held: &str) -> String {
     format!(
         "it takes `Tx<{}>`, but the bus's storage gives units of work of type `{held}`; take \
          `Tx<{held}>` (or plain `Tx`, which works on any storage), or give the bus the storage \

@@ -49,7 +49,7 @@ pub trait EventSet: Send + Sync + Sized + 'static {
 
 impl<E: Event> EventSet for E {
     fn envelope(&self, codec: &dyn Codec) -> Result<Envelope, Error> {
-        crate::bus::encode_envelope(codec, self)
+        crate::outgoing::encode_envelope(codec, self)
     }
 
     fn decode(codec: &dyn Codec, envelope: &Envelope) -> Result<Self, Error> {

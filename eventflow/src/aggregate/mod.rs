@@ -65,7 +65,8 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use crate::bus::{Shared, UnitOfWork};
+use crate::bus::UnitOfWork;
+use crate::outgoing::Outgoing;
 use crate::store::{ExpectedVersion, Storage};
 use crate::Error;
 
@@ -157,7 +158,7 @@ impl<A: Aggregate> Deref for Loaded<A> {
 ///
 /// From [`EventBus::repository`](crate::EventBus::repository); cheap to clone.
 pub struct Repository<A> {
-    shared: Arc<Shared>,
+    outgoing: Arc<Outgoing>,
     storage: Arc<dyn Storage>,
     aggregate: PhantomData<fn() -> A>,
 }
@@ -165,7 +166,7 @@ pub struct Repository<A> {
 impl<A> Clone for Repository<A> {
     fn clone(&self) -> Self {
         Repository {
-            shared: self.shared.clone(),
+            outgoing: self.outgoing.clone(),
             storage: self.storage.clone(),
             aggregate: PhantomData,
         }
@@ -181,9 +182,9 @@ impl<A> std::fmt::Debug for Repository<A> {
 }
 
 impl<A: Aggregate> Repository<A> {
-    pub(crate) fn new(shared: Arc<Shared>, storage: Arc<dyn Storage>) -> Self {
+    pub(crate) fn new(outgoing: Arc<Outgoing>, storage: Arc<dyn Storage>) -> Self {
         Repository {
-            shared,
+            outgoing,
             storage,
             aggregate: PhantomData,
         }
@@ -204,14 +205,15 @@ impl<A: Aggregate> Repository<A> {
     /// [`Error::Upcast`] rather than building a wrong state.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
         let stream = Self::stream(id);
-        let (mut state, snapshot_version) = snapshot::restore::<A>(&*self.storage, &stream).await;
+        let (mut state, snapshot_version) = snapshot::restore(&A::snapshots(), &*self.storage, &stream).await;
         let mut version = snapshot_version;
         for stored in self.storage.read_stream(&stream, snapshot_version + 1).await? {
-            let event = A::Event::decode(self.shared.codec(), &stored.envelope)?;
+            let event = A::Event::decode(self.outgoing.codec(), &stored.envelope)?;
             state.apply(&event);
             version = stored.version;
         }
         snapshot::after_load(
+            &A::snapshots(),
             &self.storage,
             &stream,
             &state,
@@ -233,10 +235,11 @@ impl<A: Aggregate> Repository<A> {
     /// If another writer saved the aggregate since it was loaded, nothing is written and the
     /// error is [`Error::Conflict`]: load it again and decide again.
     pub async fn save(&self, aggregate: &mut Loaded<A>) -> Result<u64, Error> {
-        let mut work = UnitOfWork::new(self.storage.begin().await?, self.shared.clone());
+        let mut work = UnitOfWork::new(self.storage.begin().await?, self.outgoing.clone());
         let (version, saved) = work.append_pending(aggregate).await?;
         work.commit().await?;
         snapshot::after_save(
+            &A::snapshots(),
             &*self.storage,
             &aggregate.stream,
             &aggregate.state,

@@ -13,11 +13,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::Aggregate;
 use crate::store::{Storage, StoredSnapshot};
 
 /// When an aggregate's state is snapshotted, and the version of its schema; what
-/// [`Aggregate::snapshots`] returns.
+/// [`Aggregate::snapshots`](crate::Aggregate::snapshots) returns.
 ///
 /// ```
 /// use eventflow::aggregate::Snapshots;
@@ -122,10 +121,17 @@ impl<A> std::fmt::Debug for Snapshots<A> {
     }
 }
 
+// The helpers below take the aggregate's policy (`Aggregate::snapshots`) as an argument
+// rather than asking the aggregate for it, so that this module does not import the
+// `Aggregate` trait whose policy type it defines.
+
 /// The state and version to replay from: the stream's snapshot if it is usable, else the
 /// default state at version 0.
-pub(super) async fn restore<A: Aggregate>(storage: &dyn Storage, stream: &str) -> (A, u64) {
-    let policy = A::snapshots();
+pub(super) async fn restore<A: Default>(
+    policy: &Snapshots<A>,
+    storage: &dyn Storage,
+    stream: &str,
+) -> (A, u64) {
     let (Some(codec), Some(snapshots)) = (policy.codec(), storage.snapshots()) else {
         return (A::default(), 0);
     };
@@ -165,21 +171,21 @@ pub(super) async fn restore<A: Aggregate>(storage: &dyn Storage, stream: &str) -
 /// After a load that replayed `replayed` events after its snapshot: writes a new snapshot in
 /// the background if one is due. In the background, because the load may run inside an
 /// open unit of work that holds the store's write lock (SQLite) until it commits.
-pub(super) fn after_load<A: Aggregate>(
+pub(super) fn after_load<A>(
+    policy: &Snapshots<A>,
     storage: &Arc<dyn Storage>,
     stream: &str,
     state: &A,
     version: u64,
     replayed: u64,
 ) {
-    let policy = A::snapshots();
     let due = replayed > 0
         && match policy.due {
             Due::Never => false,
             Due::Every(n) => replayed >= n,
             Due::When(due) => due(state, version),
         };
-    if let Some(snapshot) = due.then(|| encode(&policy, stream, state, version)).flatten() {
+    if let Some(snapshot) = due.then(|| encode(policy, stream, state, version)).flatten() {
         let storage = storage.clone();
         tokio::spawn(async move { save(&*storage, snapshot).await });
     }
@@ -187,21 +193,21 @@ pub(super) fn after_load<A: Aggregate>(
 
 /// After a save moved the stream from version `from` to `to`: writes a snapshot if one is
 /// due.
-pub(super) async fn after_save<A: Aggregate>(
+pub(super) async fn after_save<A>(
+    policy: &Snapshots<A>,
     storage: &dyn Storage,
     stream: &str,
     state: &A,
     from: u64,
     to: u64,
 ) {
-    let policy = A::snapshots();
     let due = from != to
         && match policy.due {
             Due::Never => false,
             Due::Every(n) => from / n != to / n,
             Due::When(due) => due(state, to),
         };
-    if let Some(snapshot) = due.then(|| encode(&policy, stream, state, to)).flatten() {
+    if let Some(snapshot) = due.then(|| encode(policy, stream, state, to)).flatten() {
         save(storage, snapshot).await;
     }
 }

@@ -5,15 +5,19 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::event_bus::{EventBus, Running};
 use super::route::{Route, Typed};
-use super::{inbox, worker, EventBus, Group, GroupRoute, Running, Shared};
+use super::shared::{Group, GroupRoute, Shared};
+use super::{inbox, member};
 use crate::codec::{Codec, Json};
-use crate::context::StateMap;
 use crate::dead_letter::DeadLetterStore;
-use crate::handler::{Handler, Registration};
-use crate::projection::{Projection, Starter};
+use crate::handler::Handler;
+use crate::outgoing::Outgoing;
+use crate::projection::runner::Starter;
+use crate::projection::Projection;
 use crate::relay::Relay;
 use crate::retry::Backoff;
+use crate::state::StateMap;
 use crate::store::{MemoryStore, Storage};
 use crate::transport::{Consumer, InProcess, Transport};
 use crate::{Error, RelaySettings};
@@ -48,8 +52,15 @@ pub struct EventBusBuilder {
     shutdown_timeout: Duration,
 }
 
+impl EventBus {
+    /// Starts configuring a bus.
+    pub fn builder() -> EventBusBuilder {
+        EventBusBuilder::new()
+    }
+}
+
 impl EventBusBuilder {
-    pub(super) fn new() -> Self {
+    fn new() -> Self {
         EventBusBuilder {
             transport: None,
             codec: Arc::new(Json),
@@ -264,9 +275,8 @@ impl EventBusBuilder {
             transport.relays_from(outbox.clone());
         }
         let shared = Arc::new(Shared {
+            outgoing: Arc::new(Outgoing::new(transport.clone(), self.codec, self.state)),
             transport,
-            codec: self.codec,
-            state: self.state,
             dead_letters,
             storage: self.storage,
             backoff: self.backoff,
@@ -280,14 +290,13 @@ impl EventBusBuilder {
                 .iter()
                 .map(|p| (p.handle.name(), p.handle.clone()))
                 .collect(),
-            closed: AtomicBool::new(false),
             savepoints: AtomicBool::new(true),
         });
         let (shutdown, _) = watch::channel(false);
         let mut workers: Vec<_> = consumers
             .into_iter()
             .map(|(group, consumer)| {
-                tokio::spawn(worker::run(shared.clone(), group, consumer, shutdown.subscribe()))
+                tokio::spawn(member::run(shared.clone(), group, consumer, shutdown.subscribe()))
             })
             .collect();
         if let (Some(storage), Some(relay)) = (&shared.storage, relay) {
@@ -420,3 +429,25 @@ fn refuse_tx_in_broker_transaction(group: &Group, consumer: &dyn Consumer) -> Re
         ))),
     }
 }
+
+/// A `#[subscribe]` handler found at link time; see
+/// [`EventBusBuilder::discovered_handlers`](EventBusBuilder::discovered_handlers).
+#[doc(hidden)]
+pub struct Registration {
+    pub(crate) register: fn(EventBusBuilder) -> EventBusBuilder,
+}
+
+impl Registration {
+    #[doc(hidden)]
+    pub const fn new<H: Handler + Default>() -> Self {
+        Registration {
+            register: register::<H>,
+        }
+    }
+}
+
+fn register<H: Handler + Default>(builder: EventBusBuilder) -> EventBusBuilder {
+    builder.handler(H::default())
+}
+
+inventory::collect!(Registration);

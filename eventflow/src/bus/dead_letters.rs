@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use uuid::Uuid;
 
-use super::{worker, EventBus, Shared};
+use super::event_bus::EventBus;
+use super::member;
+use super::shared::Shared;
 use crate::codec;
 use crate::dead_letter::{DeadLetter, Replayed};
 use crate::relay::Relay;
@@ -161,7 +163,7 @@ async fn replay_one(shared: &std::sync::Arc<Shared>, mut letter: DeadLetter) -> 
                 ),
             }
         })?;
-        shared.publish_envelope(letter.envelope).await?;
+        shared.outgoing.publish_envelope(letter.envelope).await?;
         shared.dead_letters.take(id).await?;
         return Ok(true);
     }
@@ -171,7 +173,7 @@ async fn replay_one(shared: &std::sync::Arc<Shared>, mut letter: DeadLetter) -> 
             letter.group
         ))
     })?;
-    worker::replay(shared, group, letter).await
+    member::replay(shared, group, letter).await
 }
 
 /// After `head` was handled or discarded: handles, in order, the letters of its key parked

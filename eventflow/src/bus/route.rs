@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use crate::codec::Codec;
-use crate::context::StateMap;
-use crate::handler::{BoxFuture, Handler, HandlerOptions};
+use crate::future::BoxFuture;
+use crate::handler::{Handler, HandlerOptions};
+use crate::state::StateMap;
 use crate::upcast;
 use crate::{BoxError, Context, Envelope, Error, Event};
 

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{Group, Shared};
+use super::shared::{Group, Shared};
 use crate::dead_letter::DeadLetter;
 use crate::Envelope;
 
@@ -34,7 +34,7 @@ impl Parking {
         if !group.sequenced {
             return Some(None);
         }
-        let heads = super::worker::with_retries(
+        let heads = super::member::with_retries(
             shared,
             shutdown,
             "reading the keys of sequenced dead letters",

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use super::{EventBus, Shared};
+use super::event_bus::EventBus;
+use super::shared::Shared;
 use crate::Error;
 
 impl EventBus {

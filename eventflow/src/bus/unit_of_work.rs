@@ -2,8 +2,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::Shared;
 use crate::aggregate::EventSet;
+use crate::outgoing::Outgoing;
 use crate::store::{ExpectedVersion, Transaction};
 use crate::{Error, Event};
 
@@ -29,17 +29,17 @@ use crate::{Error, Event};
 /// ```
 pub struct UnitOfWork {
     tx: Box<dyn Transaction>,
-    shared: Arc<Shared>,
+    outgoing: Arc<Outgoing>,
 }
 
 impl UnitOfWork {
-    pub(crate) fn new(tx: Box<dyn Transaction>, shared: Arc<Shared>) -> Self {
-        UnitOfWork { tx, shared }
+    pub(crate) fn new(tx: Box<dyn Transaction>, outgoing: Arc<Outgoing>) -> Self {
+        UnitOfWork { tx, outgoing }
     }
 
     /// Puts an event in the outbox; it is delivered after the commit. Returns its id.
     pub async fn publish<E: Event>(&mut self, event: &E) -> Result<Uuid, Error> {
-        let envelope = self.shared.envelope(event, None)?;
+        let envelope = self.outgoing.envelope(event, None)?;
         let id = envelope.id;
         self.tx.enqueue(&[envelope]).await?;
         Ok(id)
@@ -56,7 +56,7 @@ impl UnitOfWork {
     ) -> Result<u64, Error> {
         let envelopes = events
             .iter()
-            .map(|e| e.envelope(self.shared.codec()))
+            .map(|e| e.envelope(self.outgoing.codec()))
             .collect::<Result<Vec<_>, _>>()?;
         let version = self.tx.append(stream, expected, &envelopes).await?;
         self.tx.enqueue(&envelopes).await?;

@@ -67,12 +67,11 @@
 //! ```
 
 mod handle;
-mod runner;
+pub(crate) mod runner;
 
 use std::future::Future;
 
 pub use handle::{Phase, Progress, ProjectionHandle};
-pub(crate) use runner::Starter;
 
 use crate::store::{StoredEvent, Transaction};
 use crate::{BoxError, Error, Event};

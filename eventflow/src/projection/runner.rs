@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::handle::{Command, Phase, Progress, ProjectionHandle};
 use super::{checkpoint_name, Projection};
-use crate::handler::BoxFuture;
+use crate::future::BoxFuture;
 use crate::retry::Backoff;
 use crate::store::{Storage, StoredEvent};
 use crate::Error;

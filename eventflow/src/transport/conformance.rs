@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Consumer, Record, Transport};
-use crate::handler::{BoxFuture, Handler, HandlerOptions};
+use crate::future::BoxFuture;
+use crate::handler::{Handler, HandlerOptions};
 use crate::{Backoff, BoxError, Context, Envelope, Event, EventBus};
 
 /// Runs every guarantee of the suite as its own `#[tokio::test]`, each on a transport made

@@ -1,0 +1,123 @@
+//! Decide once, then run: what a member knows before its first record. Which path a
+//! group's events take through their handler (plain, inbox-guarded, own unit of work,
+//! shared unit of work, broker transaction) depends only on the bus's storage, the
+//! handler and the member's consumer, so it is chosen once per route when the member
+//! starts, as a [`Delivery`], and each record only looks its route's up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::super::sequenced::Parking;
+use super::super::shared::{Group, GroupRoute, Shared};
+use crate::transport::Transport;
+use crate::Envelope;
+
+/// The path an event takes through its handler, in one member of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// No storage and no broker transaction: the handler runs, the offset commit is the
+    /// only record of it (at least once).
+    Plain,
+    /// A handler without `Tx` on a bus with storage: the inbox skips the events processed
+    /// before (one query per batch) and records the handled ones before their commit.
+    InboxGuarded,
+    /// A handler taking `Tx` on storage whose units of work have no savepoints: each
+    /// attempt in a unit of work of its own, with its inbox marker and follow-ups.
+    OwnUnit,
+    /// A handler taking `Tx` on storage with savepoints: the first attempts of consecutive
+    /// events share one unit of work, each in a savepoint (group commit); retries, and a
+    /// storage that turns out to refuse savepoints, go the [`OwnUnit`](Self::OwnUnit) way.
+    SharedUnit,
+    /// The member's consumer handles its batches in a broker transaction: its follow-ups
+    /// go out in that transaction, which also takes the inbox's place (an aborted batch
+    /// is handled again, so nothing is marked processed).
+    BrokerTransaction,
+}
+
+impl Delivery {
+    /// The path of `route`'s events on a bus with `storage` or not, in a member whose
+    /// consumer publishes in a broker transaction or not.
+    fn decide(route: &GroupRoute, storage: bool, broker_transaction: bool) -> Delivery {
+        match (route.route.transactional(), storage, broker_transaction) {
+            // `start()` refuses `Tx` in a broker transaction; were it let through, its
+            // unit of work would still hold its marker and follow-ups.
+            (true, true, _) if broker_transaction => Delivery::OwnUnit,
+            (true, true, _) => Delivery::SharedUnit,
+            // `start()` refuses `Tx` without storage; the handler would be told so.
+            (true, false, false) => Delivery::Plain,
+            (_, _, true) => Delivery::BrokerTransaction,
+            (false, true, false) => Delivery::InboxGuarded,
+            (false, false, false) => Delivery::Plain,
+        }
+    }
+
+    /// Whether each attempt runs in a unit of work holding its inbox marker.
+    pub(super) fn in_unit_of_work(self) -> bool {
+        matches!(self, Delivery::OwnUnit | Delivery::SharedUnit)
+    }
+}
+
+/// An event's handler in this member, with the path its events take.
+#[derive(Clone, Copy)]
+pub(super) struct Routed<'a> {
+    pub(super) route: &'a GroupRoute,
+    pub(super) delivery: Delivery,
+}
+
+/// One member of a consumer group: the bus, the group, the consumer's transactional
+/// publisher and the delivery decision of each of the group's routes.
+pub(super) struct Member {
+    pub(super) shared: Arc<Shared>,
+    pub(super) group: Arc<Group>,
+    /// The consumer's publisher when it handles its batches in a broker transaction: the
+    /// follow-ups and the transport's copy of dead letters go through it.
+    pub(super) publisher: Option<Arc<dyn Transport>>,
+    /// By event name, in the order of the group's routes of that name.
+    deliveries: HashMap<&'static str, Vec<Delivery>>,
+}
+
+impl Member {
+    pub(super) fn new(shared: Arc<Shared>, group: Arc<Group>, publisher: Option<Arc<dyn Transport>>) -> Self {
+        let storage = shared.storage.is_some();
+        let deliveries = group
+            .routes
+            .iter()
+            .map(|(name, versions)| {
+                let decided = versions
+                    .iter()
+                    .map(|route| Delivery::decide(route, storage, publisher.is_some()))
+                    .collect();
+                (*name, decided)
+            })
+            .collect();
+        Member {
+            shared,
+            group,
+            publisher,
+            deliveries,
+        }
+    }
+
+    /// The handler for `envelope` (see [`Group::route_at`]) and its path; `None` if the group
+    /// has none for its event.
+    pub(super) fn route(&self, envelope: &Envelope) -> Option<Routed<'_>> {
+        let (index, route) = self.group.route_at(envelope)?;
+        let delivery = self.deliveries[&*envelope.name][index];
+        Some(Routed { route, delivery })
+    }
+
+    /// The transport dead letters' copies go to: the consumer's transaction, if it has one.
+    pub(super) fn dead_letter_transport(&self) -> &Arc<dyn Transport> {
+        self.publisher.as_ref().unwrap_or(&self.shared.transport)
+    }
+}
+
+/// What handling one partition's records of a batch needs beside its [`Member`]: the
+/// shutdown signal, and the keys parked in a group with sequenced dead letters.
+pub(super) struct Lane<'a> {
+    pub(super) member: &'a Member,
+    pub(super) shutdown: watch::Receiver<bool>,
+    pub(super) parking: Option<&'a Parking>,
+}
