@@ -380,7 +380,7 @@ impl Feed {
     /// Positions the feed from the saved position, or for a scan if there is none or it
     /// cannot be resumed from.
     async fn resume(&mut self, store: &MongoStore) -> Result<(), Error> {
-        let saved = eventflow::store::Storage::checkpoint(store, OUTBOX_POSITION_CHECKPOINT).await?;
+        let saved = eventflow::store::CheckpointStore::checkpoint(store, OUTBOX_POSITION_CHECKPOINT).await?;
         let Some(saved) = saved else {
             tracing::info!("no saved outbox relay position: scanning the outbox, then streaming");
             self.rescan(0);

@@ -347,7 +347,7 @@ impl Transaction for MongoTransaction {
         }
         // The unique index decides at commit; this only spares a handler whose event was
         // processed already.
-        if eventflow::store::Storage::is_processed(&self.store, group, event_id).await? {
+        if eventflow::store::InboxStore::is_processed(&self.store, group, event_id).await? {
             return Ok(false);
         }
         self.markers.push((group.to_owned(), event_id));
