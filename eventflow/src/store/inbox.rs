@@ -54,12 +54,13 @@ pub trait InboxStore: Send + Sync {
     /// and restarted). Backends delete in short transactions, so pruning never holds up
     /// handlers for long.
     ///
-    /// The default fails with [`Error::Config`]: a backend that cannot prune keeps every
-    /// marker, and the bus says so in its log once.
+    /// The default fails with [`Error::Unsupported`]: a backend that cannot prune keeps
+    /// every marker, and the bus says so in its log once.
     async fn prune_inbox(&self, before: SystemTime) -> Result<u64, Error> {
         let _ = before;
-        Err(Error::Config(
-            "this storage backend cannot prune its inbox (`InboxStore::prune_inbox`); its markers are kept"
+        Err(Error::Unsupported(
+            "this storage backend cannot prune its inbox (`InboxStore::prune_inbox`), so its markers \
+             are kept; implement `prune_inbox`, or use MemoryStore, SqliteStore or MongoStore, which prune"
                 .into(),
         ))
     }

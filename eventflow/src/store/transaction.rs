@@ -43,7 +43,7 @@ pub trait Transaction: Send + Any {
     /// the checkpoint since it was read. A projection saves its position this way, with its
     /// own writes, so each event counts exactly once across crashes and concurrent runners.
     ///
-    /// The default fails with [`Error::Config`]: the backend cannot run projections.
+    /// The default fails with [`Error::Unsupported`]: the backend cannot run projections.
     async fn save_checkpoint(
         &mut self,
         name: &str,
@@ -51,7 +51,7 @@ pub trait Transaction: Send + Any {
         value: &str,
     ) -> Result<(), Error> {
         let _ = (previous, value);
-        Err(Error::Config(format!(
+        Err(Error::Unsupported(format!(
             "this storage backend cannot save checkpoint `{name}` inside a unit of work \
              (`Transaction::save_checkpoint`), so it cannot run projections; use MemoryStore, \
              SqliteStore or MongoStore, or implement it"
@@ -72,10 +72,13 @@ pub trait Transaction: Send + Any {
         Ok(false)
     }
 
-    /// Undoes everything written since the innermost open savepoint, and closes it.
+    /// Undoes everything written since the innermost open savepoint, and closes it. The
+    /// default fails with [`Error::Unsupported`], as a backend without savepoints has none open.
     async fn rollback_to_savepoint(&mut self) -> Result<(), Error> {
-        Err(Error::Config(
-            "this storage backend has no savepoints (its `Transaction::savepoint` returns false)".into(),
+        Err(Error::Unsupported(
+            "this storage backend has no savepoints (its `Transaction::savepoint` returns false); \
+             check `savepoint()` before rolling back to one, or give each handler a unit of work of its own"
+                .into(),
         ))
     }
 
