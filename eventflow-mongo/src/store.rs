@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use eventflow::store::{OutboxEntry, SnapshotStore, Storage, StoredEvent, Transaction};
+use eventflow::store::{
+    CheckpointStore, EventStore, InboxStore, OutboxEntry, OutboxStore, SnapshotStore, Storage, StoredEvent,
+    Transaction,
+};
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -32,7 +35,7 @@ pub const DEFAULT_URI: &str = "mongodb://127.0.0.1:27017/?directConnection=true"
 /// follows a change stream. Clones share one client and its connection pool.
 ///
 /// ```no_run
-/// use eventflow::store::Storage;
+/// use eventflow::store::EventStore;
 /// use eventflow_mongo::MongoStore;
 ///
 /// # async fn example() -> Result<(), eventflow::Error> {
@@ -47,7 +50,7 @@ pub const DEFAULT_URI: &str = "mongodb://127.0.0.1:27017/?directConnection=true"
 ///
 /// # Numbering in commit order, and what it costs
 ///
-/// Event positions ([`read_all`](Storage::read_all)) and outbox sequences must increase in
+/// Event positions ([`read_all`](eventflow::store::EventStore::read_all)) and outbox sequences must increase in
 /// commit order, with no gaps a reader could skip. A unit of work that appends or enqueues
 /// takes its numbers from one counter document, incremented inside its transaction, just
 /// before the commit, so such units of work commit one at a time:
@@ -215,11 +218,7 @@ fn stored_event(doc: &Document) -> Result<StoredEvent, Error> {
 }
 
 #[async_trait]
-impl Storage for MongoStore {
-    async fn begin(&self) -> Result<Box<dyn Transaction>, Error> {
-        Ok(Box::new(MongoTransaction::begin(self.inner.clone()).await?))
-    }
-
+impl EventStore for MongoStore {
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<StoredEvent>, Error> {
         let cursor = self
             .inner
@@ -254,6 +253,13 @@ impl Storage for MongoStore {
         docs.iter().map(stored_event).collect()
     }
 
+    async fn head_position(&self) -> Result<Option<u64>, Error> {
+        crate::checkpoints::head_position(&self.inner).await.map(Some)
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MongoStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -279,7 +285,10 @@ impl Storage for MongoStore {
     fn commit_signal(&self) -> watch::Receiver<u64> {
         self.inner.commits.subscribe()
     }
+}
 
+#[async_trait]
+impl InboxStore for MongoStore {
     async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error> {
         crate::inbox::is_processed(&self.inner, group, event_id).await
     }
@@ -327,15 +336,10 @@ impl Storage for MongoStore {
             }
         }
     }
+}
 
-    async fn head_position(&self) -> Result<Option<u64>, Error> {
-        crate::checkpoints::head_position(&self.inner).await.map(Some)
-    }
-
-    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
-        Some(self)
-    }
-
+#[async_trait]
+impl CheckpointStore for MongoStore {
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {
         crate::checkpoints::read(&self.inner, name).await
     }
@@ -348,6 +352,17 @@ impl Storage for MongoStore {
             .await
             .map_err(|e| backend("saving a checkpoint", e))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for MongoStore {
+    async fn begin(&self) -> Result<Box<dyn Transaction>, Error> {
+        Ok(Box::new(MongoTransaction::begin(self.inner.clone()).await?))
+    }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
     }
 }
 

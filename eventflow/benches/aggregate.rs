@@ -16,7 +16,7 @@
 //!   whose snapshot is at the stream's last version, so the load reads the snapshot and
 //!   finds no event after it;
 //! - **snapshot + 999**: its snapshot 999 events back, so the load applies 999 events after it;
-//! - **read_stream only**: the raw floor of the first, `Storage::read_stream` of the whole
+//! - **read_stream only**: the raw floor of the first, `EventStore::read_stream` of the whole
 //!   stream without decoding.
 
 use std::time::Instant;

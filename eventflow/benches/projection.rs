@@ -10,7 +10,7 @@
 //! unit of work, on a temporary SQLite file (WAL, `synchronous = NORMAL`) and in memory.
 //! Side by side, `PROJECTION_ROUNDS` (5) rounds alternating the sides, medians printed:
 //!
-//! - **read_all loop**: `Storage::read_all` from 0 in pages of 500 until the end, counting
+//! - **read_all loop**: `EventStore::read_all` from 0 in pages of 500 until the end, counting
 //!   the events: what any reader of the store does at best;
 //! - **projection**: a projection with batches of 500 that counts each event, rebuilt from
 //!   position 0 (`ProjectionHandle::rebuild`, the checkpoint moved back in one unit of work)

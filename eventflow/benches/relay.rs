@@ -29,7 +29,7 @@
 //!   difference, in the bus's usual setup (inbox guard on).
 //! - **P5, the inbox guard's cost** (target at most 10%). `RELAY_P5_EVENTS` (50,000) events
 //!   published with `bus.publish` to one group: (a) on a bus without storage, (b) on a bus
-//!   with the store, so the inbox guards the handler (`Storage::processed` for each polled
+//!   with the store, so the inbox guards the handler (`InboxStore::processed` for each polled
 //!   batch before, `mark_all_processed` after, written while the next batch is handled and
 //!   before the batch's offset commit); (c0) a handler that inserts one row in a unit of
 //!   work of its own, without guard, and (c) the same insert from a `Tx` handler, whose
@@ -56,7 +56,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventflow::store::{rusqlite, SqliteStore, SqliteTransaction, Storage};
+use eventflow::store::{rusqlite, InboxStore, SqliteStore, SqliteTransaction, Storage};
 use eventflow::transport::Transport;
 use eventflow::{subscribe, BoxError, Envelope, Event, EventBus, InProcess, Relay, State, Tx};
 use rusqlite::{params, Connection};

@@ -126,6 +126,14 @@ pub enum Error {
     #[error("invalid event bus configuration: {0}")]
     Config(String),
 
+    /// The storage backend or transport cannot do what was asked: a backend that cannot
+    /// prune its inbox, save a checkpoint inside a unit of work or keep savepoints, a
+    /// transport that cannot tell when its groups have settled. The message says what to use
+    /// instead. Code that can do without it (the bus keeping inbox markers it cannot prune)
+    /// matches on this variant.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+
     /// A handler asked for something the bus cannot give it.
     #[error("handler `{handler}` cannot run: {reason}")]
     Extract {

@@ -228,7 +228,7 @@ pub use relay_settings::RelaySettings;
 pub use retry::Backoff;
 pub use signal::shutdown_signal;
 pub use state::StateMap;
-pub use store::{MemoryStore, Storage};
+pub use store::{CheckpointStore, EventStore, InboxStore, MemoryStore, OutboxStore, Storage};
 pub use transport::InProcess;
 pub use tx::{TransactionType, Tx, TxGuard};
 pub use upcast::{decode, decode_with};

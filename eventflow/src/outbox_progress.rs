@@ -8,7 +8,7 @@ use tokio::sync::watch;
 /// How far a relay has brought the entries committed to its store's outbox to the
 /// transport.
 ///
-/// Commits are counted by the store's [`commit_signal`](crate::Storage::commit_signal); the
+/// Commits are counted by the store's [`commit_signal`](crate::store::OutboxStore::commit_signal); the
 /// relay reports the count up to which every committed entry has been handed to the
 /// transport and, for a transport that is not durable, handled by every group. A relay
 /// that has stopped reports nothing more, and one that stands by while another relay holds

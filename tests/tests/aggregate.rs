@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use eventflow::store::SqliteStore;
+use eventflow::store::{EventStore, SqliteStore};
 use eventflow::{subscribe, Aggregate, Error, Event, EventBus, InProcess, MemoryStore, State, Storage};
 use eventflow_tests::{remove_db, temp_db, within};
 use serde::{Deserialize, Serialize};

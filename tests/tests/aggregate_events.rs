@@ -5,9 +5,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
-use eventflow::store::SqliteStore;
+use eventflow::store::{EventStore, SqliteStore};
 use eventflow::testing::AggregateTest;
-use eventflow::{subscribe, Aggregate, Event, EventBus, EventSet, InProcess, Loaded, State, Storage};
+use eventflow::{subscribe, Aggregate, Event, EventBus, EventSet, InProcess, Loaded, State};
 use eventflow_tests::{eventually, remove_db, temp_db};
 use serde::{Deserialize, Serialize};
 

@@ -6,7 +6,9 @@ mod mongo_support;
 
 use std::time::Duration;
 
-use eventflow::store::{ExpectedVersion, Storage, Transaction};
+use eventflow::store::{
+    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxStore, Storage, Transaction,
+};
 use eventflow::Envelope;
 use eventflow_mongo::mongodb::bson::{doc, Document};
 use eventflow_mongo::{CollectionNames, MongoStore, MongoTransaction};

@@ -6,7 +6,7 @@ mod mongo_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventflow::store::Storage;
+use eventflow::store::CheckpointStore;
 use eventflow::{subscribe, Context, Event, EventBus, InProcess, State};
 use eventflow_mongo::mongodb::bson::{doc, Document};
 use eventflow_mongo::{ChangeCapture, ChangeOperation, DocumentChange, MongoStore, Snapshot};

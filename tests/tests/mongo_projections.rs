@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use eventflow::projection::Phase;
-use eventflow::store::{ExpectedVersion, Storage};
+use eventflow::store::{EventStore, ExpectedVersion, Storage};
 use eventflow::{Envelope, EventBus};
 use eventflow_mongo::mongodb::bson::{doc, Document};
 use eventflow_mongo::MongoStore;

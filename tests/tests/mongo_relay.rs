@@ -8,7 +8,7 @@ mod mongo_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventflow::store::Storage;
+use eventflow::store::{CheckpointStore, InboxStore, Storage};
 use eventflow::{subscribe, Envelope, EventBus, InProcess, Relay, State, Tx};
 use eventflow_mongo::mongodb::bson::{doc, Document};
 use eventflow_mongo::{MongoStore, MongoTransaction, OUTBOX_POSITION_CHECKPOINT};

@@ -190,7 +190,7 @@ async fn ledger(event: OrderPaid, tx: eventflow::Tx, State(fail): State<FailOnce
 
 #[tokio::test]
 async fn a_transactional_handler_s_writes_and_marker_commit_together() {
-    use eventflow::Storage;
+    use eventflow::store::{EventStore, InboxStore};
     let transport = InProcess::new();
     let store = MemoryStore::new();
     let bus = EventBus::builder()
@@ -331,7 +331,7 @@ async fn an_unreadable_outbox_row_is_dead_lettered_and_the_relay_goes_on() {
 
 #[tokio::test]
 async fn the_inbox_forgets_markers_after_the_retention() {
-    use eventflow::Storage;
+    use eventflow::store::InboxStore;
     let transport = InProcess::new();
     let store = MemoryStore::new();
     let recorder = Recorder::default();

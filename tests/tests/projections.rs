@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use eventflow::projection::Phase;
-use eventflow::store::{rusqlite, ExpectedVersion, SqliteStore, Storage};
+use eventflow::store::{rusqlite, CheckpointStore, EventStore, ExpectedVersion, SqliteStore, Storage};
 use eventflow::{Envelope, EventBus};
 use eventflow_tests::projections::{SqliteCount, SQLITE_TABLE};
 use eventflow_tests::{remove_db, temp_db, within};

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use eventflow::store::{ExpectedVersion, SqliteStore, SqliteTransaction, Storage, Transaction};
+use eventflow::store::{
+    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxStore, SqliteStore, SqliteTransaction,
+    Storage, Transaction,
+};
 use eventflow::Envelope;
 use eventflow_tests::{remove_db, temp_db};
 

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use eventflow::store::{rusqlite, SqliteStore, SqliteTransaction, Storage, Transaction};
+use eventflow::store::{rusqlite, InboxStore, SqliteStore, SqliteTransaction, Storage, Transaction};
 use eventflow::{subscribe, Event, EventBus, InProcess, State, Tx};
 use eventflow_tests::{remove_db, temp_db, within, OrderPaid};
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use eventflow::store::{ExpectedVersion, SqliteStore};
+use eventflow::store::{EventStore, ExpectedVersion, SqliteStore};
 use eventflow::upcast::UpcastError;
 use eventflow::{
     subscribe, Aggregate, Envelope, Error, Event, EventBus, EventSet, InProcess, State, Storage,

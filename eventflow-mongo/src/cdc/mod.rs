@@ -6,7 +6,7 @@ mod position;
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventflow::store::Storage;
+use eventflow::store::CheckpointStore;
 use eventflow::transport::Transport;
 use eventflow::{Envelope, Error};
 use futures_util::StreamExt;

@@ -161,7 +161,7 @@ impl EventBusBuilder {
     /// A copy of an event that arrives later than this is handled again, so keep it well
     /// above the longest time a copy can take: a relay or consumer that was down and
     /// restarted redelivers what it had not recorded as done. The bus prunes older markers
-    /// in the background ([`Storage::prune_inbox`]); `Duration::MAX` keeps them forever.
+    /// in the background ([`InboxStore::prune_inbox`](crate::store::InboxStore::prune_inbox)); `Duration::MAX` keeps them forever.
     pub fn inbox_retention(mut self, retention: Duration) -> Self {
         self.inbox_retention = retention;
         self

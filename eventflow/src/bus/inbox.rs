@@ -34,7 +34,7 @@ pub(super) async fn prune(
         match storage.prune_inbox(before).await {
             Ok(0) => {}
             Ok(pruned) => tracing::debug!(pruned, ?retention, "pruned the inbox"),
-            Err(Error::Config(reason)) => {
+            Err(Error::Unsupported(reason)) => {
                 tracing::warn!(%reason, "the inbox is not pruned");
                 return;
             }

@@ -41,7 +41,7 @@ impl EventBus {
     /// [`Transport::until_settled`](crate::transport::Transport::until_settled): the
     /// in-process transport tells exactly, Kafka from the groups' committed offsets against
     /// the ends of their partitions taken at the call; a transport that cannot tell makes it
-    /// fail with [`Error::Config`]. If another relay (another process or bus on the same store) holds
+    /// fail with [`Error::Unsupported`]. If another relay (another process or bus on the same store) holds
     /// the outbox lease, the entries it delivers are not waited for. Fails with
     /// [`Error::Closed`] once the bus has shut down.
     pub async fn settled(&self) -> Result<(), Error> {
@@ -94,7 +94,7 @@ impl Shared {
         }
         match self.transport.until_settled(&groups) {
             Some(settled) => settled.await,
-            None if strict => Err(Error::Config(
+            None if strict => Err(Error::Unsupported(
                 "this bus's transport cannot tell when its groups have handled an event \
                  (`Transport::until_settled` returns None); wait on the broker's consumer lag \
                  instead"

@@ -32,7 +32,7 @@ pub struct Progress {
     /// The position of the last event it applied and committed (its checkpoint).
     pub position: u64,
     /// The position of the newest event in the store when it last looked, if the backend
-    /// tells ([`Storage::head_position`](crate::Storage::head_position)).
+    /// tells ([`EventStore::head_position`](crate::store::EventStore::head_position)).
     pub head: Option<u64>,
     /// Events applied since the current catch-up or rebuild began (the last one's, once
     /// live).

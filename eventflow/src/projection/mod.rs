@@ -3,7 +3,7 @@
 //! A [`Projection`] is declared as easily as a handler: a name and an `apply` that writes
 //! one event's effect through the unit of work it is given. Registered with
 //! [`EventBusBuilder::projection`](crate::EventBusBuilder::projection), it reads the store
-//! from its checkpoint ([`Storage::read_all`](crate::Storage::read_all)), catches up, then
+//! from its checkpoint ([`EventStore::read_all`](crate::store::EventStore::read_all)), catches up, then
 //! follows new commits as they happen, woken by the store's commit signal. Its writes and
 //! its checkpoint commit in one unit of work
 //! ([`Transaction::save_checkpoint`]), so each

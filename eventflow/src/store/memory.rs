@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    ExpectedVersion, OutboxEntry, OutboxLease, SnapshotStore, Storage, StoredEvent, StoredSnapshot,
-    Transaction,
+    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxEntry, OutboxLease, OutboxStore,
+    SnapshotStore, Storage, StoredEvent, StoredSnapshot, Transaction,
 };
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
@@ -253,18 +253,7 @@ impl Transaction for MemoryTransaction {
 }
 
 #[async_trait]
-impl Storage for MemoryStore {
-    async fn begin(&self) -> Result<Box<dyn Transaction>, Error> {
-        Ok(Box::new(MemoryTransaction {
-            store: self.clone(),
-            appends: Vec::new(),
-            outbox: Vec::new(),
-            markers: Vec::new(),
-            checkpoints: Vec::new(),
-            savepoints: Vec::new(),
-        }))
-    }
-
+impl EventStore for MemoryStore {
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<StoredEvent>, Error> {
         let data = self.data();
         Ok(data
@@ -286,6 +275,13 @@ impl Storage for MemoryStore {
             .collect())
     }
 
+    async fn head_position(&self) -> Result<Option<u64>, Error> {
+        Ok(Some(self.data().events.len() as u64))
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MemoryStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -343,7 +339,10 @@ impl Storage for MemoryStore {
     fn commit_signal(&self) -> watch::Receiver<u64> {
         self.inner.commits.subscribe()
     }
+}
 
+#[async_trait]
+impl InboxStore for MemoryStore {
     async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error> {
         Ok(self.data().inbox.contains_key(&(group.to_owned(), event_id)))
     }
@@ -364,22 +363,35 @@ impl Storage for MemoryStore {
         data.inbox.retain(|_, processed_at| *processed_at >= before);
         Ok((kept - data.inbox.len()) as u64)
     }
+}
 
+#[async_trait]
+impl CheckpointStore for MemoryStore {
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {
         Ok(self.data().checkpoints.get(name).cloned())
-    }
-
-    async fn head_position(&self) -> Result<Option<u64>, Error> {
-        Ok(Some(self.data().events.len() as u64))
-    }
-
-    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
-        Some(self)
     }
 
     async fn save_checkpoint(&self, name: &str, value: &str) -> Result<(), Error> {
         self.data().checkpoints.insert(name.to_owned(), value.to_owned());
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStore {
+    async fn begin(&self) -> Result<Box<dyn Transaction>, Error> {
+        Ok(Box::new(MemoryTransaction {
+            store: self.clone(),
+            appends: Vec::new(),
+            outbox: Vec::new(),
+            markers: Vec::new(),
+            checkpoints: Vec::new(),
+            savepoints: Vec::new(),
+        }))
+    }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
     }
 }
 

@@ -36,7 +36,10 @@ use uuid::Uuid;
 mod checkpoints;
 mod snapshots;
 
-use super::{ExpectedVersion, OutboxEntry, OutboxLease, SnapshotStore, Storage, StoredEvent, Transaction};
+use super::{
+    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxEntry, OutboxLease, OutboxStore,
+    SnapshotStore, Storage, StoredEvent, Transaction,
+};
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
 
@@ -171,7 +174,7 @@ const DEAD_LETTER_COLUMNS: &str = concat!(
 /// its fsync and survive those too, at the cost of slower commits.
 ///
 /// ```no_run
-/// use eventflow::store::{SqliteStore, Storage};
+/// use eventflow::store::{EventStore, SqliteStore};
 ///
 /// # async fn example() -> Result<(), eventflow::Error> {
 /// let store = SqliteStore::open("app.db").await?;
@@ -693,22 +696,7 @@ fn insert_marker(connection: &Connection, group: &str, event_id: Uuid) -> rusqli
 }
 
 #[async_trait]
-impl Storage for SqliteStore {
-    async fn begin(&self) -> Result<Box<dyn Transaction>, Error> {
-        let writer = self.lock_writer().await?;
-        let inner = self.inner.clone();
-        let writer = run_blocking(move || {
-            writer.begin(&inner)?;
-            Ok(writer)
-        })
-        .await?;
-        Ok(Box::new(SqliteTransaction {
-            writer,
-            inner: self.inner.clone(),
-            wrote_events: false,
-        }))
-    }
-
+impl EventStore for SqliteStore {
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<StoredEvent>, Error> {
         let stream = stream.to_owned();
         self.read("reading a stream", move |connection| {
@@ -730,6 +718,19 @@ impl Storage for SqliteStore {
         .await
     }
 
+    async fn head_position(&self) -> Result<Option<u64>, Error> {
+        self.read("reading the newest event's position", |connection| {
+            let head: i64 = connection
+                .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
+                .query_row([], |row| row.get(0))?;
+            Ok(Some(head as u64))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -846,7 +847,10 @@ impl Storage for SqliteStore {
     fn commit_signal(&self) -> watch::Receiver<u64> {
         self.inner.commits.subscribe()
     }
+}
 
+#[async_trait]
+impl InboxStore for SqliteStore {
     async fn is_processed(&self, group: &str, event_id: Uuid) -> Result<bool, Error> {
         let group = group.to_owned();
         self.read("reading the inbox", move |connection| {
@@ -932,7 +936,10 @@ impl Storage for SqliteStore {
             }
         }
     }
+}
 
+#[async_trait]
+impl CheckpointStore for SqliteStore {
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {
         let name = name.to_owned();
         self.read("reading a checkpoint", move |connection| {
@@ -942,20 +949,6 @@ impl Storage for SqliteStore {
                 .optional()
         })
         .await
-    }
-
-    async fn head_position(&self) -> Result<Option<u64>, Error> {
-        self.read("reading the newest event's position", |connection| {
-            let head: i64 = connection
-                .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
-                .query_row([], |row| row.get(0))?;
-            Ok(Some(head as u64))
-        })
-        .await
-    }
-
-    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
-        Some(self)
     }
 
     async fn save_checkpoint(&self, name: &str, value: &str) -> Result<(), Error> {
@@ -972,6 +965,28 @@ impl Storage for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStore {
+    async fn begin(&self) -> Result<Box<dyn Transaction>, Error> {
+        let writer = self.lock_writer().await?;
+        let inner = self.inner.clone();
+        let writer = run_blocking(move || {
+            writer.begin(&inner)?;
+            Ok(writer)
+        })
+        .await?;
+        Ok(Box::new(SqliteTransaction {
+            writer,
+            inner: self.inner.clone(),
+            wrote_events: false,
+        }))
+    }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use uuid::Uuid;
 
 use crate::dead_letter::DeadLetter;
-use crate::store::Storage;
+use crate::store::DeadLetterStore;
 
 fn letter(group: &str, key: Option<&str>, n: u32) -> DeadLetter {
     let mut envelope = super::event(key.unwrap_or("none"), n);
@@ -23,7 +23,7 @@ fn letter(group: &str, key: Option<&str>, n: u32) -> DeadLetter {
 
 /// Counting gives each group's letters; purging a group removes its letters and no other
 /// group's; the blocked keys of a group name each key once, with its oldest letter.
-pub async fn dead_letters_are_counted_purged_and_keyed_by_group<S: Storage>(store: &S) {
+pub async fn dead_letters_are_counted_purged_and_keyed_by_group<S: DeadLetterStore + ?Sized>(store: &S) {
     assert!(
         store.counts().await.unwrap().is_empty(),
         "a fresh store has no dead letters"

@@ -1,0 +1,139 @@
+//! The storage conformance suite: one async function per guarantee, run unchanged against
+//! every backend — [`MemoryStore`](super::MemoryStore), SQLite, MongoDB, and yours — in
+//! one module per storage trait.
+//!
+//! Each function takes a fresh, empty store and panics with a message naming the broken
+//! guarantee. [`storage_conformance!`](crate::storage_conformance) turns them into one
+//! `#[tokio::test]` each, the whole suite for a [`Storage`](super::Storage):
+//!
+//! ```
+//! # mod wrapper {
+//! eventflow::storage_conformance!(async { eventflow::store::MemoryStore::new() });
+//! # }
+//! ```
+//!
+//! A backend written trait by trait runs the module of each trait as it goes, naming it
+//! before the store: the dead letters and checkpoints need only their own trait, the rest
+//! write through [`Storage::begin`](super::Storage::begin).
+//!
+//! ```
+//! # mod wrapper {
+//! // Only DeadLetterStore implemented so far:
+//! eventflow::storage_conformance!(dead_letters: async { eventflow::store::MemoryStore::new() });
+//! # }
+//! ```
+//!
+//! | Module | Trait | Macro arm |
+//! |---|---|---|
+//! | [`event_store`] | [`EventStore`](super::EventStore) | `event_store:` |
+//! | [`units_of_work`] | [`Transaction`](super::Transaction) | `units_of_work:` |
+//! | [`outbox`] | [`OutboxStore`](super::OutboxStore) | `outbox:` |
+//! | [`inbox`] | [`InboxStore`](super::InboxStore) | `inbox:` |
+//! | [`dead_letters`] | [`DeadLetterStore`](super::DeadLetterStore) | `dead_letters:` |
+//! | [`checkpoints`] | [`CheckpointStore`](super::CheckpointStore) | `checkpoints:` |
+//! | [`snapshots`] | [`SnapshotStore`](super::SnapshotStore) | `snapshots:` |
+//! | [`projections`] | what a projection needs of all of them | `projections:` |
+
+pub mod checkpoints;
+mod dead_letter_operations;
+pub mod dead_letters;
+pub mod event_store;
+pub mod inbox;
+pub mod outbox;
+pub mod projections;
+pub mod snapshots;
+pub mod units_of_work;
+
+pub use checkpoints::*;
+pub use dead_letters::*;
+pub use event_store::*;
+pub use inbox::*;
+pub use outbox::*;
+pub use projections::*;
+pub use snapshots::*;
+pub use units_of_work::*;
+
+use crate::Envelope;
+
+/// Runs guarantees of the suite as their own `#[tokio::test]`, each on a store made by
+/// `$make` (an expression of a future yielding a fresh store): all of them, or those of one
+/// trait's module when its name comes first (`dead_letters: $make`, see
+/// [`conformance`](crate::store::conformance)).
+#[macro_export]
+macro_rules! storage_conformance {
+    (event_store: $make:expr) => {
+        $crate::storage_conformance!(@tests $make;
+            a_stale_append_is_a_conflict,
+            concurrent_appends_to_one_stream_never_overwrite,
+            read_all_follows_commit_order,
+        );
+    };
+    (units_of_work: $make:expr) => {
+        $crate::storage_conformance!(@tests $make;
+            a_unit_of_work_commits_everything_at_once,
+            a_dropped_unit_of_work_leaves_no_trace,
+            a_savepoint_rolls_back_only_what_followed_it,
+        );
+    };
+    (outbox: $make:expr) => {
+        $crate::storage_conformance!(@tests $make;
+            the_outbox_yields_entries_in_commit_order,
+            only_one_relay_claims_the_outbox_until_its_lease_expires,
+        );
+    };
+    (inbox: $make:expr) => {
+        $crate::storage_conformance!(@tests $make;
+            the_inbox_suppresses_duplicates,
+            pruning_the_inbox_forgets_only_older_markers,
+        );
+    };
+    (dead_letters: $make:expr) => {
+        $crate::storage_conformance!(@tests $make;
+            dead_letters_are_kept_replaced_and_taken,
+            dead_letters_are_counted_purged_and_keyed_by_group,
+        );
+    };
+    (checkpoints: $make:expr) => {
+        $crate::storage_conformance!(@tests $make; checkpoints_are_saved);
+    };
+    (snapshots: $make:expr) => {
+        $crate::storage_conformance!(@tests $make; snapshots_keep_the_newest_of_each_stream);
+    };
+    (projections: $make:expr) => {
+        $crate::storage_conformance!(@tests $make;
+            a_checkpoint_saved_in_a_unit_of_work_commits_with_it,
+            an_append_wakes_the_commit_signal_and_moves_the_head,
+        );
+    };
+    (@tests $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store = $make.await;
+                $crate::store::conformance::$name(&store).await;
+            }
+        )*
+    };
+    ($make:expr) => {
+        $crate::storage_conformance!(event_store: $make);
+        $crate::storage_conformance!(units_of_work: $make);
+        $crate::storage_conformance!(outbox: $make);
+        $crate::storage_conformance!(inbox: $make);
+        $crate::storage_conformance!(dead_letters: $make);
+        $crate::storage_conformance!(checkpoints: $make);
+        $crate::storage_conformance!(snapshots: $make);
+        $crate::storage_conformance!(projections: $make);
+    };
+}
+
+fn event(key: &str, n: u32) -> Envelope {
+    let mut envelope = Envelope::new(
+        "test.happened",
+        1,
+        "conformance",
+        "application/json",
+        format!("{{\"n\":{n}}}"),
+    );
+    envelope.key = Some(key.to_owned());
+    envelope
+}
