@@ -61,7 +61,7 @@ impl Outbox {
     }
 
     /// The next entries for `relay` after `after`, at most `limit`, in commit order and
-    /// under the lease: see [`Storage::claim_outbox`](eventflow::store::Storage::claim_outbox).
+    /// under the lease: see [`OutboxStore::claim_outbox`](eventflow::store::OutboxStore::claim_outbox).
     pub(crate) async fn claim(
         &self,
         relay: &str,
@@ -116,7 +116,7 @@ impl Outbox {
     }
 
     /// Marks `sequences` delivered by `relay`: see
-    /// [`Storage::mark_delivered`](eventflow::store::Storage::mark_delivered).
+    /// [`OutboxStore::mark_delivered`](eventflow::store::OutboxStore::mark_delivered).
     pub(crate) async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error> {
         let mut feed = self.feed.lock().await;
         feed.mark_delivered(&self.inner, &self.feed, &self.cleaner, relay, sequences)
@@ -124,7 +124,7 @@ impl Outbox {
     }
 
     /// Gives `relay`'s lease up, with what it delivered: see
-    /// [`Storage::release_outbox`](eventflow::store::Storage::release_outbox).
+    /// [`OutboxStore::release_outbox`](eventflow::store::OutboxStore::release_outbox).
     pub(crate) async fn release(&self, relay: &str) -> Result<(), Error> {
         let reached = {
             let mut feed = self.feed.lock().await;
