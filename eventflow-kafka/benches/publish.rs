@@ -61,7 +61,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventflow::{subscribe, EventBus, State};
-use eventflow_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+use eventflow_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use eventflow_kafka::rdkafka::client::DefaultClientContext;
 use eventflow_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use eventflow_kafka::rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -89,6 +89,11 @@ const TARGET_RATIO: f64 = 0.9;
 /// same messages.
 const TARGET_EXTRA_CPU_US: f64 = 1.0;
 const TARGET_CONSUME_RATIO: f64 = 0.8;
+/// Partitions of every side's topic: eventflow creates its topics with them, and the raw
+/// sides create theirs the same way before the clock starts (a topic the broker creates
+/// on first use gets its `num.partitions`, 1 on a default broker, and a different
+/// partition count batches differently).
+const PARTITIONS: u32 = 8;
 
 #[derive(eventflow::Event, Serialize, Deserialize, Clone, Debug)]
 #[event(name = "bench.happened", topic = "bench")]
@@ -148,6 +153,7 @@ fn kafka(prefix: &str) -> Kafka {
         .into_iter()
         .fold(
             Kafka::builder(brokers())
+                .partitions(PARTITIONS)
                 .topic_prefix(format!("{prefix}."))
                 .group_prefix(format!("{prefix}.")),
             |builder, (key, value)| builder.producer_config(key, value),
@@ -257,6 +263,26 @@ async fn delete_topic(prefix: &str) {
     delete_topics(&[kafka(prefix).kafka_topic("bench")]).await;
 }
 
+/// Creates `topic` as eventflow creates its topics: [`PARTITIONS`] partitions, one
+/// replica.
+async fn create_topic(topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("creating the admin client");
+    let new = NewTopic::new(topic, PARTITIONS as i32, TopicReplication::Fixed(1));
+    let created = admin
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("creating the raw side's topic");
+    for result in created {
+        result.unwrap_or_else(|(topic, code)| panic!("creating topic {topic}: {code}"));
+    }
+}
+
 async fn delete_topics(topics: &[String]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -313,6 +339,12 @@ async fn publish_eventflow(n: usize, prefix: &str) -> Run {
     let events: Vec<Happened> = (0..n).map(event).collect();
     bus.publish(&events[0]).await.unwrap(); // creates the topic, connects
     alloc::trace(bus.publish(&events[1])).await.unwrap();
+    if std::env::var_os("KAFKA_BENCH_FUTURE_SIZE").is_some() {
+        eprintln!(
+            "  a bus.publish future takes {} bytes",
+            std::mem::size_of_val(&bus.publish(&events[0]))
+        );
+    }
     let (start, cpu, allocations) = (Instant::now(), Cpu::now(), alloc::count());
     let results = join_all(events.iter().map(|e| bus.publish(e))).await;
     let run = Run {
@@ -335,6 +367,7 @@ async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
         Side::RawStrict => events.iter().map(|e| serde_json::to_vec(e).unwrap()).collect(),
         _ => Vec::new(),
     };
+    create_topic(&topic).await;
     let first = serde_json::to_vec(&events[0]).unwrap();
     producer
         .send(
@@ -342,7 +375,7 @@ async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
             Duration::from_secs(30),
         )
         .await
-        .expect("publishing"); // creates the topic, connects
+        .expect("publishing"); // connects, learns the partitions
     let headers = side.headers();
     let (start, cpu, allocations) = (Instant::now(), Cpu::now(), alloc::count());
     let results = join_all(events.iter().enumerate().map(|(i, e)| {
@@ -486,6 +519,16 @@ fn main() {
         }
     }
     sides.push(Side::Eventflow);
+    if let Ok(wanted) = std::env::var("KAFKA_BENCH_SIDES") {
+        // For profiling one side: `eventflow`, `headers` (raw fair + eventflow's 2 headers).
+        sides.retain(|side| match side {
+            Side::Eventflow => wanted.contains("eventflow"),
+            Side::RawEventflowHeaders => wanted.contains("headers"),
+            Side::RawStrict => wanted.contains("strict"),
+            Side::RawFair => wanted.contains("fair"),
+            Side::RawLegacyHeaders => wanted.contains("legacy"),
+        });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
