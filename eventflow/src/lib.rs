@@ -195,6 +195,7 @@ mod handler;
 mod outbox_progress;
 pub mod projection;
 mod publish_error;
+mod published;
 mod relay;
 mod relay_settings;
 mod retry;

@@ -27,6 +27,7 @@ use crate::codec::{self, Codec};
 use crate::context::StateMap;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::projection::ProjectionHandle;
+use crate::published::Published;
 use crate::retry::Backoff;
 use crate::store::Storage;
 use crate::transport::Transport;
@@ -279,18 +280,25 @@ impl Shared {
         })
     }
 
-    async fn publish_caused_by<E: Event>(&self, event: &E, cause: Option<&Envelope>) -> Result<Uuid, Error> {
-        let envelope = self.envelope(event, cause)?;
-        self.publish_envelope(envelope).await
+    /// Builds the envelope and hands it to the transport when called, so that the future
+    /// returned is a small [`Published`] rather than one that keeps room for envelopes.
+    fn publish_caused_by<E: Event>(&self, event: &E, cause: Option<&Envelope>) -> Published<'_> {
+        match self.envelope(event, cause) {
+            Ok(envelope) => self.publish_envelope(envelope),
+            Err(error) => Published::failed(error),
+        }
     }
 
-    async fn publish_envelope(&self, envelope: Envelope) -> Result<Uuid, Error> {
+    /// Hands `envelope` to the transport (or holds it as a follow-up) when called; see
+    /// [`Shared::publish_caused_by`]. Called from the body of an async fn being polled, so
+    /// that the follow-up task-local is in scope.
+    fn publish_envelope(&self, envelope: Envelope) -> Published<'_> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+            return Published::failed(Error::Closed);
         }
         let id = envelope.id;
         let Some(envelope) = crate::context::hold_as_follow_up(envelope) else {
-            return Ok(id);
+            return Published::held(id);
         };
         let span = tracing::debug_span!(
             "eventflow.publish",
@@ -298,8 +306,7 @@ impl Shared {
             event.name = %envelope.name,
             topic = %envelope.topic,
         );
-        self.transport.publish(envelope).instrument(span).await?;
-        Ok(id)
+        Published::sent(id, self.transport.publish(envelope).instrument(span))
     }
 }
 
