@@ -19,9 +19,15 @@
 //! - **fair + eventflow's 2 headers**: the fair baseline with two headers of the size
 //!   eventflow writes (fixed values), so the same messages go over the wire: what is left
 //!   between it and eventflow is eventflow's own cost, what is between it and the fair
-//!   baseline is what the headers cost librdkafka and the broker.
+//!   baseline is what the headers cost librdkafka and the broker;
+//! - **fair + 2 headers, send_result**: the same messages handed over with `send_result`
+//!   and awaited as the bare `DeliveryFuture`, as eventflow does inside, instead of the
+//!   `send` future (576 bytes per event in flight, with the record and a retry timer; a
+//!   `bus.publish` future takes 96): printed for information, to show whether the size of
+//!   the future a publisher keeps per event in flight matters on this machine.
 //!
-//! Every round runs each side once, on a fresh topic deleted afterwards, in an order that
+//! Every round runs each side once, on a fresh topic of 8 partitions (the raw sides create
+//! theirs as eventflow does) deleted afterwards, in an order that
 //! rotates from round to round; the report gives the medians, the ratios and the CPU time
 //! per event: of this process (all its threads), of the thread that publishes (where
 //! eventflow's own work runs; librdkafka's threads do the rest), and of the broker if
@@ -39,7 +45,11 @@
 //! - `KAFKA_BENCH_ONLY=publish` (or `consume`) runs one half.
 //! - `KAFKA_BENCH_RAW_HEADERS` picks the baselines with headers: `eventflow` (the
 //!   default), `legacy` (the seven one-per-field headers eventflow wrote before),
-//!   `eventflow,legacy`, or `none`.
+//!   `eventflow,legacy`, or `none` (`eventflow` also runs the `send_result` side).
+//! - `KAFKA_BENCH_SIDES=eventflow,headers,...` runs only the sides named (`strict`,
+//!   `fair`, `headers`, `send_result`, `legacy`, `eventflow`), e.g. under a profiler.
+//! - `KAFKA_BENCH_FUTURE_SIZE=1` prints the size of a `bus.publish` future and of a
+//!   `FutureProducer::send` future.
 //! - `KAFKA_BENCH_BROKER_PID=<pid>` also reports the broker process's CPU time per event
 //!   (a broker on this machine), to separate its share from the client's.
 //! - `KAFKA_BENCH_PRODUCER_CONFIG=key=value,...` sets librdkafka properties on the
@@ -206,6 +216,10 @@ enum Side {
     RawFair,
     /// `RawFair` with headers of the size and count eventflow writes.
     RawEventflowHeaders,
+    /// `RawEventflowHeaders` through `send_result` and the bare `DeliveryFuture`, as
+    /// eventflow does, instead of the `send` future: the floor of what a Rust publisher
+    /// on rdkafka can spend.
+    RawEventflowHeadersSendResult,
     /// `RawFair` with the seven one-per-field headers of eventflow's older format.
     RawLegacyHeaders,
 }
@@ -217,6 +231,7 @@ impl Side {
             Side::RawStrict => "raw strict",
             Side::RawFair => "raw fair (JSON in the loop)",
             Side::RawEventflowHeaders => "raw fair + eventflow's 2 headers",
+            Side::RawEventflowHeadersSendResult => "raw fair + 2 headers, send_result",
             Side::RawLegacyHeaders => "raw fair + 7 legacy headers",
         }
     }
@@ -228,7 +243,7 @@ impl Side {
             "00-01a200b216cf7747a687125e9efbca2f-0123456789abcdef-01",
         );
         match self {
-            Side::RawEventflowHeaders => &[
+            Side::RawEventflowHeaders | Side::RawEventflowHeadersSendResult => &[
                 (
                     "eventflow",
                     "1;01a200b216cf7747a687125e9efbca2f;bench.happened;1;1795308000914000000;;;application/json",
@@ -376,6 +391,16 @@ async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
         )
         .await
         .expect("publishing"); // connects, learns the partitions
+    if std::env::var_os("KAFKA_BENCH_FUTURE_SIZE").is_some() {
+        let send = producer.send(
+            FutureRecord::to(&topic).key(&events[0].key).payload(&first),
+            Duration::from_secs(30),
+        );
+        eprintln!(
+            "  a FutureProducer::send future takes {} bytes",
+            std::mem::size_of_val(&send)
+        );
+    }
     let headers = side.headers();
     let (start, cpu, allocations) = (Instant::now(), Cpu::now(), alloc::count());
     let results = join_all(events.iter().enumerate().map(|(i, e)| {
@@ -403,7 +428,22 @@ async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
                     },
                 ));
             }
-            producer.send(record, Duration::from_secs(30)).await
+            if side == Side::RawEventflowHeadersSendResult {
+                let delivery = producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("the producer's queue has room for every event");
+                return delivery
+                    .await
+                    .expect("the producer dropped a delivery")
+                    .map(drop)
+                    .map_err(|(e, _)| e);
+            }
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(drop)
+                .map_err(|(e, _)| e)
         }
     }))
     .await;
@@ -413,7 +453,7 @@ async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
         allocations: (alloc::count() - allocations) as f64 / n as f64,
     };
     for result in results {
-        result.map_err(|(e, _)| e).expect("publishing");
+        result.expect("publishing");
     }
     run
 }
@@ -466,6 +506,10 @@ fn report_publish(sides: &[Side], runs: &[Vec<Run>]) {
             Side::RawEventflowHeaders,
             ", the same messages on the wire: the target's baseline",
         ),
+        (
+            Side::RawEventflowHeadersSendResult,
+            ", the same messages, each future only rdkafka's DeliveryFuture",
+        ),
         (Side::RawStrict, ", no headers, payloads encoded before the clock"),
         (Side::RawFair, ", no headers"),
         (Side::RawLegacyHeaders, ""),
@@ -511,7 +555,9 @@ fn main() {
     for extra in with_headers.split(',') {
         match extra.trim() {
             "" | "none" => {}
-            "eventflow" | "1" => sides.push(Side::RawEventflowHeaders),
+            "eventflow" | "1" => {
+                sides.extend([Side::RawEventflowHeaders, Side::RawEventflowHeadersSendResult])
+            }
             "legacy" => sides.push(Side::RawLegacyHeaders),
             other => {
                 panic!("KAFKA_BENCH_RAW_HEADERS: unknown {other:?}; use eventflow, legacy, both or none")
@@ -524,6 +570,7 @@ fn main() {
         sides.retain(|side| match side {
             Side::Eventflow => wanted.contains("eventflow"),
             Side::RawEventflowHeaders => wanted.contains("headers"),
+            Side::RawEventflowHeadersSendResult => wanted.contains("send_result"),
             Side::RawStrict => wanted.contains("strict"),
             Side::RawFair => wanted.contains("fair"),
             Side::RawLegacyHeaders => wanted.contains("legacy"),
