@@ -575,6 +575,10 @@ fn main() {
             Side::RawFair => wanted.contains("fair"),
             Side::RawLegacyHeaders => wanted.contains("legacy"),
         });
+        assert!(
+            !sides.is_empty(),
+            "KAFKA_BENCH_SIDES={wanted:?} names no side; use eventflow, headers, send_result, strict, fair or legacy (legacy also needs KAFKA_BENCH_RAW_HEADERS=legacy)"
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
