@@ -19,9 +19,15 @@
 //! - **fair + eventflow's 2 headers**: the fair baseline with two headers of the size
 //!   eventflow writes (fixed values), so the same messages go over the wire: what is left
 //!   between it and eventflow is eventflow's own cost, what is between it and the fair
-//!   baseline is what the headers cost librdkafka and the broker.
+//!   baseline is what the headers cost librdkafka and the broker;
+//! - **fair + 2 headers, send_result**: the same messages handed over with `send_result`
+//!   and awaited as the bare `DeliveryFuture`, as eventflow does inside, instead of the
+//!   `send` future (576 bytes per event in flight, with the record and a retry timer; a
+//!   `bus.publish` future takes 96): printed for information, to show whether the size of
+//!   the future a publisher keeps per event in flight matters on this machine.
 //!
-//! Every round runs each side once, on a fresh topic deleted afterwards, in an order that
+//! Every round runs each side once, on a fresh topic of 8 partitions (the raw sides create
+//! theirs as eventflow does) deleted afterwards, in an order that
 //! rotates from round to round; the report gives the medians, the ratios and the CPU time
 //! per event: of this process (all its threads), of the thread that publishes (where
 //! eventflow's own work runs; librdkafka's threads do the rest), and of the broker if
@@ -39,7 +45,11 @@
 //! - `KAFKA_BENCH_ONLY=publish` (or `consume`) runs one half.
 //! - `KAFKA_BENCH_RAW_HEADERS` picks the baselines with headers: `eventflow` (the
 //!   default), `legacy` (the seven one-per-field headers eventflow wrote before),
-//!   `eventflow,legacy`, or `none`.
+//!   `eventflow,legacy`, or `none` (`eventflow` also runs the `send_result` side).
+//! - `KAFKA_BENCH_SIDES=eventflow,headers,...` runs only the sides named (`strict`,
+//!   `fair`, `headers`, `send_result`, `legacy`, `eventflow`), e.g. under a profiler.
+//! - `KAFKA_BENCH_FUTURE_SIZE=1` prints the size of a `bus.publish` future and of a
+//!   `FutureProducer::send` future.
 //! - `KAFKA_BENCH_BROKER_PID=<pid>` also reports the broker process's CPU time per event
 //!   (a broker on this machine), to separate its share from the client's.
 //! - `KAFKA_BENCH_PRODUCER_CONFIG=key=value,...` sets librdkafka properties on the
@@ -61,7 +71,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventflow::{subscribe, EventBus, State};
-use eventflow_kafka::rdkafka::admin::{AdminClient, AdminOptions};
+use eventflow_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use eventflow_kafka::rdkafka::client::DefaultClientContext;
 use eventflow_kafka::rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use eventflow_kafka::rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -89,6 +99,11 @@ const TARGET_RATIO: f64 = 0.9;
 /// same messages.
 const TARGET_EXTRA_CPU_US: f64 = 1.0;
 const TARGET_CONSUME_RATIO: f64 = 0.8;
+/// Partitions of every side's topic: eventflow creates its topics with them, and the raw
+/// sides create theirs the same way before the clock starts (a topic the broker creates
+/// on first use gets its `num.partitions`, 1 on a default broker, and a different
+/// partition count batches differently).
+const PARTITIONS: u32 = 8;
 
 #[derive(eventflow::Event, Serialize, Deserialize, Clone, Debug)]
 #[event(name = "bench.happened", topic = "bench")]
@@ -148,6 +163,7 @@ fn kafka(prefix: &str) -> Kafka {
         .into_iter()
         .fold(
             Kafka::builder(brokers())
+                .partitions(PARTITIONS)
                 .topic_prefix(format!("{prefix}."))
                 .group_prefix(format!("{prefix}.")),
             |builder, (key, value)| builder.producer_config(key, value),
@@ -200,6 +216,10 @@ enum Side {
     RawFair,
     /// `RawFair` with headers of the size and count eventflow writes.
     RawEventflowHeaders,
+    /// `RawEventflowHeaders` through `send_result` and the bare `DeliveryFuture`, as
+    /// eventflow does, instead of the `send` future: the floor of what a Rust publisher
+    /// on rdkafka can spend.
+    RawEventflowHeadersSendResult,
     /// `RawFair` with the seven one-per-field headers of eventflow's older format.
     RawLegacyHeaders,
 }
@@ -211,6 +231,7 @@ impl Side {
             Side::RawStrict => "raw strict",
             Side::RawFair => "raw fair (JSON in the loop)",
             Side::RawEventflowHeaders => "raw fair + eventflow's 2 headers",
+            Side::RawEventflowHeadersSendResult => "raw fair + 2 headers, send_result",
             Side::RawLegacyHeaders => "raw fair + 7 legacy headers",
         }
     }
@@ -222,7 +243,7 @@ impl Side {
             "00-01a200b216cf7747a687125e9efbca2f-0123456789abcdef-01",
         );
         match self {
-            Side::RawEventflowHeaders => &[
+            Side::RawEventflowHeaders | Side::RawEventflowHeadersSendResult => &[
                 (
                     "eventflow",
                     "1;01a200b216cf7747a687125e9efbca2f;bench.happened;1;1795308000914000000;;;application/json",
@@ -255,6 +276,26 @@ async fn publish(side: Side, n: usize, prefix: &str) -> Run {
 /// Deletes the topic of a run, so that the runs do not pile data up on the broker.
 async fn delete_topic(prefix: &str) {
     delete_topics(&[kafka(prefix).kafka_topic("bench")]).await;
+}
+
+/// Creates `topic` as eventflow creates its topics: [`PARTITIONS`] partitions, one
+/// replica.
+async fn create_topic(topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("creating the admin client");
+    let new = NewTopic::new(topic, PARTITIONS as i32, TopicReplication::Fixed(1));
+    let created = admin
+        .create_topics(
+            [&new],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("creating the raw side's topic");
+    for result in created {
+        result.unwrap_or_else(|(topic, code)| panic!("creating topic {topic}: {code}"));
+    }
 }
 
 async fn delete_topics(topics: &[String]) {
@@ -313,6 +354,12 @@ async fn publish_eventflow(n: usize, prefix: &str) -> Run {
     let events: Vec<Happened> = (0..n).map(event).collect();
     bus.publish(&events[0]).await.unwrap(); // creates the topic, connects
     alloc::trace(bus.publish(&events[1])).await.unwrap();
+    if std::env::var_os("KAFKA_BENCH_FUTURE_SIZE").is_some() {
+        eprintln!(
+            "  a bus.publish future takes {} bytes",
+            std::mem::size_of_val(&bus.publish(&events[0]))
+        );
+    }
     let (start, cpu, allocations) = (Instant::now(), Cpu::now(), alloc::count());
     let results = join_all(events.iter().map(|e| bus.publish(e))).await;
     let run = Run {
@@ -335,6 +382,7 @@ async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
         Side::RawStrict => events.iter().map(|e| serde_json::to_vec(e).unwrap()).collect(),
         _ => Vec::new(),
     };
+    create_topic(&topic).await;
     let first = serde_json::to_vec(&events[0]).unwrap();
     producer
         .send(
@@ -342,7 +390,17 @@ async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
             Duration::from_secs(30),
         )
         .await
-        .expect("publishing"); // creates the topic, connects
+        .expect("publishing"); // connects, learns the partitions
+    if std::env::var_os("KAFKA_BENCH_FUTURE_SIZE").is_some() {
+        let send = producer.send(
+            FutureRecord::to(&topic).key(&events[0].key).payload(&first),
+            Duration::from_secs(30),
+        );
+        eprintln!(
+            "  a FutureProducer::send future takes {} bytes",
+            std::mem::size_of_val(&send)
+        );
+    }
     let headers = side.headers();
     let (start, cpu, allocations) = (Instant::now(), Cpu::now(), alloc::count());
     let results = join_all(events.iter().enumerate().map(|(i, e)| {
@@ -370,7 +428,22 @@ async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
                     },
                 ));
             }
-            producer.send(record, Duration::from_secs(30)).await
+            if side == Side::RawEventflowHeadersSendResult {
+                let delivery = producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("the producer's queue has room for every event");
+                return delivery
+                    .await
+                    .expect("the producer dropped a delivery")
+                    .map(drop)
+                    .map_err(|(e, _)| e);
+            }
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map(drop)
+                .map_err(|(e, _)| e)
         }
     }))
     .await;
@@ -380,7 +453,7 @@ async fn publish_raw(side: Side, n: usize, prefix: &str) -> Run {
         allocations: (alloc::count() - allocations) as f64 / n as f64,
     };
     for result in results {
-        result.map_err(|(e, _)| e).expect("publishing");
+        result.expect("publishing");
     }
     run
 }
@@ -433,6 +506,10 @@ fn report_publish(sides: &[Side], runs: &[Vec<Run>]) {
             Side::RawEventflowHeaders,
             ", the same messages on the wire: the target's baseline",
         ),
+        (
+            Side::RawEventflowHeadersSendResult,
+            ", the same messages, each future only rdkafka's DeliveryFuture",
+        ),
         (Side::RawStrict, ", no headers, payloads encoded before the clock"),
         (Side::RawFair, ", no headers"),
         (Side::RawLegacyHeaders, ""),
@@ -478,7 +555,9 @@ fn main() {
     for extra in with_headers.split(',') {
         match extra.trim() {
             "" | "none" => {}
-            "eventflow" | "1" => sides.push(Side::RawEventflowHeaders),
+            "eventflow" | "1" => {
+                sides.extend([Side::RawEventflowHeaders, Side::RawEventflowHeadersSendResult])
+            }
             "legacy" => sides.push(Side::RawLegacyHeaders),
             other => {
                 panic!("KAFKA_BENCH_RAW_HEADERS: unknown {other:?}; use eventflow, legacy, both or none")
@@ -486,6 +565,21 @@ fn main() {
         }
     }
     sides.push(Side::Eventflow);
+    if let Ok(wanted) = std::env::var("KAFKA_BENCH_SIDES") {
+        // For profiling one side: `eventflow`, `headers` (raw fair + eventflow's 2 headers).
+        sides.retain(|side| match side {
+            Side::Eventflow => wanted.contains("eventflow"),
+            Side::RawEventflowHeaders => wanted.contains("headers"),
+            Side::RawEventflowHeadersSendResult => wanted.contains("send_result"),
+            Side::RawStrict => wanted.contains("strict"),
+            Side::RawFair => wanted.contains("fair"),
+            Side::RawLegacyHeaders => wanted.contains("legacy"),
+        });
+        assert!(
+            !sides.is_empty(),
+            "KAFKA_BENCH_SIDES={wanted:?} names no side; use eventflow, headers, send_result, strict, fair or legacy (legacy also needs KAFKA_BENCH_RAW_HEADERS=legacy)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

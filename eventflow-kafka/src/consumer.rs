@@ -14,14 +14,14 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::client::{base_config, Inner};
 use crate::config::StartFrom;
 use crate::group_protocol::{is_consumer_protocol, is_incremental, GroupProtocol};
 use crate::headers;
 use crate::member::{warn_if_never_assigned, Member};
 use crate::start_offsets;
 use crate::transaction::{Transaction, TransactionalPublisher};
-use crate::transport::{base_config, Inner};
-use crate::{Error, Kafka};
+use crate::Error;
 
 /// Records that are not eventflow events are handed to the bus as [`Envelope::FOREIGN`]
 /// envelopes: the bus lists them as dead letters of every group, and
@@ -377,12 +377,7 @@ impl Consumer for KafkaConsumer {
 
     fn publisher(&self) -> Option<Arc<dyn Transport>> {
         let transaction = self.transaction.clone()?;
-        Some(Arc::new(TransactionalPublisher {
-            kafka: Kafka {
-                inner: self.inner.clone(),
-            },
-            transaction,
-        }))
+        Some(Arc::new(TransactionalPublisher { transaction }))
     }
 
     async fn commit(&mut self, records: &[Record]) -> Result<(), eventflow::Error> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::client::base_config;
 use crate::config::StartFrom;
-use crate::transport::base_config;
 use crate::{Error, Kafka};
 
 /// How long each request of [`Kafka::lag`] may wait for the broker.

@@ -99,6 +99,7 @@
 //! [`KafkaBuilder::consumer_config`] (security settings, `session.timeout.ms`, ...).
 #![warn(missing_docs)]
 
+mod client;
 pub mod cloudevents;
 mod config;
 mod consumer;

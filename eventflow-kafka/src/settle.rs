@@ -9,8 +9,8 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::client::{base_config, Inner};
 use crate::config::StartFrom;
-use crate::transport::{base_config, Inner};
 use crate::{Error, Kafka};
 
 /// How long each request may wait for the broker.

@@ -8,8 +8,8 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::client::Inner;
 use crate::member::Member;
-use crate::transport::Inner;
 use crate::Error;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);

@@ -20,8 +20,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::TopicPartitionList;
 
-use crate::transport::{base_config, Inner};
-use crate::{headers, Error, Kafka};
+use crate::client::{base_config, Inner};
+use crate::{headers, Error};
 
 /// How long a transactional call to the broker may block.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -258,10 +258,11 @@ impl Transaction {
 }
 
 /// What a transactional member hands the bus as its
-/// [`publisher`](eventflow::transport::Consumer::publisher): publishes into the member's
-/// open transaction, and is the member's [`Kafka`] transport for everything else.
+/// [`publisher`](eventflow::transport::Consumer::publisher): publishes and dead-letters
+/// into the member's open transaction. It holds no [`Kafka`](crate::Kafka) transport, so
+/// that the transaction stands on the client ground floor alone: the bus never subscribes
+/// through a publisher.
 pub(crate) struct TransactionalPublisher {
-    pub(crate) kafka: Kafka,
     pub(crate) transaction: Arc<Transaction>,
 }
 
@@ -276,7 +277,11 @@ impl Transport for TransactionalPublisher {
     }
 
     async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, eventflow::Error> {
-        self.kafka.subscribe(group, topics).await
+        let _ = topics;
+        Err(eventflow::Error::Config(format!(
+            "group `{group}`: a transactional member's publisher only publishes into its \
+             transaction; subscribe through the `Kafka` transport instead"
+        )))
     }
 
     /// In the open transaction, so a batch that aborts leaves no dead letter on the topic

@@ -198,6 +198,7 @@ mod outbox_progress;
 mod outgoing;
 pub mod projection;
 mod publish_error;
+mod published;
 mod relay;
 mod relay_settings;
 mod retry;

@@ -6,14 +6,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tracing::Instrument;
-use uuid::Uuid;
-
 use crate::codec::{self, Codec};
 use crate::follow_ups;
+use crate::published::Published;
 use crate::state::StateMap;
 use crate::transport::Transport;
 use crate::{Envelope, Error, Event};
+use tracing::Instrument;
 
 /// What publishing on behalf of a bus needs; one per bus, shared by the bus, its members
 /// and every handler's [`Context`](crate::Context).
@@ -58,24 +57,25 @@ impl Outgoing {
         })
     }
 
-    pub(crate) async fn publish_caused_by<E: Event>(
-        &self,
-        event: &E,
-        cause: Option<&Envelope>,
-    ) -> Result<Uuid, Error> {
-        let envelope = self.envelope(event, cause)?;
-        self.publish_envelope(envelope).await
+    /// Builds the envelope and hands it to the transport when called, so that the future
+    /// returned is a small [`Published`] rather than one that keeps room for envelopes.
+    pub(crate) fn publish_caused_by<E: Event>(&self, event: &E, cause: Option<&Envelope>) -> Published<'_> {
+        match self.envelope(event, cause) {
+            Ok(envelope) => self.publish_envelope(envelope),
+            Err(error) => Published::failed(error),
+        }
     }
 
-    /// Hands `envelope` to the transport, or holds it with the running handler's follow-ups
-    /// when they wait for the handler to succeed.
-    pub(crate) async fn publish_envelope(&self, envelope: Envelope) -> Result<Uuid, Error> {
+    /// Hands `envelope` to the transport when called, or holds it with the running
+    /// handler's follow-ups when they wait for the handler to succeed. Called from the body
+    /// of an async fn being polled, so that the follow-up task-local is in scope.
+    pub(crate) fn publish_envelope(&self, envelope: Envelope) -> Published<'_> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+            return Published::failed(Error::Closed);
         }
         let id = envelope.id;
         let Some(envelope) = follow_ups::hold_as_follow_up(envelope) else {
-            return Ok(id);
+            return Published::held(id);
         };
         let span = tracing::debug_span!(
             "eventflow.publish",
@@ -83,8 +83,7 @@ impl Outgoing {
             event.name = %envelope.name,
             topic = %envelope.topic,
         );
-        self.transport.publish(envelope).instrument(span).await?;
-        Ok(id)
+        Published::sent(id, self.transport.publish(envelope).instrument(span))
     }
 }
 
