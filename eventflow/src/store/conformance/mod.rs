@@ -12,13 +12,44 @@
 //! # }
 //! ```
 //!
-//! A backend written trait by trait runs the module of each trait as it goes, naming it
-//! before the store: the dead letters and checkpoints need only their own trait, the rest
-//! write through [`Storage::begin`](super::Storage::begin).
+//! A backend written trait by trait runs the module of each trait as it goes: the dead
+//! letters and checkpoints need only their own trait, the rest write through
+//! [`Storage::begin`](super::Storage::begin). Here a backend with nothing but its
+//! checkpoints so far:
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::Mutex;
+//!
+//! use eventflow::store::{conformance, CheckpointStore};
+//! use eventflow::Error;
+//!
+//! #[derive(Default)]
+//! struct MyStore(Mutex<HashMap<String, String>>);
+//!
+//! #[async_trait::async_trait]
+//! impl CheckpointStore for MyStore {
+//!     async fn checkpoint(&self, name: &str) -> Result<Option<String>, Error> {
+//!         Ok(self.0.lock().unwrap().get(name).cloned())
+//!     }
+//!
+//!     async fn save_checkpoint(&self, name: &str, value: &str) -> Result<(), Error> {
+//!         self.0.lock().unwrap().insert(name.to_owned(), value.to_owned());
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! conformance::checkpoints_are_saved(&MyStore::default()).await;
+//! # }
+//! ```
+//!
+//! In a test crate, [`storage_conformance!`](crate::storage_conformance) takes the trait's
+//! module name before the store, and makes one `#[tokio::test]` per guarantee of it:
 //!
 //! ```
 //! # mod wrapper {
-//! // Only DeadLetterStore implemented so far:
 //! eventflow::storage_conformance!(dead_letters: async { eventflow::store::MemoryStore::new() });
 //! # }
 //! ```
