@@ -1,5 +1,5 @@
-//! Shared helpers for the behaviour tests: events, a recorder of what handlers saw, and a
-//! timeout that turns a hang into a clear failure.
+//! Shared helpers for the behaviour tests: events, a recorder of what handlers saw, a
+//! timeout that turns a hang into a clear failure, and a capture of what the bus logs.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -146,5 +146,38 @@ pub fn restart(binary: &str, store: [&str; 2]) -> Takeover {
     Takeover {
         after_commit: Duration::from_millis(figures[0]),
         after_start: Duration::from_millis(figures[1]),
+    }
+}
+
+/// What the bus logs on the current thread while a test runs, as text.
+#[derive(Clone, Default)]
+pub struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    /// Captures the `tracing` events of the current thread until the guard is dropped.
+    pub fn start() -> (CapturedLog, tracing::subscriber::DefaultGuard) {
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -2,13 +2,11 @@
 //! groups before it returns, within its deadline; `settled()` returns once everything
 //! published or committed before it was handled or dead-lettered.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventflow::store::{rusqlite, SqliteStore};
 use eventflow::{subscribe, Backoff, Context, Error, EventBus, InProcess, MemoryStore, State};
-use eventflow_tests::{remove_db, temp_db, within, OrderPaid, Recorder};
+use eventflow_tests::{remove_db, temp_db, within, CapturedLog, OrderPaid, Recorder};
 
 #[subscribe(group = "inventory")]
 async fn inventory(event: OrderPaid, State(rec): State<Recorder>) -> Result<(), String> {
@@ -204,29 +202,9 @@ async fn settled_within_says_what_is_still_pending() {
     bus.shutdown().await;
 }
 
-/// Collects what the bus logs.
-#[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Log {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_shutdown_deadline_leaves_the_rest_in_the_outbox_for_the_next_bus() {
-    let log = Log::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    let (log, _logging) = CapturedLog::start();
 
     let db = temp_db();
     let rec = Recorder::default();
@@ -256,7 +234,7 @@ async fn a_shutdown_deadline_leaves_the_rest_in_the_outbox_for_the_next_bus() {
         handled_first < 6,
         "all six slow events were handled within 300 ms?"
     );
-    let logged = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let logged = log.text();
     assert!(
         logged.contains("shutdown deadline passed") && logged.contains("group `slow`"),
         "no log line says what the deadline left: {logged}"

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use eventflow::store::rusqlite;
-use eventflow_tests::{kill_and_restart, remove_db, restart, temp_db};
+use eventflow_tests::{kill_and_restart, remove_db, restart, temp_db, CapturedLog};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_takeover_child");
 
@@ -55,29 +55,9 @@ fn a_lease_held_by_a_relay_on_another_host_is_waited_for_then_taken() {
     remove_db(&db);
 }
 
-/// Collects what the bus logs.
-#[derive(Clone, Default)]
-struct Log(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Log {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_relay_that_finds_the_outbox_held_says_so_once_naming_the_holder_and_until_when() {
-    let log = Log::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    let (log, _logging) = CapturedLog::start();
 
     let db = temp_db();
     let store = eventflow::store::SqliteStore::open(&db).await.unwrap();
@@ -103,7 +83,7 @@ async fn a_relay_that_finds_the_outbox_held_says_so_once_naming_the_holder_and_u
     // Ten polls or so.
     tokio::time::sleep(Duration::from_millis(600)).await;
     bus.shutdown().await;
-    let logged = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let logged = log.text();
     let lines: Vec<&str> = logged
         .lines()
         .filter(|l| l.contains("another relay holds the outbox lease"))
