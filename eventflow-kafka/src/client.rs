@@ -12,6 +12,7 @@ use eventflow::{DeadLetter, Envelope};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -82,6 +83,23 @@ pub(crate) fn base_config(config: &KafkaBuilder) -> ClientConfig {
 }
 
 impl Inner {
+    /// How many partitions `topic` has, read through `client`; 0 if it does not exist (yet).
+    pub(crate) fn partition_count(
+        &self,
+        client: &BaseConsumer,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<usize, Error> {
+        let metadata = client
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| self.error(format!("reading the metadata of topic `{topic}`"), e))?;
+        Ok(metadata
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len()))
+    }
+
     /// The producer, the admin client and empty topic caches for `config`.
     pub(crate) fn new(config: KafkaBuilder) -> Result<Inner, Error> {
         let producer = create_producer(&config)?;

@@ -42,14 +42,7 @@ impl Kafka {
                 .set("enable.auto.commit", "false")
                 .create()
                 .map_err(|e| inner.error(format!("creating a client to read the lag of `{group_id}`"), e))?;
-            let metadata = client
-                .fetch_metadata(Some(&topic), TIMEOUT)
-                .map_err(|e| inner.error(format!("reading the metadata of topic `{topic}`"), e))?;
-            let partitions = metadata
-                .topics()
-                .first()
-                .filter(|t| t.error().is_none())
-                .map_or(0, |t| t.partitions().len());
+            let partitions = inner.partition_count(&client, &topic, TIMEOUT)?;
             if partitions == 0 {
                 return Ok(0);
             }

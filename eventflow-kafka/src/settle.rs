@@ -89,14 +89,7 @@ fn ends(inner: &Inner, groups: &Subscriptions) -> Result<Targets, Error> {
     for (group, topics) in groups {
         let mut ends = HashMap::new();
         for topic in topics {
-            let metadata = client
-                .fetch_metadata(Some(topic), TIMEOUT)
-                .map_err(|e| inner.error(format!("reading the metadata of topic `{topic}`"), e))?;
-            let partitions = metadata
-                .topics()
-                .first()
-                .filter(|t| t.error().is_none())
-                .map_or(0, |t| t.partitions().len());
+            let partitions = inner.partition_count(&client, topic, TIMEOUT)?;
             for partition in 0..partitions as i32 {
                 let (_, high) = client
                     .fetch_watermarks(topic, partition, TIMEOUT)

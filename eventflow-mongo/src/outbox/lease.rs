@@ -126,12 +126,8 @@ pub(super) async fn release(
 
 /// The delivered watermark as written: every entry below it is delivered.
 pub(super) async fn written_watermark(inner: &Inner) -> Result<u64, Error> {
-    let lease = inner
-        .leases
-        .find_one(doc! { "_id": LEASE_ID })
-        .await
-        .map_err(|e| backend("reading the outbox lease", e))?;
-    Ok(lease
+    Ok(lease_document(inner)
+        .await?
         .and_then(|lease| document::get_u64(&lease, "delivered_below").ok())
         .unwrap_or(0))
 }
@@ -154,6 +150,15 @@ pub(super) async fn raise_watermark(
     Ok(fenced.matched_count > 0)
 }
 
+/// The lease document, if there is one.
+async fn lease_document(inner: &Inner) -> Result<Option<Document>, Error> {
+    inner
+        .leases
+        .find_one(doc! { "_id": LEASE_ID })
+        .await
+        .map_err(|e| backend("reading the outbox lease", e))
+}
+
 /// The lease document's holder and expiry, if there is a lease document with a holder.
 fn lease_of(doc: &Document) -> Option<(String, i64)> {
     let holder = doc.get_str("holder").ok()?.to_owned();
@@ -163,12 +168,8 @@ fn lease_of(doc: &Document) -> Option<(String, i64)> {
 
 /// Who holds the outbox lease now, and until when.
 pub(super) async fn read(inner: &Inner) -> Result<Option<OutboxLease>, Error> {
-    let lease = inner
-        .leases
-        .find_one(doc! { "_id": LEASE_ID })
-        .await
-        .map_err(|e| backend("reading the outbox lease", e))?;
-    Ok(lease
+    Ok(lease_document(inner)
+        .await?
         .as_ref()
         .and_then(lease_of)
         .map(|(holder, expires_at)| OutboxLease {
@@ -181,11 +182,7 @@ pub(super) async fn read(inner: &Inner) -> Result<Option<OutboxLease>, Error> {
 /// delivered watermark if it did. Compare-and-set on the holder and expiry read, so of two
 /// relays racing for it one wins.
 async fn take_from_gone(inner: &Inner, relay: &str, lease: Duration) -> Result<Option<u64>, Error> {
-    let current = inner
-        .leases
-        .find_one(doc! { "_id": LEASE_ID })
-        .await
-        .map_err(|e| backend("reading the outbox lease", e))?;
+    let current = lease_document(inner).await?;
     let Some((holder, expires_at)) = current.as_ref().and_then(lease_of) else {
         return Ok(None);
     };
