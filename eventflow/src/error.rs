@@ -214,11 +214,7 @@ impl Error {
     /// the source, e.g. `anyhow`), and a MongoDB or SQLite error of that kind however it
     /// was boxed.
     pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Transient(_) => true,
-            Error::Backend(inner) => is_transient(&**inner),
-            _ => false,
-        }
+        is_transient(self)
     }
 
     /// Whether publishing the same event again would fail the same way
@@ -234,8 +230,14 @@ pub(crate) fn is_transient(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(error) = error.downcast_ref::<Error>() {
-            if matches!(error, Error::Transient(_)) {
-                return true;
+            match error {
+                Error::Transient(_) => return true,
+                // Transparent: its `source()` skips the boxed error itself, so look at that.
+                Error::Backend(inner) => {
+                    next = Some(&**inner);
+                    continue;
+                }
+                _ => {}
             }
         }
         #[cfg(feature = "mongodb")]
@@ -288,5 +290,24 @@ impl From<mongodb::error::Error> for Error {
             true => Error::Transient(Box::new(error)),
             false => Error::Backend(Box::new(error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transient_error_is_found_inside_backend_errors_and_sources() {
+        let transient = || Error::Transient("write conflict".into());
+        assert!(transient().is_transient());
+        assert!(Error::backend(transient()).is_transient());
+        let boxed: BoxError = Box::new(Error::backend(Error::backend(transient())));
+        assert!(
+            is_transient(&*boxed),
+            "the bus's check on a handler's boxed error"
+        );
+        assert!(!Error::backend("disk full").is_transient());
+        assert!(!Error::Closed.is_transient());
     }
 }
