@@ -197,12 +197,13 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut mongo = None;
     let store: Arc<dyn Storage> = match options.store.as_str() {
         "sqlite" => {
+            // The store first: its error says what to check when the file cannot be opened.
+            let store = SqliteStore::open(&options.db).await?;
             let sql = rusqlite::Connection::open(&options.db)?;
             sql.execute_batch(
                 "CREATE TABLE IF NOT EXISTS effects (grp TEXT NOT NULL, order_id TEXT NOT NULL, what TEXT NOT NULL)",
             )?;
             println!("store: SQLite in {} (delete it to start over)", options.db);
-            let store = SqliteStore::open(&options.db).await?;
             builder = builder.storage(store.clone());
             Arc::new(store)
         }
