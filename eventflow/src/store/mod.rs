@@ -32,6 +32,7 @@ mod inbox;
 mod lease;
 mod memory;
 mod outbox;
+mod outbox_feed;
 mod snapshots;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -46,6 +47,7 @@ pub use inbox::InboxStore;
 pub use lease::{new_relay_id, relay_is_gone, OutboxLease};
 pub use memory::MemoryStore;
 pub use outbox::{OutboxEntry, OutboxStore};
+pub use outbox_feed::{Fed, FeedSettings, OutboxFeed};
 pub use snapshots::{SnapshotStore, StoredSnapshot};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{rusqlite, SqliteStore, SqliteStoreBuilder, SqliteTransaction};
