@@ -12,7 +12,8 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Configures a [`RabbitMq`](crate::RabbitMq) transport. Made by
 /// [`RabbitMq::builder`](crate::RabbitMq::builder) or
-/// [`RabbitMq::from_env`](crate::RabbitMq::from_env); [`build`](RabbitMqBuilder::build) connects lazily, on first use.
+/// [`RabbitMq::from_env`](crate::RabbitMq::from_env); [`build`](RabbitMqBuilder::build)
+/// connects lazily, on first use.
 #[derive(Clone, Debug)]
 pub struct RabbitMqBuilder {
     pub(crate) url: String,

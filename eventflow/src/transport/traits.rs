@@ -23,8 +23,9 @@ pub struct Record {
 
 /// Carries envelopes to consumer groups.
 ///
-/// Implemented by [`InProcess`](super::InProcess) here and by `eventflow_kafka::Kafka`; implement it to plug in
-/// another broker, and prove the implementation with the [`conformance`](super::conformance) suite.
+/// Implemented by [`InProcess`](super::InProcess) here and by `eventflow_kafka::Kafka`;
+/// implement it to plug in another broker, and prove the implementation with the
+/// [`conformance`](super::conformance) suite.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Publishes one envelope to `envelope.topic`, on the partition its key selects.
@@ -82,9 +83,10 @@ pub trait Transport: Send + Sync + 'static {
     }
 
     /// For a transport that keeps accepted events only in this process's memory (such as
-    /// [`InProcess`](super::InProcess)): a future that resolves once every group has committed everything
-    /// published through the transport before the call. The outbox relay keeps entries
-    /// until then, so a crash between publishing and handling loses nothing.
+    /// [`InProcess`](super::InProcess)): a future that resolves once every group has
+    /// committed everything published through the transport before the call. The outbox
+    /// relay keeps entries until then, so a crash between publishing and handling loses
+    /// nothing.
     ///
     /// `None`, the default, says the transport is durable: once it accepted an event (a
     /// broker acknowledged it), the event outlives this process.
@@ -121,8 +123,8 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Called by a bus that runs an outbox relay to this transport, with the relay's
     /// progress, so that the transport's own "idle" waits (such as
-    /// [`InProcess::wait_idle`](super::InProcess::wait_idle)) also wait for entries committed and not yet relayed. The
-    /// default ignores it.
+    /// [`InProcess::wait_idle`](super::InProcess::wait_idle)) also wait for entries
+    /// committed and not yet relayed. The default ignores it.
     fn relays_from(&self, outbox: OutboxProgress) {
         let _ = outbox;
     }

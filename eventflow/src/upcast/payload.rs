@@ -47,7 +47,8 @@ impl fmt::Debug for Payload<'_> {
     }
 }
 
-/// A payload of an older version than the type reading it: what [`Event::upcast`] gets.
+/// A payload of an older version than the type reading it: what
+/// [`Event::upcast`](crate::Event::upcast) gets.
 #[derive(Debug)]
 pub struct Old<'a> {
     pub(super) version: u32,
