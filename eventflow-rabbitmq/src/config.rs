@@ -1,14 +1,19 @@
-//! [`RabbitMqBuilder`]: how a [`RabbitMq`] transport is set up.
+//! [`RabbitMqBuilder`]: how a [`RabbitMq`](crate::RabbitMq) transport is set up. The
+//! publisher, the members and the topology read these settings, and the transport is made
+//! of them, so this module imports none of those: [`build`](RabbitMqBuilder::build) lives
+//! with [`RabbitMq`](crate::RabbitMq), in `transport.rs`.
 
 use std::time::Duration;
 
-use crate::{Error, RabbitMq};
+use crate::Error;
 
 /// The broker `RabbitMq::from_env` uses when `AMQP_URL` is unset: RabbitMQ's defaults.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// Configures a [`RabbitMq`] transport. Made by [`RabbitMq::builder`] or
-/// [`RabbitMq::from_env`]; [`build`](RabbitMqBuilder::build) connects lazily, on first use.
+/// Configures a [`RabbitMq`](crate::RabbitMq) transport. Made by
+/// [`RabbitMq::builder`](crate::RabbitMq::builder) or
+/// [`RabbitMq::from_env`](crate::RabbitMq::from_env); [`build`](RabbitMqBuilder::build)
+/// connects lazily, on first use.
 #[derive(Clone, Debug)]
 pub struct RabbitMqBuilder {
     pub(crate) url: String,
@@ -71,9 +76,9 @@ impl RabbitMqBuilder {
         self
     }
 
-    /// Checks the configuration and makes the transport. Nothing connects yet: the first
-    /// publish or subscribe does, and reports a broker that does not answer.
-    pub fn build(self) -> Result<RabbitMq, Error> {
+    /// The configuration's mistakes, each with what to write instead: what
+    /// [`build`](RabbitMqBuilder::build) checks.
+    pub(crate) fn check(&self) -> Result<(), Error> {
         if let Err(error) = self.url.parse::<lapin::uri::AMQPUri>() {
             return Err(Error::Config(format!(
                 "`{}` is not an AMQP URL ({error}); write it as \
@@ -91,7 +96,7 @@ impl RabbitMqBuilder {
                 "prefetch is 0, which RabbitMQ reads as unlimited; give a bound such as 64".into(),
             ));
         }
-        Ok(RabbitMq::from_builder(self))
+        Ok(())
     }
 
     /// The reconnection delay before attempt `attempt` (1 for the first retry).

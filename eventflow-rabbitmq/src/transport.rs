@@ -9,6 +9,7 @@ use eventflow::{DeadLetter, Envelope};
 use crate::config::{RabbitMqBuilder, DEFAULT_URL};
 use crate::consumer::RabbitMqConsumer;
 use crate::publisher::Publisher;
+use crate::Error;
 
 /// Eventflow's transport on RabbitMQ (AMQP 0-9-1), laid out as the [crate docs](crate)
 /// draw it.
@@ -38,7 +39,7 @@ impl RabbitMq {
         RabbitMqBuilder::new(url)
     }
 
-    pub(crate) fn from_builder(config: RabbitMqBuilder) -> RabbitMq {
+    fn from_builder(config: RabbitMqBuilder) -> RabbitMq {
         RabbitMq {
             publisher: Arc::new(Publisher::new(Arc::new(config))),
         }
@@ -105,6 +106,17 @@ impl Transport for RabbitMq {
 
     async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), eventflow::Error> {
         Ok(self.publisher.dead_letter(letter).await?)
+    }
+}
+
+// The builder's last step makes a `RabbitMq`, so it lives here: `config.rs`, which the
+// publisher and the members read, stays below the transport they make up.
+impl RabbitMqBuilder {
+    /// Checks the configuration and makes the transport. Nothing connects yet: the first
+    /// publish or subscribe does, and reports a broker that does not answer.
+    pub fn build(self) -> Result<RabbitMq, Error> {
+        self.check()?;
+        Ok(RabbitMq::from_builder(self))
     }
 }
 

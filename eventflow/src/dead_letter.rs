@@ -1,11 +1,11 @@
-//! Events a group gave up on: [`DeadLetter`] and where they are kept, [`DeadLetterStore`]
-//! (its trait lives with the other storage traits, in [`store`](crate::store)).
+//! Events a group gave up on: [`DeadLetter`]. Where they are kept,
+//! [`DeadLetterStore`](crate::DeadLetterStore), is a storage trait, in
+//! [`store`](crate::store); it stores this type, so this module does not import it back.
 
 use std::time::SystemTime;
 
 use uuid::Uuid;
 
-pub use crate::store::DeadLetterStore;
 use crate::Envelope;
 
 /// An event one consumer group could not handle within its retry budget, or could not

@@ -61,6 +61,12 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// older version can be read; `#[derive(Event)]` implements it from
     /// `#[event(upcast(...))]` (see [`upcast`](crate::upcast)).
     fn upcast(old: Old<'_>) -> Result<Self, UpcastError> {
-        Err(old.no_upcaster::<Self>())
+        // `Old::no_upcaster` says the same; it lives above this module, with the other ways
+        // to read an `Old` as an event, so the error is made here.
+        Err(UpcastError::NoUpcaster {
+            event: Self::NAME,
+            from: old.version(),
+            to: Self::VERSION,
+        })
     }
 }

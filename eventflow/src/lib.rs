@@ -215,7 +215,7 @@ pub mod versioning {}
 pub use aggregate::{testing, Aggregate, EventSet, Loaded, Repository, Snapshots};
 pub use bus::{EventBus, EventBusBuilder, UnitOfWork};
 pub use context::{Context, FromContext, State};
-pub use dead_letter::{DeadLetter, DeadLetterStore, Replayed};
+pub use dead_letter::{DeadLetter, Replayed};
 pub use envelope::{Envelope, TRACEPARENT};
 pub use error::{BoxError, Error};
 pub use event::Event;
@@ -229,7 +229,9 @@ pub use relay_settings::RelaySettings;
 pub use retry::Backoff;
 pub use signal::shutdown_signal;
 pub use state::StateMap;
-pub use store::{CheckpointStore, EventStore, InboxStore, MemoryStore, OutboxStore, Storage};
+pub use store::{
+    CheckpointStore, DeadLetterStore, EventStore, InboxStore, MemoryStore, OutboxStore, Storage,
+};
 pub use transport::InProcess;
 pub use tx::{TransactionType, Tx, TxGuard};
 pub use upcast::{decode, decode_with};

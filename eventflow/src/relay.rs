@@ -8,11 +8,11 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::codec;
-use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::outbox_progress::{OutboxProgress, Relayed};
 use crate::retry::Backoff;
 use crate::store::{new_relay_id, OutboxEntry, Storage};
 use crate::transport::Transport;
+use crate::{DeadLetter, DeadLetterStore};
 use crate::{Error, RelaySettings};
 
 mod refused;

@@ -10,7 +10,6 @@ use super::route::{Route, Typed};
 use super::shared::{Group, GroupRoute, Shared};
 use super::{inbox, member};
 use crate::codec::{Codec, Json};
-use crate::dead_letter::DeadLetterStore;
 use crate::handler::Handler;
 use crate::outgoing::Outgoing;
 use crate::projection::runner::Starter;
@@ -18,7 +17,7 @@ use crate::projection::Projection;
 use crate::relay::Relay;
 use crate::retry::Backoff;
 use crate::state::StateMap;
-use crate::store::{MemoryStore, Storage};
+use crate::store::{DeadLetterStore, MemoryStore, Storage};
 use crate::transport::{Consumer, InProcess, Transport};
 use crate::{Error, RelaySettings};
 

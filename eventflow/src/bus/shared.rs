@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use super::route::Route;
 use crate::codec::Codec;
-use crate::dead_letter::DeadLetterStore;
 use crate::outgoing::Outgoing;
 use crate::projection::ProjectionHandle;
 use crate::retry::Backoff;
-use crate::store::Storage;
+use crate::store::{DeadLetterStore, Storage};
 use crate::transport::Transport;
 use crate::{Envelope, Error, OutboxProgress};
 

@@ -1,31 +1,16 @@
 //! The event store: streams of events an application appends to through a
 //! [`Transaction`](super::Transaction) and reads back here.
 
+mod expected_version;
+
 use async_trait::async_trait;
 
 use crate::{Envelope, Error};
+pub use expected_version::ExpectedVersion;
 
-/// What an append expects the stream's current version to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExpectedVersion {
-    /// Append whatever the version is.
-    Any,
-    /// The stream must not exist yet.
-    NoStream,
-    /// The stream's last event must have this version (the first event is version 1).
-    Exact(u64),
-}
-
+// The check makes an `Error`, which holds an `ExpectedVersion`: it lives here, above both, so
+// the type's own module imports nothing of the crate.
 impl ExpectedVersion {
-    /// Whether a stream at `current` (0 = no stream) satisfies the expectation.
-    pub fn matches(self, current: u64) -> bool {
-        match self {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current == 0,
-            ExpectedVersion::Exact(version) => current == version,
-        }
-    }
-
     /// [`Error::Conflict`] unless a stream `stream` at `current` satisfies the
     /// expectation: the check every backend's [`Transaction::append`](super::Transaction::append)
     /// makes.

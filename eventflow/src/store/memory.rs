@@ -14,7 +14,7 @@ use super::{
     CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxEntry, OutboxLease, OutboxStore,
     SnapshotStore, Storage, StoredEvent, StoredSnapshot, Transaction,
 };
-use crate::dead_letter::{DeadLetter, DeadLetterStore};
+use crate::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
 
 /// Storage in memory: the same semantics as the durable backends, lost when the process

@@ -11,8 +11,8 @@ use super::rows::{dead_letter, envelope_params, nanos};
 use super::schema::{DEAD_LETTER_COLUMNS, PUT_DEAD_LETTER};
 use super::transaction::StepError;
 use super::SqliteStore;
-use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::Error;
+use crate::{DeadLetter, DeadLetterStore};
 
 #[async_trait]
 impl DeadLetterStore for SqliteStore {

@@ -19,68 +19,27 @@
 //! See the [versioning guide](crate::versioning) for which changes need a new version
 //! and how to roll one out.
 
+mod error;
+mod payload;
+
 use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::codec::{self, Codec, CodecError, Json};
+pub use error::UpcastError;
+pub use payload::{Old, Payload};
+
+use crate::codec::{self, Codec, Json};
 use crate::{Envelope, Error, Event};
 
 /// Turns the JSON payload of one version into the JSON payload of the next; `Err` says why
 /// it cannot (the event is then dead-lettered, or the load fails, with that reason).
 pub type JsonUpcaster = fn(Value) -> Result<Value, String>;
 
-/// An event's payload on its way to the version a type knows: still encoded, or already
-/// turned into JSON by an upcaster.
-pub enum Payload<'a> {
-    /// As stored or received, with the codec that encoded it.
-    Encoded {
-        /// The codec of the bus that encoded it.
-        codec: &'a dyn Codec,
-        /// The payload bytes.
-        bytes: &'a [u8],
-    },
-    /// JSON, as an upcaster returned it.
-    Json(Value),
-}
-
-impl Payload<'_> {
-    /// Decodes the payload into `T` as it is, without looking at versions.
-    pub fn decode<T: DeserializeOwned>(self) -> Result<T, CodecError> {
-        match self {
-            Payload::Encoded { codec, bytes } => codec::decode(codec, bytes),
-            Payload::Json(value) => serde_json::from_value(value).map_err(CodecError::new),
-        }
-    }
-
-    fn into_json(self) -> Result<Value, CodecError> {
-        self.decode()
-    }
-}
-
-impl fmt::Debug for Payload<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Payload::Encoded { bytes, .. } => f.debug_struct("Encoded").field("len", &bytes.len()).finish(),
-            Payload::Json(value) => f.debug_tuple("Json").field(value).finish(),
-        }
-    }
-}
-
-/// A payload of an older version than the type reading it: what [`Event::upcast`] gets.
-#[derive(Debug)]
-pub struct Old<'a> {
-    version: u32,
-    payload: Payload<'a>,
-}
-
+// The ways to read an `Old` as an event: here, above `Event`, while the type itself sits
+// below it (`Event::upcast` takes one).
 impl<'a> Old<'a> {
-    /// The payload's version.
-    pub fn version(&self) -> u32 {
-        self.version
-    }
-
     /// The error for an event that declares no way to read this version.
     pub fn no_upcaster<E: Event>(&self) -> UpcastError {
         UpcastError::NoUpcaster {
@@ -276,79 +235,6 @@ pub(crate) fn decode_payload<E: Event>(codec: &dyn Codec, envelope: &Envelope) -
         version: envelope.version,
         source,
     })
-}
-
-/// A version of an event that could not be read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum UpcastError {
-    /// The payload is of a newer version than the type knows.
-    #[error(
-        "`{event}` v{found} is newer than v{known}, the newest this program knows: deploy the \
-         consumers that know v{found} before the producers that publish it"
-    )]
-    Newer {
-        /// The event name.
-        event: &'static str,
-        /// The payload's version.
-        found: u32,
-        /// The type's version.
-        known: u32,
-    },
-    /// Nothing turns this older version into the type's.
-    #[error(
-        "`{event}` v{from} cannot be read as v{to}: no upcaster covers v{from}; declare one on \
-         the event type, `#[event(upcast(v{from} = function))]` on the JSON or \
-         `#[event(upcast(from = OldType))]` with `From<OldType>`"
-    )]
-    NoUpcaster {
-        /// The event name.
-        event: &'static str,
-        /// The version no upcaster covers.
-        from: u32,
-        /// The type's version.
-        to: u32,
-    },
-    /// An upcaster returned an error.
-    #[error("the upcaster of `{event}` from v{from} failed: {reason}")]
-    Failed {
-        /// The event name.
-        event: &'static str,
-        /// The version it upcasts from.
-        from: u32,
-        /// What it said.
-        reason: String,
-    },
-    /// The payload did not decode at some version on the way.
-    #[error("the payload of `{event}` does not match v{version}: {source}")]
-    Decode {
-        /// The event name.
-        event: &'static str,
-        /// The version it was decoded at.
-        version: u32,
-        /// What the codec said.
-        source: CodecError,
-    },
-    /// The envelope holds another event.
-    #[error("the envelope holds `{found}`, not `{expected}`: decode it as the type of `{found}`")]
-    OtherEvent {
-        /// The name of the type asked for.
-        expected: &'static str,
-        /// The name in the envelope.
-        found: String,
-    },
-    /// The envelope holds an event that none of an [`EventSet`](crate::EventSet)'s
-    /// variants has.
-    #[error(
-        "`{found}` is none of the events of `{set}`: add a variant for it, or keep it out of \
-         the aggregate's stream"
-    )]
-    NotInSet {
-        /// The set's type.
-        set: &'static str,
-        /// The name in the envelope.
-        found: String,
-    },
 }
 
 /// What `#[derive(Event)]` uses to tell an older [`Event`] (read with its own upcasters)
