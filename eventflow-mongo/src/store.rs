@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventflow::store::{
-    CheckpointStore, EventStore, InboxStore, OutboxEntry, OutboxStore, SnapshotStore, Storage, StoredEvent,
-    Transaction,
+    CheckpointStore, EventStore, FeedSettings, InboxStore, LeasedOutbox, OutboxEntry, OutboxFeed,
+    OutboxStore, SnapshotStore, Storage, StoredEvent, Transaction,
 };
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
@@ -259,7 +259,7 @@ impl EventStore for MongoStore {
 }
 
 #[async_trait]
-impl OutboxStore for MongoStore {
+impl LeasedOutbox for MongoStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -276,6 +276,20 @@ impl OutboxStore for MongoStore {
 
     async fn release_outbox(&self, relay: &str) -> Result<(), Error> {
         self.outbox.release(relay).await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MongoStore {
+    async fn open_outbox(&self, _relay: &str, _settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Err(Error::Unsupported(
+            "this store's outbox feed is not written yet; the relay drives its LeasedOutbox primitives"
+                .into(),
+        ))
+    }
+
+    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
+        Some(self)
     }
 
     async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxEntry, OutboxLease, OutboxStore,
-    SnapshotStore, Storage, StoredEvent, StoredSnapshot, Transaction,
+    CheckpointStore, EventStore, ExpectedVersion, FeedSettings, InboxStore, LeasedOutbox, OutboxEntry,
+    OutboxFeed, OutboxLease, OutboxStore, SnapshotStore, Storage, StoredEvent, StoredSnapshot, Transaction,
 };
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
@@ -281,7 +281,7 @@ impl EventStore for MemoryStore {
 }
 
 #[async_trait]
-impl OutboxStore for MemoryStore {
+impl LeasedOutbox for MemoryStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -322,6 +322,20 @@ impl OutboxStore for MemoryStore {
             data.lease = None;
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MemoryStore {
+    async fn open_outbox(&self, _relay: &str, _settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Err(Error::Unsupported(
+            "this store's outbox feed is not written yet; the relay drives its LeasedOutbox primitives"
+                .into(),
+        ))
+    }
+
+    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
+        Some(self)
     }
 
     async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {

@@ -9,11 +9,11 @@ use tokio::sync::watch;
 use super::rows::{envelope_from_row, nanos, salvage_envelope, sql_int};
 use super::schema::CLAIM_OUTBOX;
 use super::SqliteStore;
-use crate::store::{OutboxEntry, OutboxLease, OutboxStore};
+use crate::store::{FeedSettings, LeasedOutbox, OutboxEntry, OutboxFeed, OutboxLease, OutboxStore};
 use crate::Error;
 
 #[async_trait]
-impl OutboxStore for SqliteStore {
+impl LeasedOutbox for SqliteStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -109,6 +109,20 @@ impl OutboxStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn open_outbox(&self, _relay: &str, _settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Err(Error::Unsupported(
+            "this store's outbox feed is not written yet; the relay drives its LeasedOutbox primitives"
+                .into(),
+        ))
+    }
+
+    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
+        Some(self)
     }
 
     async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {
