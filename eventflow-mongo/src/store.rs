@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use eventflow::store::{
     CheckpointStore, EventStore, FeedSettings, InboxStore, LeasedOutbox, OutboxEntry, OutboxFeed,
-    OutboxStore, SnapshotStore, Storage, StoredEvent, Transaction,
+    OutboxStore, PolledOutbox, SnapshotStore, Storage, StoredEvent, Transaction,
 };
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
@@ -281,11 +281,13 @@ impl LeasedOutbox for MongoStore {
 
 #[async_trait]
 impl OutboxStore for MongoStore {
-    async fn open_outbox(&self, _relay: &str, _settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
-        Err(Error::Unsupported(
-            "this store's outbox feed is not written yet; the relay drives its LeasedOutbox primitives"
-                .into(),
-        ))
+    /// Transitional, until the change-stream feed lands: the row feed over the primitives.
+    async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Ok(Box::new(PolledOutbox::new(
+            Arc::new(self.clone()),
+            relay,
+            settings,
+        )))
     }
 
     fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {

@@ -13,6 +13,88 @@ use crate::Error;
 /// lease up. A backend that implements it gets its relay feed, with every rule of lease
 /// timing, from [`PolledOutbox`](super::PolledOutbox).
 ///
+/// A row backend implements it and [`OutboxStore`], whose
+/// [`open_outbox`](OutboxStore::open_outbox) returns the polled feed:
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use std::sync::{Arc, Mutex};
+/// use std::time::{Duration, Instant};
+///
+/// use eventflow::store::{
+///     relay_is_gone, FeedSettings, Fed, LeasedOutbox, OutboxEntry, OutboxFeed, OutboxStore, PolledOutbox,
+/// };
+/// use eventflow::{Envelope, Error};
+/// use tokio::sync::watch;
+///
+/// #[derive(Clone)]
+/// struct Rows {
+///     rows: Arc<Mutex<(BTreeMap<u64, Envelope>, Option<(String, Instant)>)>>,
+///     commits: watch::Sender<u64>,
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl OutboxStore for Rows {
+///     async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+///         Ok(Box::new(PolledOutbox::new(Arc::new(self.clone()), relay, settings)))
+///     }
+///
+///     fn commit_signal(&self) -> watch::Receiver<u64> {
+///         self.commits.subscribe()
+///     }
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl LeasedOutbox for Rows {
+///     async fn claim_outbox(&self, relay: &str, lease: Duration, after: u64, limit: usize)
+///         -> Result<Vec<OutboxEntry>, Error> {
+///         let mut guard = self.rows.lock().unwrap();
+///         let (rows, holder) = &mut *guard;
+///         let now = Instant::now();
+///         if let Some((other, until)) = holder {
+///             if other != relay && *until > now && !relay_is_gone(other) {
+///                 return Ok(Vec::new());
+///             }
+///         }
+///         *holder = Some((relay.to_owned(), now + lease));
+///         let rows = rows.range(after + 1..).take(limit);
+///         Ok(rows.map(|(&sequence, envelope)| OutboxEntry::new(sequence, envelope.clone())).collect())
+///     }
+///
+///     async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error> {
+///         let mut guard = self.rows.lock().unwrap();
+///         let (rows, holder) = &mut *guard;
+///         if holder.as_ref().is_some_and(|(other, _)| other != relay) {
+///             return Err(Error::backend(format!("relay `{relay}` lost the outbox lease")));
+///         }
+///         sequences.iter().for_each(|sequence| drop(rows.remove(sequence)));
+///         Ok(())
+///     }
+///
+///     async fn release_outbox(&self, relay: &str) -> Result<(), Error> {
+///         let mut guard = self.rows.lock().unwrap();
+///         if guard.1.as_ref().is_some_and(|(holder, _)| holder == relay) {
+///             guard.1 = None;
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = Rows { rows: Default::default(), commits: watch::channel(0).0 };
+/// let placed = Envelope::new("order.placed", 1, "orders", "application/json", "{}");
+/// store.rows.lock().unwrap().0.insert(1, placed.clone());
+/// store.commits.send_modify(|commits| *commits += 1);
+///
+/// let mut feed = store.open_outbox("relay-a", FeedSettings::default()).await.unwrap();
+/// let Fed::Entries { entries, caught_up } = feed.next().await.unwrap() else { panic!() };
+/// assert_eq!((entries[0].envelope.clone(), caught_up), (placed, Some(1)));
+/// feed.delivered(&[entries[0].sequence]).await.unwrap();
+/// feed.close().await.unwrap();
+/// # }
+/// ```
+///
 /// Conformance: [`conformance::leased_outbox`](super::conformance::leased_outbox).
 #[async_trait]
 pub trait LeasedOutbox: OutboxStore {

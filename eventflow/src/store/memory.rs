@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use super::{
     CheckpointStore, EventStore, ExpectedVersion, FeedSettings, InboxStore, LeasedOutbox, OutboxEntry,
-    OutboxFeed, OutboxLease, OutboxStore, SnapshotStore, Storage, StoredEvent, StoredSnapshot, Transaction,
+    OutboxFeed, OutboxLease, OutboxStore, PolledOutbox, SnapshotStore, Storage, StoredEvent, StoredSnapshot,
+    Transaction,
 };
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
@@ -327,11 +328,12 @@ impl LeasedOutbox for MemoryStore {
 
 #[async_trait]
 impl OutboxStore for MemoryStore {
-    async fn open_outbox(&self, _relay: &str, _settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
-        Err(Error::Unsupported(
-            "this store's outbox feed is not written yet; the relay drives its LeasedOutbox primitives"
-                .into(),
-        ))
+    async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Ok(Box::new(PolledOutbox::new(
+            Arc::new(self.clone()),
+            relay,
+            settings,
+        )))
     }
 
     fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {

@@ -35,6 +35,7 @@ mod leased_outbox;
 mod memory;
 mod outbox;
 mod outbox_feed;
+mod polled_outbox;
 mod snapshots;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -51,6 +52,7 @@ pub use leased_outbox::LeasedOutbox;
 pub use memory::MemoryStore;
 pub use outbox::{OutboxEntry, OutboxStore};
 pub use outbox_feed::{Fed, FeedSettings, OutboxFeed};
+pub use polled_outbox::PolledOutbox;
 pub use snapshots::{SnapshotStore, StoredSnapshot};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{rusqlite, SqliteStore, SqliteStoreBuilder, SqliteTransaction};

@@ -1,5 +1,6 @@
 //! The outbox on SQLite: claims under the relay lease, delivered entries, releasing the lease.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -9,7 +10,9 @@ use tokio::sync::watch;
 use super::rows::{envelope_from_row, nanos, salvage_envelope, sql_int};
 use super::schema::CLAIM_OUTBOX;
 use super::SqliteStore;
-use crate::store::{FeedSettings, LeasedOutbox, OutboxEntry, OutboxFeed, OutboxLease, OutboxStore};
+use crate::store::{
+    FeedSettings, LeasedOutbox, OutboxEntry, OutboxFeed, OutboxLease, OutboxStore, PolledOutbox,
+};
 use crate::Error;
 
 #[async_trait]
@@ -114,11 +117,12 @@ impl LeasedOutbox for SqliteStore {
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
-    async fn open_outbox(&self, _relay: &str, _settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
-        Err(Error::Unsupported(
-            "this store's outbox feed is not written yet; the relay drives its LeasedOutbox primitives"
-                .into(),
-        ))
+    async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Ok(Box::new(PolledOutbox::new(
+            Arc::new(self.clone()),
+            relay,
+            settings,
+        )))
     }
 
     fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
