@@ -290,10 +290,6 @@ impl OutboxStore for MongoStore {
         )))
     }
 
-    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
-        Some(self)
-    }
-
     async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {
         self.outbox.lease().await
     }
