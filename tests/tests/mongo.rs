@@ -14,7 +14,6 @@ use eventflow_mongo::mongodb::bson::{doc, Document};
 use eventflow_mongo::{CollectionNames, MongoStore, MongoTransaction};
 
 eventflow::storage_conformance!(mongo_support::store());
-eventflow::storage_conformance!(leased_outbox: mongo_support::store());
 
 fn event(n: u32) -> Envelope {
     let mut envelope = Envelope::new(
