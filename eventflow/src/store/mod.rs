@@ -9,8 +9,8 @@
 //! | Trait | Concern | Methods |
 //! |---|---|---|
 //! | [`EventStore`] | reading streams | `read_stream`, `read_all`, `head_position` |
-//! | [`OutboxStore`] | the relay's lease on the outbox | `open_outbox` (an [`OutboxFeed`]), `outbox_lease`, `commit_signal` |
-//! | [`LeasedOutbox`] (row stores) | the outbox as rows under a lease | `claim_outbox`, `mark_delivered`, `release_outbox` |
+//! | [`OutboxStore`] | the outbox as the relay's feed | `open_outbox` (an [`OutboxFeed`]: `next`, `delivered`, `rewind`, `hold`, `close`), `outbox_lease`, `commit_signal` |
+//! | [`LeasedOutbox`] (row stores) | the outbox as rows under a lease, fed by [`PolledOutbox`] | `claim_outbox`, `mark_delivered`, `release_outbox` |
 //! | [`InboxStore`] | which events a group processed | `is_processed`, `mark_processed`, `processed`, `mark_all_processed`, `prune_inbox` |
 //! | [`CheckpointStore`] | named positions | `checkpoint`, `save_checkpoint` |
 //! | [`DeadLetterStore`] | events a group gave up on | `put`, `list`, `take`, `purge`, `counts`, `blocked_keys` |
