@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::lease::OutboxLease;
 use super::leased_outbox::LeasedOutbox;
+use super::outbox_entry::OutboxEntry;
 use super::outbox_feed::{Fed, FeedSettings, OutboxFeed};
 use crate::Error;
 
@@ -47,6 +49,20 @@ pub struct PolledOutbox {
     caught_up: Option<u64>,
     /// The other holder last reported as [`Fed::StandingBy`].
     standing_by: Option<String>,
+    /// A claim a dropped [`next`](OutboxFeed::next) left running: the next call takes its
+    /// result instead of claiming again (the relay drops `next` whenever a batch the groups
+    /// handled comes first).
+    claiming: Option<Claim>,
+    /// A claim a rewind left behind, still to finish before the lease is given up.
+    rewound: Option<JoinHandle<Result<Vec<OutboxEntry>, Error>>>,
+}
+
+/// A claim running on its own task.
+struct Claim {
+    /// The commit count before it started.
+    seen: u64,
+    started: Instant,
+    task: JoinHandle<Result<Vec<OutboxEntry>, Error>>,
 }
 
 /// Whose the lease was at an empty claim.
@@ -73,6 +89,30 @@ impl PolledOutbox {
             renewed_at: Instant::now(),
             caught_up: None,
             standing_by: None,
+            claiming: None,
+            rewound: None,
+        }
+    }
+
+    /// The claim running, or a new one after the last entry handed out.
+    fn claim(&mut self) -> &mut Claim {
+        self.claiming.get_or_insert_with(|| {
+            let (outbox, relay) = (self.outbox.clone(), self.relay.clone());
+            let (lease, after, batch) = (self.settings.lease, self.after, self.settings.batch);
+            Claim {
+                seen: *self.commits.borrow_and_update(),
+                started: Instant::now(),
+                task: tokio::spawn(async move { outbox.claim_outbox(&relay, lease, after, batch).await }),
+            }
+        })
+    }
+
+    /// Lets a claim left running finish, so that it cannot take the lease again after it was
+    /// given up.
+    async fn settle_claim(&mut self) {
+        let tasks = [self.claiming.take().map(|claim| claim.task), self.rewound.take()];
+        for task in tasks.into_iter().flatten() {
+            let _ = task.await;
         }
     }
 
@@ -127,12 +167,15 @@ impl OutboxFeed for PolledOutbox {
         loop {
             // State changes only right before a return: a future dropped at an await loses
             // nothing, and the next call claims the same entries again.
-            let seen = *self.commits.borrow_and_update();
-            let claimed_at = Instant::now();
-            let entries = self
-                .outbox
-                .claim_outbox(&self.relay, self.settings.lease, self.after, self.settings.batch)
-                .await?;
+            let claim = self.claim();
+            let (seen, claimed_at) = (claim.seen, claim.started);
+            let claimed = (&mut claim.task).await;
+            self.claiming = None;
+            let entries = claimed.map_err(|panic| {
+                Error::backend(format!(
+                    "claiming the outbox panicked: {panic}; the claim is made again"
+                ))
+            })??;
             if let Some(last) = entries.last() {
                 self.held_at = Some(claimed_at);
                 self.renewed_at = claimed_at;
@@ -201,6 +244,10 @@ impl OutboxFeed for PolledOutbox {
     }
 
     fn rewind(&mut self) {
+        // A claim running after the old cursor: its entries come again with the next one.
+        if let Some(claim) = self.claiming.take() {
+            self.rewound = Some(claim.task);
+        }
         self.after = 0;
         self.outstanding.clear();
         self.caught_up = None;
@@ -216,7 +263,8 @@ impl OutboxFeed for PolledOutbox {
         }
     }
 
-    async fn close(self: Box<Self>) -> Result<(), Error> {
+    async fn close(mut self: Box<Self>) -> Result<(), Error> {
+        self.settle_claim().await;
         self.outbox.release_outbox(&self.relay).await
     }
 }

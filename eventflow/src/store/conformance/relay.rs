@@ -124,6 +124,11 @@ pub async fn a_second_feed_stands_by_then_takes_over_when_the_first_closes<S: St
         "the second feed handed out entries under the first's lease",
     )
     .await;
+    // A relay stopping amid a claim: the claim must not take the lease again after close.
+    assert!(
+        !matches!(first.next().now_or_never(), Some(Ok(Fed::Entries { entries, .. })) if !entries.is_empty()),
+        "the first feed handed its entries out twice"
+    );
     first.close().await.unwrap();
     assert_eq!(
         ids(&take_entries(&mut *second, 2, 5).await),
