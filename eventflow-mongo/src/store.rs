@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventflow::store::{
-    CheckpointStore, EventStore, InboxStore, OutboxEntry, OutboxStore, SnapshotStore, Storage, StoredEvent,
-    Transaction,
+    CheckpointStore, EventStore, FeedSettings, InboxStore, LeasedOutbox, OutboxEntry, OutboxFeed,
+    OutboxStore, PolledOutbox, SnapshotStore, Storage, StoredEvent, Transaction,
 };
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
@@ -259,7 +259,7 @@ impl EventStore for MongoStore {
 }
 
 #[async_trait]
-impl OutboxStore for MongoStore {
+impl LeasedOutbox for MongoStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -276,6 +276,18 @@ impl OutboxStore for MongoStore {
 
     async fn release_outbox(&self, relay: &str) -> Result<(), Error> {
         self.outbox.release(relay).await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MongoStore {
+    /// Transitional, until the change-stream feed lands: the row feed over the primitives.
+    async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Ok(Box::new(PolledOutbox::new(
+            Arc::new(self.clone()),
+            relay,
+            settings,
+        )))
     }
 
     async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {

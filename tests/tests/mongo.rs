@@ -7,7 +7,7 @@ mod mongo_support;
 use std::time::Duration;
 
 use eventflow::store::{
-    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxStore, Storage, Transaction,
+    CheckpointStore, EventStore, ExpectedVersion, InboxStore, LeasedOutbox, Storage, Transaction,
 };
 use eventflow::Envelope;
 use eventflow_mongo::mongodb::bson::{doc, Document};

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use eventflow::store::{
-    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxStore, SqliteStore, SqliteTransaction,
+    CheckpointStore, EventStore, ExpectedVersion, InboxStore, LeasedOutbox, SqliteStore, SqliteTransaction,
     Storage, Transaction,
 };
 use eventflow::Envelope;
 use eventflow_tests::{remove_db, temp_db};
 
 eventflow::storage_conformance!(async { SqliteStore::open(temp_db()).await.unwrap() });
+eventflow::storage_conformance!(leased_outbox: async { SqliteStore::open(temp_db()).await.unwrap() });
 
 fn event(n: u32) -> Envelope {
     let mut envelope = Envelope::new(
@@ -234,4 +235,27 @@ fn insert_order(tx: &mut dyn Transaction) {
             eventflow::store::rusqlite::params!["order-1", 42],
         )
         .unwrap();
+}
+
+#[tokio::test]
+async fn an_outbox_row_that_cannot_be_read_comes_flagged_and_its_neighbours_as_they_are() {
+    let path = temp_db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let break_oldest = |store: &SqliteStore| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.downcast_mut::<SqliteTransaction>()
+                .unwrap()
+                .connection()
+                .execute(
+                    "UPDATE outbox SET headers = 'not json' WHERE sequence = (SELECT MIN(sequence) FROM outbox)",
+                    [],
+                )
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    eventflow::store::conformance::a_corrupt_entry_comes_flagged(&store, break_oldest).await;
+    remove_db(&path);
 }

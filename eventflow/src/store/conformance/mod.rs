@@ -58,7 +58,8 @@
 //! |---|---|---|
 //! | [`event_store`] | [`EventStore`](super::EventStore) | `event_store:` |
 //! | [`units_of_work`] | [`Transaction`](super::Transaction) | `units_of_work:` |
-//! | [`outbox`] | [`OutboxStore`](super::OutboxStore) | `outbox:` |
+//! | [`leased_outbox`] | [`LeasedOutbox`](super::LeasedOutbox) (row stores; not in the whole suite) | `leased_outbox:` |
+//! | [`relay`] | [`OutboxStore`](super::OutboxStore) through its [`OutboxFeed`](super::OutboxFeed) | `relay:` |
 //! | [`inbox`] | [`InboxStore`](super::InboxStore) | `inbox:` |
 //! | [`dead_letters`] | [`DeadLetterStore`](super::DeadLetterStore) | `dead_letters:` |
 //! | [`checkpoints`] | [`CheckpointStore`](super::CheckpointStore) | `checkpoints:` |
@@ -70,21 +71,22 @@ mod dead_letter_operations;
 pub mod dead_letters;
 pub mod event_store;
 pub mod inbox;
-pub mod outbox;
+pub mod leased_outbox;
 pub mod projections;
+pub mod relay;
 pub mod snapshots;
+mod support;
 pub mod units_of_work;
 
 pub use checkpoints::*;
 pub use dead_letters::*;
 pub use event_store::*;
 pub use inbox::*;
-pub use outbox::*;
+pub use leased_outbox::*;
 pub use projections::*;
+pub use relay::*;
 pub use snapshots::*;
 pub use units_of_work::*;
-
-use crate::Envelope;
 
 /// Runs guarantees of the suite as their own `#[tokio::test]`, each on a store made by
 /// `$make` (an expression of a future yielding a fresh store): all of them, or those of one
@@ -106,10 +108,22 @@ macro_rules! storage_conformance {
             a_savepoint_rolls_back_only_what_followed_it,
         );
     };
-    (outbox: $make:expr) => {
+    (leased_outbox: $make:expr) => {
         $crate::storage_conformance!(@tests $make;
             the_outbox_yields_entries_in_commit_order,
             only_one_relay_claims_the_outbox_until_its_lease_expires,
+        );
+    };
+    (relay: $make:expr) => {
+        $crate::storage_conformance!(@tests $make;
+            the_feed_hands_out_entries_in_commit_order_in_batches,
+            delivered_entries_never_come_back,
+            rewinding_hands_out_again_what_is_not_delivered,
+            a_second_feed_stands_by_then_takes_over_when_the_first_closes,
+            a_second_feed_takes_over_when_the_lease_runs_out,
+            caught_up_reaches_the_commit_count,
+            a_dropped_next_loses_nothing,
+            two_relays_deliver_each_entry_once_in_order_per_key,
         );
     };
     (inbox: $make:expr) => {
@@ -148,23 +162,11 @@ macro_rules! storage_conformance {
     ($make:expr) => {
         $crate::storage_conformance!(event_store: $make);
         $crate::storage_conformance!(units_of_work: $make);
-        $crate::storage_conformance!(outbox: $make);
+        $crate::storage_conformance!(relay: $make);
         $crate::storage_conformance!(inbox: $make);
         $crate::storage_conformance!(dead_letters: $make);
         $crate::storage_conformance!(checkpoints: $make);
         $crate::storage_conformance!(snapshots: $make);
         $crate::storage_conformance!(projections: $make);
     };
-}
-
-fn event(key: &str, n: u32) -> Envelope {
-    let mut envelope = Envelope::new(
-        "test.happened",
-        1,
-        "conformance",
-        "application/json",
-        format!("{{\"n\":{n}}}"),
-    );
-    envelope.key = Some(key.to_owned());
-    envelope
 }
