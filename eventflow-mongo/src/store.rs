@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventflow::store::{
-    CheckpointStore, EventStore, InboxStore, OutboxEntry, OutboxStore, SnapshotStore, Storage, StoredEvent,
-    Transaction,
+    CheckpointStore, EventStore, FeedSettings, InboxStore, OutboxEntry, OutboxFeed, OutboxStore,
+    SnapshotStore, Storage, StoredEvent, Transaction,
 };
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
@@ -20,7 +20,7 @@ use crate::client::{CollectionNames, Inner};
 use crate::document::{self, field, int, uuid_bson};
 use crate::error::{backend, is_duplicate_key, unreadable};
 use crate::inbox::marker;
-use crate::outbox::Outbox;
+use crate::outbox::{Claims, Outbox};
 use crate::transaction::MongoTransaction;
 
 /// The URI [`MongoStore::from_env`] uses when `MONGODB_URI` is not set: a server on this
@@ -80,8 +80,10 @@ pub const DEFAULT_URI: &str = "mongodb://127.0.0.1:27017/?directConnection=true"
 #[derive(Clone)]
 pub struct MongoStore {
     pub(crate) inner: Arc<Inner>,
-    /// The relay's side of the outbox: its feed, lease and clean-up.
+    /// What the relay feeds opened on this handle share: the clean-up, the watermark.
     pub(crate) outbox: Arc<Outbox>,
+    /// The feed of the relay that claims through this handle.
+    claims: Arc<Claims>,
 }
 
 /// Opens a [`MongoStore`] with non-default settings; from [`MongoStore::builder`].
@@ -138,6 +140,7 @@ impl MongoStoreBuilder {
         crate::schema::create_indexes(&inner).await?;
         Ok(MongoStore {
             outbox: Arc::new(Outbox::new(inner.clone())),
+            claims: Arc::default(),
             inner,
         })
     }
@@ -183,6 +186,19 @@ impl MongoStore {
     /// The database eventflow's collections are in.
     pub fn database(&self) -> &Database {
         &self.inner.database
+    }
+
+    /// Opens the outbox for `relay` as a feed of its own: the change stream, the lease, the
+    /// delivered watermark and the saved position live in it. The first
+    /// [`next`](OutboxFeed::next) takes the lease (or reports who holds it) and positions
+    /// the change stream at the saved resume token, or scans the outbox; entries come in
+    /// commit order as the server streams them, from this process or any other.
+    pub async fn open_outbox(
+        &self,
+        relay: &str,
+        settings: FeedSettings,
+    ) -> Result<Box<dyn OutboxFeed>, Error> {
+        Ok(Box::new(self.outbox.open(relay, settings)))
     }
 
     /// How many outbox entries wait for the relay: the relay's backlog.
@@ -267,15 +283,15 @@ impl OutboxStore for MongoStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<OutboxEntry>, Error> {
-        self.outbox.claim(relay, lease, after, limit).await
+        self.claims.claim(&self.outbox, relay, lease, after, limit).await
     }
 
     async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error> {
-        self.outbox.mark_delivered(relay, sequences).await
+        self.claims.mark_delivered(&self.outbox, relay, sequences).await
     }
 
     async fn release_outbox(&self, relay: &str) -> Result<(), Error> {
-        self.outbox.release(relay).await
+        self.claims.release(&self.outbox, relay).await
     }
 
     async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {
