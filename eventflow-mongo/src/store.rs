@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventflow::store::{
-    CheckpointStore, EventStore, FeedSettings, InboxStore, OutboxEntry, OutboxFeed, OutboxStore,
-    SnapshotStore, Storage, StoredEvent, Transaction,
+    CheckpointStore, EventStore, FeedSettings, InboxStore, LeasedOutbox, OutboxEntry, OutboxFeed,
+    OutboxStore, SnapshotStore, Storage, StoredEvent, Transaction,
 };
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
@@ -188,19 +188,6 @@ impl MongoStore {
         &self.inner.database
     }
 
-    /// Opens the outbox for `relay` as a feed of its own: the change stream, the lease, the
-    /// delivered watermark and the saved position live in it. The first
-    /// [`next`](OutboxFeed::next) takes the lease (or reports who holds it) and positions
-    /// the change stream at the saved resume token, or scans the outbox; entries come in
-    /// commit order as the server streams them, from this process or any other.
-    pub async fn open_outbox(
-        &self,
-        relay: &str,
-        settings: FeedSettings,
-    ) -> Result<Box<dyn OutboxFeed>, Error> {
-        Ok(Box::new(self.outbox.open(relay, settings)))
-    }
-
     /// How many outbox entries wait for the relay: the relay's backlog.
     pub async fn outbox_backlog(&self) -> Result<u64, Error> {
         self.outbox.backlog().await
@@ -275,7 +262,7 @@ impl EventStore for MongoStore {
 }
 
 #[async_trait]
-impl OutboxStore for MongoStore {
+impl LeasedOutbox for MongoStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -292,6 +279,22 @@ impl OutboxStore for MongoStore {
 
     async fn release_outbox(&self, relay: &str) -> Result<(), Error> {
         self.claims.release(&self.outbox, relay).await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MongoStore {
+    /// The outbox as a feed of its own: the change stream, the lease, the delivered
+    /// watermark and the saved position live in it. The first [`next`](OutboxFeed::next)
+    /// takes the lease (or reports who holds it) and positions the change stream at the
+    /// saved resume token, or scans the outbox; entries then come in commit order as the
+    /// server streams them, from this process or any other.
+    async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Ok(Box::new(self.outbox.open(relay, settings)))
+    }
+
+    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
+        Some(self)
     }
 
     async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {

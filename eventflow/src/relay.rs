@@ -11,7 +11,7 @@ use crate::codec;
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::outbox_progress::{OutboxProgress, Relayed};
 use crate::retry::Backoff;
-use crate::store::{new_relay_id, OutboxEntry, Storage};
+use crate::store::{new_relay_id, LeasedOutbox, OutboxEntry, Storage};
 use crate::transport::Transport;
 use crate::{Error, RelaySettings};
 
@@ -141,7 +141,7 @@ impl Relay {
         if let Some(handled) = self.transport.until_handled() {
             handled.await;
         }
-        self.storage.mark_delivered(&self.id, &sent.sequences).await?;
+        self.leased()?.mark_delivered(&self.id, &sent.sequences).await?;
         Ok(sent.delivered)
     }
 
@@ -149,7 +149,7 @@ impl Relay {
     /// publishes the rest.
     async fn send_batch(&self, after: u64) -> Result<Sent, Error> {
         let entries = self
-            .storage
+            .leased()?
             .claim_outbox(&self.id, self.lease, after, self.batch)
             .await?;
         let sequences: Vec<u64> = entries.iter().map(|e| e.sequence).collect();
@@ -198,6 +198,10 @@ impl Relay {
     /// finish them, while the relay goes on sending the next ones (up to
     /// 16 batches ahead).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let Ok(outbox) = self.leased() else {
+            tracing::error!(relay = %self.id, "this store has no row outbox; the relay cannot run");
+            return;
+        };
         let mut commits = self.storage.commit_signal();
         let mut failures = 0;
         let mut unsettled = FuturesOrdered::new();
@@ -233,7 +237,7 @@ impl Relay {
                                 Ok(())
                             }
                             (Some(_), None) => {
-                                let marked = self.storage.mark_delivered(&self.id, &sent.sequences).await;
+                                let marked = outbox.mark_delivered(&self.id, &sent.sequences).await;
                                 if marked.is_ok() {
                                     claimed_through = claimed_through.max(through);
                                 }
@@ -258,8 +262,7 @@ impl Relay {
             } else if last_claim.elapsed() >= self.lease / 3 {
                 // Waiting for the groups: keep the lease.
                 last_claim = Instant::now();
-                result = self
-                    .storage
+                result = outbox
                     .claim_outbox(&self.id, self.lease, u64::MAX, 0)
                     .await
                     .map(drop);
@@ -291,7 +294,7 @@ impl Relay {
                 _ = commits.changed() => continue,
                 _ = tokio::time::sleep(wait) => continue,
             };
-            match self.storage.mark_delivered(&self.id, &handled).await {
+            match outbox.mark_delivered(&self.id, &handled).await {
                 Ok(()) => {
                     self.relayed.send_if_modified(|relayed| raise(relayed, through));
                 }
@@ -307,9 +310,18 @@ impl Relay {
                     .send_if_modified(|relayed| raise(relayed, claimed_through));
             }
         }
-        if let Err(error) = self.storage.release_outbox(&self.id).await {
+        if let Err(error) = outbox.release_outbox(&self.id).await {
             tracing::warn!(relay = %self.id, %error, "releasing the outbox lease failed; another relay takes over when it expires");
         }
+    }
+}
+
+impl Relay {
+    /// Transitional: the store's row outbox, which the relay drives until it reads a feed.
+    fn leased(&self) -> Result<&dyn LeasedOutbox, Error> {
+        self.storage
+            .as_leased_outbox()
+            .ok_or_else(|| Error::Unsupported("this store's outbox is not a LeasedOutbox".into()))
     }
 }
 

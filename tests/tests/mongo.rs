@@ -7,13 +7,14 @@ mod mongo_support;
 use std::time::Duration;
 
 use eventflow::store::{
-    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxStore, Storage, Transaction,
+    CheckpointStore, EventStore, ExpectedVersion, InboxStore, LeasedOutbox, Storage, Transaction,
 };
 use eventflow::Envelope;
 use eventflow_mongo::mongodb::bson::{doc, Document};
 use eventflow_mongo::{CollectionNames, MongoStore, MongoTransaction};
 
 eventflow::storage_conformance!(mongo_support::store());
+eventflow::storage_conformance!(leased_outbox: mongo_support::store());
 
 fn event(n: u32) -> Envelope {
     let mut envelope = Envelope::new(

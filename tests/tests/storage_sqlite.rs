@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use eventflow::store::{
-    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxStore, SqliteStore, SqliteTransaction,
+    CheckpointStore, EventStore, ExpectedVersion, InboxStore, LeasedOutbox, SqliteStore, SqliteTransaction,
     Storage, Transaction,
 };
 use eventflow::Envelope;
 use eventflow_tests::{remove_db, temp_db};
 
 eventflow::storage_conformance!(async { SqliteStore::open(temp_db()).await.unwrap() });
+eventflow::storage_conformance!(leased_outbox: async { SqliteStore::open(temp_db()).await.unwrap() });
 
 fn event(n: u32) -> Envelope {
     let mut envelope = Envelope::new(

@@ -105,7 +105,7 @@ impl Relay {
     /// over, so the entry is read again: it is still in the outbox, claimed by this relay.
     async fn dead_letter_refused(&self, sequence: u64, rejection: Rejection) -> Result<DeadLetter, Error> {
         let mut again = self
-            .storage
+            .leased()?
             .claim_outbox(&self.id, self.lease, sequence.saturating_sub(1), 1)
             .await?;
         let Some(entry) = again.pop().filter(|entry| entry.sequence == sequence) else {

@@ -11,8 +11,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    CheckpointStore, EventStore, ExpectedVersion, InboxStore, OutboxEntry, OutboxLease, OutboxStore,
-    SnapshotStore, Storage, StoredEvent, StoredSnapshot, Transaction,
+    CheckpointStore, EventStore, ExpectedVersion, FeedSettings, InboxStore, LeasedOutbox, OutboxEntry,
+    OutboxFeed, OutboxLease, OutboxStore, PolledOutbox, SnapshotStore, Storage, StoredEvent, StoredSnapshot,
+    Transaction,
 };
 use crate::dead_letter::{DeadLetter, DeadLetterStore};
 use crate::{Envelope, Error};
@@ -281,7 +282,7 @@ impl EventStore for MemoryStore {
 }
 
 #[async_trait]
-impl OutboxStore for MemoryStore {
+impl LeasedOutbox for MemoryStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -322,6 +323,21 @@ impl OutboxStore for MemoryStore {
             data.lease = None;
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl OutboxStore for MemoryStore {
+    async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Ok(Box::new(PolledOutbox::new(
+            Arc::new(self.clone()),
+            relay,
+            settings,
+        )))
+    }
+
+    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
+        Some(self)
     }
 
     async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {

@@ -9,7 +9,8 @@
 //! | Trait | Concern | Methods |
 //! |---|---|---|
 //! | [`EventStore`] | reading streams | `read_stream`, `read_all`, `head_position` |
-//! | [`OutboxStore`] | the relay's lease on the outbox | `claim_outbox`, `mark_delivered`, `release_outbox`, `outbox_lease`, `commit_signal` |
+//! | [`OutboxStore`] | the relay's lease on the outbox | `open_outbox` (an [`OutboxFeed`]), `outbox_lease`, `commit_signal` |
+//! | [`LeasedOutbox`] (row stores) | the outbox as rows under a lease | `claim_outbox`, `mark_delivered`, `release_outbox` |
 //! | [`InboxStore`] | which events a group processed | `is_processed`, `mark_processed`, `processed`, `mark_all_processed`, `prune_inbox` |
 //! | [`CheckpointStore`] | named positions | `checkpoint`, `save_checkpoint` |
 //! | [`DeadLetterStore`] | events a group gave up on | `put`, `list`, `take`, `purge`, `counts`, `blocked_keys` |
@@ -30,9 +31,11 @@ mod dead_letters;
 mod event_store;
 mod inbox;
 mod lease;
+mod leased_outbox;
 mod memory;
 mod outbox;
 mod outbox_feed;
+mod polled_outbox;
 mod snapshots;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -45,9 +48,11 @@ pub use dead_letters::DeadLetterStore;
 pub use event_store::{EventStore, ExpectedVersion, StoredEvent};
 pub use inbox::InboxStore;
 pub use lease::{new_relay_id, relay_is_gone, OutboxLease};
+pub use leased_outbox::LeasedOutbox;
 pub use memory::MemoryStore;
 pub use outbox::{OutboxEntry, OutboxStore};
 pub use outbox_feed::{Fed, FeedSettings, OutboxFeed};
+pub use polled_outbox::PolledOutbox;
 pub use snapshots::{SnapshotStore, StoredSnapshot};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{rusqlite, SqliteStore, SqliteStoreBuilder, SqliteTransaction};

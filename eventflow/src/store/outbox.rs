@@ -1,12 +1,11 @@
 //! The transactional outbox: events a [`Transaction`](super::Transaction) enqueued, which
 //! one relay at a time claims under a lease and marks delivered.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::lease::OutboxLease;
+use super::outbox_feed::{FeedSettings, OutboxFeed};
 use crate::{Envelope, Error};
 
 /// An event waiting in the outbox for the relay.
@@ -33,42 +32,23 @@ impl OutboxEntry {
     }
 }
 
-/// The relay's side of the outbox: claim entries under a lease, mark them delivered, give
-/// the lease up, and wake up when a commit enqueued more.
+/// The relay's side of the outbox: open it as a feed, see who holds its lease, and wake up
+/// when a commit enqueued more.
 ///
-/// Conformance: [`conformance::outbox`](super::conformance::outbox).
+/// A row store implements [`LeasedOutbox`](super::LeasedOutbox) and returns a
+/// [`PolledOutbox`](super::PolledOutbox) from [`open_outbox`](OutboxStore::open_outbox); a
+/// backend that can follow its commits (a change stream) returns a feed of its own.
+///
+/// Conformance: [`conformance::relay`](super::conformance::relay).
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Claims up to `limit` undelivered outbox entries with a sequence after `after` for
-    /// relay `relay`, oldest first.
-    ///
-    /// One relay at a time holds the outbox, under a lease of `lease` that each claim
-    /// renews (a claim with `limit` 0 only renews it); a relay that dies loses it when it
-    /// expires and another takes over. Returns nothing while another relay holds an
-    /// unexpired lease. `after` lets a relay go on past entries it sent and has not marked
-    /// delivered yet.
-    async fn claim_outbox(
-        &self,
-        relay: &str,
-        lease: Duration,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<OutboxEntry>, Error>;
+    /// Opens the outbox for relay `relay`: the feed takes the outbox lease when it can (one
+    /// relay at a time delivers) and hands out entries in commit order.
+    async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error>;
 
-    /// Marks outbox entries delivered, once the transport confirmed them.
-    async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error>;
-
-    /// Gives the outbox lease up, so another relay can take over at once.
-    async fn release_outbox(&self, relay: &str) -> Result<(), Error>;
-
-    /// Who holds the outbox lease now, and until when; `None` if nobody does. The relay
-    /// reads it when a claim came back empty, to tell "nothing to deliver" from "another
-    /// relay delivers" (and log that once, naming the holder). The default says `None`.
-    ///
-    /// A backend's [`claim_outbox`](OutboxStore::claim_outbox) should take an unexpired
-    /// lease over when its holder is provably gone ([`relay_is_gone`](super::relay_is_gone)):
-    /// a relay restarted after a crash then delivers at once instead of waiting for the dead
-    /// relay's lease.
+    /// Who holds the outbox lease now, and until when; `None` if nobody does. For
+    /// inspection ([`EventBus::settled`](crate::EventBus::settled) names the holder when it
+    /// gives up waiting). The default says `None`.
     async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {
         Ok(None)
     }
@@ -78,4 +58,10 @@ pub trait OutboxStore: Send + Sync {
     /// wake-up of the relay and of projections. Commits it cannot see are found by their
     /// fallback polling.
     fn commit_signal(&self) -> watch::Receiver<u64>;
+
+    #[doc(hidden)]
+    /// Transitional: the row primitives of this store, while the relay still drives them.
+    fn as_leased_outbox(&self) -> Option<&dyn super::LeasedOutbox> {
+        None
+    }
 }

@@ -58,7 +58,7 @@
 //! |---|---|---|
 //! | [`event_store`] | [`EventStore`](super::EventStore) | `event_store:` |
 //! | [`units_of_work`] | [`Transaction`](super::Transaction) | `units_of_work:` |
-//! | [`outbox`] | [`OutboxStore`](super::OutboxStore) | `outbox:` |
+//! | [`leased_outbox`] | [`LeasedOutbox`](super::LeasedOutbox) (row stores; not in the whole suite) | `leased_outbox:` |
 //! | [`inbox`] | [`InboxStore`](super::InboxStore) | `inbox:` |
 //! | [`dead_letters`] | [`DeadLetterStore`](super::DeadLetterStore) | `dead_letters:` |
 //! | [`checkpoints`] | [`CheckpointStore`](super::CheckpointStore) | `checkpoints:` |
@@ -70,7 +70,7 @@ mod dead_letter_operations;
 pub mod dead_letters;
 pub mod event_store;
 pub mod inbox;
-pub mod outbox;
+pub mod leased_outbox;
 pub mod projections;
 pub mod snapshots;
 pub mod units_of_work;
@@ -79,7 +79,7 @@ pub use checkpoints::*;
 pub use dead_letters::*;
 pub use event_store::*;
 pub use inbox::*;
-pub use outbox::*;
+pub use leased_outbox::*;
 pub use projections::*;
 pub use snapshots::*;
 pub use units_of_work::*;
@@ -106,7 +106,7 @@ macro_rules! storage_conformance {
             a_savepoint_rolls_back_only_what_followed_it,
         );
     };
-    (outbox: $make:expr) => {
+    (leased_outbox: $make:expr) => {
         $crate::storage_conformance!(@tests $make;
             the_outbox_yields_entries_in_commit_order,
             only_one_relay_claims_the_outbox_until_its_lease_expires,
@@ -148,7 +148,6 @@ macro_rules! storage_conformance {
     ($make:expr) => {
         $crate::storage_conformance!(event_store: $make);
         $crate::storage_conformance!(units_of_work: $make);
-        $crate::storage_conformance!(outbox: $make);
         $crate::storage_conformance!(inbox: $make);
         $crate::storage_conformance!(dead_letters: $make);
         $crate::storage_conformance!(checkpoints: $make);

@@ -31,6 +31,8 @@ pub async fn a_unit_of_work_commits_everything_at_once<S: Storage>(store: &S) {
     assert_eq!(store.read_stream("order-2", 1).await.unwrap()[0].envelope, paid);
     assert!(store.is_processed("billing", handled).await.unwrap());
     let outbox = store
+        .as_leased_outbox()
+        .expect("transitional: a row store")
         .claim_outbox("relay", Duration::from_secs(5), 0, 10)
         .await
         .unwrap();
@@ -52,6 +54,8 @@ pub async fn a_dropped_unit_of_work_leaves_no_trace<S: Storage>(store: &S) {
     assert!(store.read_stream("order-3", 1).await.unwrap().is_empty());
     assert!(store.read_all(0, 10).await.unwrap().is_empty());
     assert!(store
+        .as_leased_outbox()
+        .expect("transitional: a row store")
         .claim_outbox("relay", Duration::from_secs(5), 0, 10)
         .await
         .unwrap()
@@ -111,6 +115,8 @@ pub async fn a_savepoint_rolls_back_only_what_followed_it<S: Storage>(store: &S)
     assert_eq!(&payload[..], br#"{"n":3}"#, "the rolled-back append survived");
     assert!(
         store
+            .as_leased_outbox()
+            .expect("transitional: a row store")
             .claim_outbox("relay", Duration::from_secs(5), 0, 10)
             .await
             .unwrap()

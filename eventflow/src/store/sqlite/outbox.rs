@@ -1,5 +1,6 @@
 //! The outbox on SQLite: claims under the relay lease, delivered entries, releasing the lease.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -9,11 +10,13 @@ use tokio::sync::watch;
 use super::rows::{envelope_from_row, nanos, salvage_envelope, sql_int};
 use super::schema::CLAIM_OUTBOX;
 use super::SqliteStore;
-use crate::store::{OutboxEntry, OutboxLease, OutboxStore};
+use crate::store::{
+    FeedSettings, LeasedOutbox, OutboxEntry, OutboxFeed, OutboxLease, OutboxStore, PolledOutbox,
+};
 use crate::Error;
 
 #[async_trait]
-impl OutboxStore for SqliteStore {
+impl LeasedOutbox for SqliteStore {
     async fn claim_outbox(
         &self,
         relay: &str,
@@ -109,6 +112,21 @@ impl OutboxStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
+        Ok(Box::new(PolledOutbox::new(
+            Arc::new(self.clone()),
+            relay,
+            settings,
+        )))
+    }
+
+    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
+        Some(self)
     }
 
     async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {

@@ -1,14 +1,14 @@
-//! The outbox ([`OutboxStore`](crate::store::OutboxStore)): commit order, and one relay at a time under
-//! a lease.
+//! The outbox of a row store ([`LeasedOutbox`](crate::store::LeasedOutbox)): commit order, and one
+//! relay at a time under a lease.
 
 use std::time::Duration;
 
 use super::event;
-use crate::store::Storage;
+use crate::store::{LeasedOutbox, Storage};
 
 /// Outbox entries come out in commit order, from after a given sequence, and leave once
 /// marked delivered.
-pub async fn the_outbox_yields_entries_in_commit_order<S: Storage>(store: &S) {
+pub async fn the_outbox_yields_entries_in_commit_order<S: Storage + LeasedOutbox>(store: &S) {
     let mut sent = Vec::new();
     for n in 0..20 {
         let envelope = event(&format!("k{}", n % 3), n);
@@ -43,7 +43,7 @@ pub async fn the_outbox_yields_entries_in_commit_order<S: Storage>(store: &S) {
 
 /// While one relay holds the outbox lease, another claims nothing; when the lease expires
 /// (the holder died) or is released, the other takes over and sees the undelivered entries.
-pub async fn only_one_relay_claims_the_outbox_until_its_lease_expires<S: Storage>(store: &S) {
+pub async fn only_one_relay_claims_the_outbox_until_its_lease_expires<S: Storage + LeasedOutbox>(store: &S) {
     let mut tx = store.begin().await.unwrap();
     tx.enqueue(&[event("k", 1), event("k", 2)]).await.unwrap();
     tx.commit().await.unwrap();
