@@ -79,6 +79,7 @@ impl MongoFeed {
         self.handed = 0;
         self.held_until = None;
         self.marks.forget();
+        self.reported = None;
         self.outbox.publish_watermark(0);
     }
 
@@ -209,6 +210,8 @@ impl OutboxFeed for MongoFeed {
 
     fn rewind(&mut self) {
         self.handed = 0;
+        // The relay forgot what it was told: tell it again.
+        self.reported = None;
     }
 
     async fn hold(&mut self) -> Error {
