@@ -293,10 +293,6 @@ impl OutboxStore for MongoStore {
         Ok(Box::new(self.outbox.open(relay, settings)))
     }
 
-    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
-        Some(self)
-    }
-
     async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {
         self.outbox.lease().await
     }

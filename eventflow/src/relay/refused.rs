@@ -74,49 +74,40 @@ impl Relay {
         if entries.is_empty() {
             return Ok(0);
         }
-        let sequences: Vec<u64> = entries.iter().map(|entry| entry.sequence).collect();
-        let envelopes: Vec<Envelope> = entries.into_iter().map(|entry| entry.envelope).collect();
+        // The transport takes the envelopes; the entries stay, to dead-letter a refused one.
+        let envelopes: Vec<Envelope> = entries.iter().map(|entry| entry.envelope.clone()).collect();
         let rejections = match self.transport.publish_batch(envelopes).await {
-            Ok(()) => return Ok(sequences.len()),
+            Ok(()) => return Ok(entries.len()),
             Err(Error::Rejected { rejections }) => rejections,
             Err(error) => return Err(error),
         };
         let refused = rejections.len();
         for rejection in rejections {
-            let Some(&sequence) = sequences.get(rejection.index) else {
+            let Some(entry) = entries.get(rejection.index) else {
                 return Err(Error::backend(format!(
                     "the transport refused event {} at position {} of a batch of {}: it reported a \
                      position that is not in the batch (a bug in the transport); the batch will be \
                      published again",
                     rejection.event,
                     rejection.index,
-                    sequences.len()
+                    entries.len()
                 )));
             };
-            let letter = self.dead_letter_refused(sequence, rejection).await?;
+            let letter = self.dead_letter_refused(entry.clone(), rejection).await?;
             if let (true, Some(key)) = (self.sequenced, letter.envelope.key) {
                 blocked.entry(key).or_insert(letter.id);
             }
         }
-        Ok(sequences.len() - refused)
+        Ok(entries.len() - refused)
     }
 
-    /// Sets aside the entry the transport refused for good. The batch handed its envelope
-    /// over, so the entry is read again: it is still in the outbox, claimed by this relay.
-    async fn dead_letter_refused(&self, sequence: u64, rejection: Rejection) -> Result<DeadLetter, Error> {
-        let mut again = self
-            .leased()?
-            .claim_outbox(&self.id, self.lease, sequence.saturating_sub(1), 1)
-            .await?;
-        let Some(entry) = again.pop().filter(|entry| entry.sequence == sequence) else {
-            return Err(Error::backend(format!(
-                "the transport refused outbox entry {sequence} (event {}) for good, but the entry \
-                 could no longer be read to dead-letter it (another relay took the outbox over?); \
-                 it stays in the outbox and will be tried again: {}",
-                rejection.event, rejection.reason
-            )));
-        };
-        let envelope = &entry.envelope;
+    /// Sets aside the entry the transport refused for good.
+    async fn dead_letter_refused(
+        &self,
+        entry: OutboxEntry,
+        rejection: Rejection,
+    ) -> Result<DeadLetter, Error> {
+        let (sequence, envelope) = (entry.sequence, &entry.envelope);
         let error = format!(
             "the transport refused outbox entry {sequence} (event {} `{}` v{}, {} bytes, topic `{}`, \
              key {:?}) for good: {}. It was not delivered and the relay went on with the next \

@@ -336,10 +336,6 @@ impl OutboxStore for MemoryStore {
         )))
     }
 
-    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
-        Some(self)
-    }
-
     async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {
         let data = self.data();
         let (now, wall) = (Instant::now(), SystemTime::now());

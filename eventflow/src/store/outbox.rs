@@ -58,10 +58,4 @@ pub trait OutboxStore: Send + Sync {
     /// wake-up of the relay and of projections. Commits it cannot see are found by their
     /// fallback polling.
     fn commit_signal(&self) -> watch::Receiver<u64>;
-
-    #[doc(hidden)]
-    /// Transitional: the row primitives of this store, while the relay still drives them.
-    fn as_leased_outbox(&self) -> Option<&dyn super::LeasedOutbox> {
-        None
-    }
 }

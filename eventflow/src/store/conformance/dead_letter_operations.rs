@@ -9,7 +9,7 @@ use crate::dead_letter::DeadLetter;
 use crate::store::DeadLetterStore;
 
 fn letter(group: &str, key: Option<&str>, n: u32) -> DeadLetter {
-    let mut envelope = super::event(key.unwrap_or("none"), n);
+    let mut envelope = super::support::event(key.unwrap_or("none"), n);
     envelope.key = key.map(str::to_owned);
     DeadLetter {
         id: Uuid::now_v7(),

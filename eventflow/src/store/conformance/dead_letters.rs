@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use super::event;
+use super::support::event;
 use crate::store::DeadLetterStore;
 use crate::DeadLetter;
 

@@ -1,7 +1,7 @@
 //! The event store ([`EventStore`](crate::store::EventStore), appending through a unit of work):
 //! optimistic concurrency on a stream, and reading every stream in commit order.
 
-use super::event;
+use super::support::event;
 use crate::store::{ExpectedVersion, Storage};
 use crate::Error;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::event;
+use super::support::event;
 use crate::store::{LeasedOutbox, Storage};
 
 /// Outbox entries come out in commit order, from after a given sequence, and leave once

@@ -73,6 +73,7 @@ pub mod inbox;
 pub mod leased_outbox;
 pub mod projections;
 pub mod snapshots;
+mod support;
 pub mod units_of_work;
 
 pub use checkpoints::*;
@@ -83,8 +84,6 @@ pub use leased_outbox::*;
 pub use projections::*;
 pub use snapshots::*;
 pub use units_of_work::*;
-
-use crate::Envelope;
 
 /// Runs guarantees of the suite as their own `#[tokio::test]`, each on a store made by
 /// `$make` (an expression of a future yielding a fresh store): all of them, or those of one
@@ -154,16 +153,4 @@ macro_rules! storage_conformance {
         $crate::storage_conformance!(snapshots: $make);
         $crate::storage_conformance!(projections: $make);
     };
-}
-
-fn event(key: &str, n: u32) -> Envelope {
-    let mut envelope = Envelope::new(
-        "test.happened",
-        1,
-        "conformance",
-        "application/json",
-        format!("{{\"n\":{n}}}"),
-    );
-    envelope.key = Some(key.to_owned());
-    envelope
 }

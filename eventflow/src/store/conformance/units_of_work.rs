@@ -1,10 +1,8 @@
 //! Units of work ([`Transaction`](crate::store::Transaction)): all or nothing, and savepoints.
 
-use std::time::Duration;
-
 use uuid::Uuid;
 
-use super::event;
+use super::support::{event, outbox_entries};
 use crate::store::{ExpectedVersion, Storage};
 
 /// Appends, outbox entries and inbox markers of one unit of work become visible together.
@@ -30,12 +28,7 @@ pub async fn a_unit_of_work_commits_everything_at_once<S: Storage>(store: &S) {
 
     assert_eq!(store.read_stream("order-2", 1).await.unwrap()[0].envelope, paid);
     assert!(store.is_processed("billing", handled).await.unwrap());
-    let outbox = store
-        .as_leased_outbox()
-        .expect("transitional: a row store")
-        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
-        .await
-        .unwrap();
+    let outbox = outbox_entries(store).await;
     assert_eq!(outbox.len(), 1);
     assert_eq!(outbox[0].envelope, paid);
 }
@@ -53,13 +46,7 @@ pub async fn a_dropped_unit_of_work_leaves_no_trace<S: Storage>(store: &S) {
 
     assert!(store.read_stream("order-3", 1).await.unwrap().is_empty());
     assert!(store.read_all(0, 10).await.unwrap().is_empty());
-    assert!(store
-        .as_leased_outbox()
-        .expect("transitional: a row store")
-        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(outbox_entries(store).await.is_empty());
     assert!(!store.is_processed("billing", handled).await.unwrap());
 }
 
@@ -114,13 +101,7 @@ pub async fn a_savepoint_rolls_back_only_what_followed_it<S: Storage>(store: &S)
         .payload;
     assert_eq!(&payload[..], br#"{"n":3}"#, "the rolled-back append survived");
     assert!(
-        store
-            .as_leased_outbox()
-            .expect("transitional: a row store")
-            .claim_outbox("relay", Duration::from_secs(5), 0, 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        outbox_entries(store).await.is_empty(),
         "an outbox entry rolled back to a savepoint was committed"
     );
     let processed = store.processed("ledger", &[kept, undone, later]).await.unwrap();

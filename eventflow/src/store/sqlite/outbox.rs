@@ -125,10 +125,6 @@ impl OutboxStore for SqliteStore {
         )))
     }
 
-    fn as_leased_outbox(&self) -> Option<&dyn LeasedOutbox> {
-        Some(self)
-    }
-
     async fn outbox_lease(&self) -> Result<Option<OutboxLease>, Error> {
         self.read("reading the outbox lease", move |connection| {
             connection
