@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventflow::store::{
-    CheckpointStore, EventStore, FeedSettings, InboxStore, LeasedOutbox, OutboxEntry, OutboxFeed,
-    OutboxStore, SnapshotStore, Storage, StoredEvent, Transaction,
+    CheckpointStore, EventStore, FeedSettings, InboxStore, OutboxFeed, OutboxStore, SnapshotStore, Storage,
+    StoredEvent, Transaction,
 };
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
@@ -20,7 +20,7 @@ use crate::client::{CollectionNames, Inner};
 use crate::document::{self, field, int, uuid_bson};
 use crate::error::{backend, is_duplicate_key, unreadable};
 use crate::inbox::marker;
-use crate::outbox::{Claims, Outbox};
+use crate::outbox::Outbox;
 use crate::transaction::MongoTransaction;
 
 /// The URI [`MongoStore::from_env`] uses when `MONGODB_URI` is not set: a server on this
@@ -82,8 +82,6 @@ pub struct MongoStore {
     pub(crate) inner: Arc<Inner>,
     /// What the relay feeds opened on this handle share: the clean-up, the watermark.
     pub(crate) outbox: Arc<Outbox>,
-    /// The feed of the relay that claims through this handle.
-    claims: Arc<Claims>,
 }
 
 /// Opens a [`MongoStore`] with non-default settings; from [`MongoStore::builder`].
@@ -140,7 +138,6 @@ impl MongoStoreBuilder {
         crate::schema::create_indexes(&inner).await?;
         Ok(MongoStore {
             outbox: Arc::new(Outbox::new(inner.clone())),
-            claims: Arc::default(),
             inner,
         })
     }
@@ -258,27 +255,6 @@ impl EventStore for MongoStore {
 
     async fn head_position(&self) -> Result<Option<u64>, Error> {
         crate::checkpoints::head_position(&self.inner).await.map(Some)
-    }
-}
-
-#[async_trait]
-impl LeasedOutbox for MongoStore {
-    async fn claim_outbox(
-        &self,
-        relay: &str,
-        lease: Duration,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<OutboxEntry>, Error> {
-        self.claims.claim(&self.outbox, relay, lease, after, limit).await
-    }
-
-    async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error> {
-        self.claims.mark_delivered(&self.outbox, relay, sequences).await
-    }
-
-    async fn release_outbox(&self, relay: &str) -> Result<(), Error> {
-        self.claims.release(&self.outbox, relay).await
     }
 }
 

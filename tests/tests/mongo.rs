@@ -13,7 +13,6 @@ use eventflow_mongo::{CollectionNames, MongoStore, MongoTransaction};
 use mongo_support::{handed, next_batch, open_feed, sequences};
 
 eventflow::storage_conformance!(mongo_support::store());
-eventflow::storage_conformance!(leased_outbox: mongo_support::store());
 
 fn event(n: u32) -> Envelope {
     let mut envelope = Envelope::new(

@@ -197,3 +197,28 @@ async fn the_feed_reports_the_commit_count_it_caught_up_with() {
         "caught up with {caught_up}, not the {committed} commits"
     );
 }
+
+#[tokio::test]
+async fn the_feed_hands_out_entries_in_commit_order_each_once() {
+    let store = mongo_support::store().await;
+    let mut sent = Vec::new();
+    for n in 0..20 {
+        let mut envelope = event(n);
+        envelope.key = Some(format!("k{}", n % 3));
+        sent.push(envelope.id);
+        commit(&store, &[envelope]).await;
+    }
+    let mut feed = open_feed(&store, "relay", 8).await;
+    let first = next_batch(&mut *feed).await;
+    assert_eq!(first.iter().map(|e| e.envelope.id).collect::<Vec<_>>(), sent[..8]);
+    assert!(first.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    // Not delivered yet: the next batches go on past them.
+    let second = next_batch(&mut *feed).await;
+    assert_eq!(
+        second.iter().map(|e| e.envelope.id).collect::<Vec<_>>(),
+        sent[8..16]
+    );
+    feed.delivered(&sequences(&first)).await.unwrap();
+    let rest = handed(&mut *feed).await;
+    assert_eq!(rest.iter().map(|e| e.envelope.id).collect::<Vec<_>>(), sent[16..]);
+}

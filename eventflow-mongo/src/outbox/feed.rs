@@ -135,7 +135,7 @@ impl MongoFeed {
 
     /// One look at the outbox, waiting on nothing but the server: what to hand the relay,
     /// if anything.
-    pub(super) async fn step(&mut self) -> Result<Option<Fed>, Error> {
+    async fn step(&mut self) -> Result<Option<Fed>, Error> {
         self.reap_write().await;
         let started = Instant::now();
         if !self.take_lease(started).await? {

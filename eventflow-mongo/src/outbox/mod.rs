@@ -16,7 +16,6 @@
 //! Why nothing is lost is told in [`reader`] (commit order, the scan, the stream) and
 //! [`position`] (what the saved position promises); the lease's timing rules in [`lease`].
 
-mod claims;
 mod cleanup;
 mod delivered;
 mod feed;
@@ -35,7 +34,6 @@ use eventflow::Error;
 use self::cleanup::Cleaner;
 use crate::client::Inner;
 
-pub(crate) use self::claims::Claims;
 pub(crate) use self::cleanup::{CLEANUP_CHUNK, CLEANUP_INTERVAL};
 pub(crate) use self::feed::MongoFeed;
 pub use self::position::OUTBOX_POSITION_CHECKPOINT;
