@@ -93,65 +93,6 @@ async fn a_redelivered_event_is_handled_once_per_group() {
     bus.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_on_one_store_deliver_each_event_once_in_order_per_key() {
-    let transport = InProcess::new();
-    let store = MemoryStore::new();
-    // An observer without storage, so no inbox hides a double delivery.
-    let rec = Recorder::default();
-    let observer = EventBus::builder()
-        .transport(transport.clone())
-        .state(rec.clone())
-        .handler(audit)
-        .start()
-        .await
-        .unwrap();
-    let first = EventBus::builder()
-        .transport(transport.clone())
-        .storage(store.clone())
-        .start()
-        .await
-        .unwrap();
-    let second = EventBus::builder()
-        .transport(transport.clone())
-        .storage(store.clone())
-        .start()
-        .await
-        .unwrap();
-
-    for seq in 0..300 {
-        let bus = if seq % 2 == 0 { &first } else { &second };
-        let mut work = bus.begin().await.unwrap();
-        work.publish(&paid(seq)).await.unwrap();
-        work.commit().await.unwrap();
-    }
-    // Commits through one handle wake only its own relay; the lease holder may be the
-    // other, which then finds them by polling.
-    eventually(10, "every committed event", || rec.seen("audit").len() >= 300).await;
-    within(5, "the observer to finish", transport.wait_idle()).await;
-
-    assert_eq!(
-        rec.sorted_seqs("audit"),
-        (0..300).collect::<Vec<_>>(),
-        "an event was lost or relayed twice"
-    );
-    let seen = rec.seen("audit");
-    for key in 0..7 {
-        let seqs: Vec<u64> = seen
-            .iter()
-            .filter(|(k, _)| *k == format!("order-{key}"))
-            .map(|(_, s)| *s)
-            .collect();
-        assert!(
-            seqs.windows(2).all(|w| w[0] < w[1]),
-            "key order-{key} out of order: {seqs:?}"
-        );
-    }
-    for bus in [first, second, observer] {
-        bus.shutdown().await;
-    }
-}
-
 #[tokio::test]
 async fn dead_letters_go_to_the_storage() {
     let store = MemoryStore::new();

@@ -236,3 +236,26 @@ fn insert_order(tx: &mut dyn Transaction) {
         )
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_outbox_row_that_cannot_be_read_comes_flagged_and_its_neighbours_as_they_are() {
+    let path = temp_db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let break_oldest = |store: &SqliteStore| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.downcast_mut::<SqliteTransaction>()
+                .unwrap()
+                .connection()
+                .execute(
+                    "UPDATE outbox SET headers = 'not json' WHERE sequence = (SELECT MIN(sequence) FROM outbox)",
+                    [],
+                )
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    eventflow::store::conformance::a_corrupt_entry_comes_flagged(&store, break_oldest).await;
+    remove_db(&path);
+}

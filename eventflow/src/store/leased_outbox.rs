@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::outbox::{OutboxEntry, OutboxStore};
+use super::outbox::OutboxStore;
+use super::outbox_entry::OutboxEntry;
 use crate::Error;
 
 /// The outbox of a row store: claim entries under a lease, mark them delivered, give the

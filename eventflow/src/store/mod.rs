@@ -9,8 +9,8 @@
 //! | Trait | Concern | Methods |
 //! |---|---|---|
 //! | [`EventStore`] | reading streams | `read_stream`, `read_all`, `head_position` |
-//! | [`OutboxStore`] | the relay's lease on the outbox | `open_outbox` (an [`OutboxFeed`]), `outbox_lease`, `commit_signal` |
-//! | [`LeasedOutbox`] (row stores) | the outbox as rows under a lease | `claim_outbox`, `mark_delivered`, `release_outbox` |
+//! | [`OutboxStore`] | the outbox as the relay's feed | `open_outbox` (an [`OutboxFeed`]: `next`, `delivered`, `rewind`, `hold`, `close`), `outbox_lease`, `commit_signal` |
+//! | [`LeasedOutbox`] (row stores) | the outbox as rows under a lease, fed by [`PolledOutbox`] | `claim_outbox`, `mark_delivered`, `release_outbox` |
 //! | [`InboxStore`] | which events a group processed | `is_processed`, `mark_processed`, `processed`, `mark_all_processed`, `prune_inbox` |
 //! | [`CheckpointStore`] | named positions | `checkpoint`, `save_checkpoint` |
 //! | [`DeadLetterStore`] | events a group gave up on | `put`, `list`, `take`, `purge`, `counts`, `blocked_keys` |
@@ -34,14 +34,14 @@ mod lease;
 mod leased_outbox;
 mod memory;
 mod outbox;
+mod outbox_entry;
 mod outbox_feed;
 mod polled_outbox;
 mod snapshots;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod storage;
 mod transaction;
-
-use async_trait::async_trait;
 
 pub use checkpoints::CheckpointStore;
 pub use dead_letters::DeadLetterStore;
@@ -50,38 +50,12 @@ pub use inbox::InboxStore;
 pub use lease::{new_relay_id, relay_is_gone, OutboxLease};
 pub use leased_outbox::LeasedOutbox;
 pub use memory::MemoryStore;
-pub use outbox::{OutboxEntry, OutboxStore};
+pub use outbox::OutboxStore;
+pub use outbox_entry::OutboxEntry;
 pub use outbox_feed::{Fed, FeedSettings, OutboxFeed};
 pub use polled_outbox::PolledOutbox;
 pub use snapshots::{SnapshotStore, StoredSnapshot};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{rusqlite, SqliteStore, SqliteStoreBuilder, SqliteTransaction};
+pub use storage::Storage;
 pub use transaction::Transaction;
-
-use crate::Error;
-
-/// A storage backend: everything a bus needs, one trait per concern, and the way into a
-/// unit of work.
-///
-/// To write a backend, implement each supertrait ([`EventStore`], [`OutboxStore`],
-/// [`InboxStore`], [`CheckpointStore`], [`DeadLetterStore`]), a [`Transaction`], and then
-/// this trait's [`begin`](Storage::begin); run the [`conformance`] module of each trait as
-/// you go. Everything a business change writes goes through a [`Transaction`] from
-/// [`begin`](Storage::begin); the rest are reads and the relay's and consumers'
-/// bookkeeping.
-///
-/// Calling a supertrait's method on a concrete store needs that trait in scope, e.g.
-/// `use eventflow::store::EventStore;` for `store.read_stream(..)`.
-#[async_trait]
-pub trait Storage:
-    EventStore + OutboxStore + InboxStore + CheckpointStore + DeadLetterStore + Send + Sync + 'static
-{
-    /// Starts a unit of work. Dropping it without [`Transaction::commit`] leaves no trace.
-    async fn begin(&self) -> Result<Box<dyn Transaction>, Error>;
-
-    /// Where this backend keeps aggregates' snapshots; `None` (the default) if it keeps
-    /// none, and aggregates are then always loaded from their whole stream.
-    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
-        None
-    }
-}

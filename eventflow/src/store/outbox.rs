@@ -1,36 +1,12 @@
-//! The transactional outbox: events a [`Transaction`](super::Transaction) enqueued, which
-//! one relay at a time claims under a lease and marks delivered.
+//! The transactional outbox as the relay sees it: a feed to open, the lease to inspect, the
+//! commit signal to wake on.
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::lease::OutboxLease;
 use super::outbox_feed::{FeedSettings, OutboxFeed};
-use crate::{Envelope, Error};
-
-/// An event waiting in the outbox for the relay.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxEntry {
-    /// Its sequence number, increasing in commit order.
-    pub sequence: u64,
-    /// The event.
-    pub envelope: Envelope,
-    /// Why the backend could not read this entry whole (a column of the wrong type, an id
-    /// that is not a UUID, ...), if it could not; `envelope` then holds what it could read.
-    /// The relay dead-letters such an entry instead of delivering it, and goes on.
-    pub corrupt: Option<String>,
-}
-
-impl OutboxEntry {
-    /// An entry read whole.
-    pub fn new(sequence: u64, envelope: Envelope) -> Self {
-        OutboxEntry {
-            sequence,
-            envelope,
-            corrupt: None,
-        }
-    }
-}
+use crate::Error;
 
 /// The relay's side of the outbox: open it as a feed, see who holds its lease, and wake up
 /// when a commit enqueued more.

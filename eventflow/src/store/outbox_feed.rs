@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::lease::OutboxLease;
-use super::outbox::OutboxEntry;
+use super::outbox_entry::OutboxEntry;
 use crate::Error;
 
 /// How a relay wants its outbox feed to work.

@@ -1,4 +1,4 @@
-//! The outbox of a row store ([`LeasedOutbox`](crate::store::LeasedOutbox)): commit order, and one
+//! The outbox of a row store ([`LeasedOutbox`]): commit order, and one
 //! relay at a time under a lease.
 
 use std::time::Duration;

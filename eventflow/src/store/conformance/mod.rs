@@ -59,6 +59,7 @@
 //! | [`event_store`] | [`EventStore`](super::EventStore) | `event_store:` |
 //! | [`units_of_work`] | [`Transaction`](super::Transaction) | `units_of_work:` |
 //! | [`leased_outbox`] | [`LeasedOutbox`](super::LeasedOutbox) (row stores; not in the whole suite) | `leased_outbox:` |
+//! | [`relay`] | [`OutboxStore`](super::OutboxStore) through its [`OutboxFeed`](super::OutboxFeed) | `relay:` |
 //! | [`inbox`] | [`InboxStore`](super::InboxStore) | `inbox:` |
 //! | [`dead_letters`] | [`DeadLetterStore`](super::DeadLetterStore) | `dead_letters:` |
 //! | [`checkpoints`] | [`CheckpointStore`](super::CheckpointStore) | `checkpoints:` |
@@ -72,6 +73,7 @@ pub mod event_store;
 pub mod inbox;
 pub mod leased_outbox;
 pub mod projections;
+pub mod relay;
 pub mod snapshots;
 mod support;
 pub mod units_of_work;
@@ -82,6 +84,7 @@ pub use event_store::*;
 pub use inbox::*;
 pub use leased_outbox::*;
 pub use projections::*;
+pub use relay::*;
 pub use snapshots::*;
 pub use units_of_work::*;
 
@@ -109,6 +112,18 @@ macro_rules! storage_conformance {
         $crate::storage_conformance!(@tests $make;
             the_outbox_yields_entries_in_commit_order,
             only_one_relay_claims_the_outbox_until_its_lease_expires,
+        );
+    };
+    (relay: $make:expr) => {
+        $crate::storage_conformance!(@tests $make;
+            the_feed_hands_out_entries_in_commit_order_in_batches,
+            delivered_entries_never_come_back,
+            rewinding_hands_out_again_what_is_not_delivered,
+            a_second_feed_stands_by_then_takes_over_when_the_first_closes,
+            a_second_feed_takes_over_when_the_lease_runs_out,
+            caught_up_reaches_the_commit_count,
+            a_dropped_next_loses_nothing,
+            two_relays_deliver_each_entry_once_in_order_per_key,
         );
     };
     (inbox: $make:expr) => {
@@ -147,6 +162,7 @@ macro_rules! storage_conformance {
     ($make:expr) => {
         $crate::storage_conformance!(event_store: $make);
         $crate::storage_conformance!(units_of_work: $make);
+        $crate::storage_conformance!(relay: $make);
         $crate::storage_conformance!(inbox: $make);
         $crate::storage_conformance!(dead_letters: $make);
         $crate::storage_conformance!(checkpoints: $make);

@@ -42,7 +42,6 @@ mod transaction;
 
 use super::{SnapshotStore, Storage, Transaction};
 use crate::Error;
-use rows::sql_int;
 use schema::{configure, create_schema};
 
 /// Idle reader connections kept for reuse; more are opened while reads overlap.

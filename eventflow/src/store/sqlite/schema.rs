@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::snapshots;
 use crate::Error;
 
 /// The schema this version of eventflow creates, kept in `PRAGMA user_version`.
@@ -128,6 +127,15 @@ pub(super) fn configure(connection: &Connection, busy_timeout: Duration) -> rusq
     Ok(())
 }
 
+/// The snapshots table. Created with `IF NOT EXISTS` at every open, so a database file made
+/// before snapshots existed gains it.
+const SNAPSHOTS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS snapshots (
+    stream TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    state BLOB NOT NULL
+) WITHOUT ROWID;";
+
 pub(super) fn create_schema(connection: &Connection, path: &Path) -> Result<(), Error> {
     let create = || -> rusqlite::Result<Option<i64>> {
         connection.execute_batch("BEGIN IMMEDIATE")?;
@@ -138,7 +146,7 @@ pub(super) fn create_schema(connection: &Connection, path: &Path) -> Result<(), 
         }
         connection.execute_batch(SCHEMA)?;
         // Added after schema version 1 shipped: `IF NOT EXISTS` adds it to older files.
-        connection.execute_batch(snapshots::SCHEMA)?;
+        connection.execute_batch(SNAPSHOTS_SCHEMA)?;
         connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         connection.execute_batch("COMMIT")?;
         Ok(None)

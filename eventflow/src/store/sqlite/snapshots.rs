@@ -3,18 +3,10 @@
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
-use super::{sql_int, SqliteStore};
+use super::rows::sql_int;
+use super::SqliteStore;
 use crate::store::{SnapshotStore, StoredSnapshot};
 use crate::Error;
-
-/// The snapshots table. Created with `IF NOT EXISTS` at every open, so a database file made
-/// before snapshots existed gains it.
-pub(super) const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS snapshots (
-    stream TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    schema_version INTEGER NOT NULL,
-    state BLOB NOT NULL
-) WITHOUT ROWID;";
 
 // A kept snapshot of the same schema and a later version wins: `WHERE` leaves it alone.
 const SAVE: &str = "INSERT INTO snapshots (stream, version, schema_version, state) VALUES (?1, ?2, ?3, ?4) \
