@@ -281,6 +281,32 @@ async fn a_corrupt_entry_is_handed_over_alone_and_its_neighbours_whole() {
     assert_eq!(claimed[1].envelope.id, sent[1].id, "what could be read was kept");
 }
 
+/// The relay conformance's corrupt-entry guarantee, with MongoDB's own breakage: a field of
+/// the oldest entry of the wrong type.
+#[tokio::test]
+async fn a_corrupt_entry_comes_flagged_through_the_feed() {
+    let store = mongo_support::store().await;
+    let break_oldest = |store: &MongoStore| {
+        let outbox = outbox(store);
+        async move {
+            let oldest = outbox
+                .find_one(doc! {})
+                .sort(doc! { "_id": 1 })
+                .await
+                .unwrap()
+                .expect("the outbox is empty");
+            outbox
+                .update_one(
+                    doc! { "_id": oldest.get("_id").unwrap().clone() },
+                    doc! { "$set": { "entries.0.created_at": "yesterday" } },
+                )
+                .await
+                .unwrap();
+        }
+    };
+    eventflow::store::conformance::a_corrupt_entry_comes_flagged(&store, break_oldest).await;
+}
+
 #[tokio::test]
 async fn outbox_documents_of_one_entry_each_are_still_relayed_and_deleted() {
     let store = MongoStore::builder(mongo_support::client().await, &mongo_support::unique_database())
