@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::dead_letter::DeadLetterStore;
 use crate::outbox_progress::Relayed;
 use crate::retry::Backoff;
-use crate::store::{Fed, FeedSettings, OutboxFeed, Storage};
+use crate::store::{Fed, FeedSettings, OutboxEntry, OutboxFeed, Storage};
 use crate::transport::Transport;
 use crate::Error;
 
@@ -63,6 +63,10 @@ pub struct Relay {
     sequenced: bool,
 }
 
+/// Batches published to a transport that is not durable, each resolving to its sequences
+/// and the commit count it caught up with once every group handled it.
+type Unsettled = FuturesOrdered<BoxFuture<'static, (Vec<u64>, Option<u64>)>>;
+
 /// What woke the forwarding loop.
 enum Wake {
     Shutdown,
@@ -101,11 +105,10 @@ impl Relay {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        if let Some(Err(error)) = match feed {
-            Some(feed) => Some(feed.close().await),
-            None => None,
-        } {
-            tracing::warn!(relay = %self.id, %error, "releasing the outbox lease failed; another relay takes over when it expires");
+        if let Some(feed) = feed {
+            if let Err(error) = feed.close().await {
+                tracing::warn!(relay = %self.id, %error, "releasing the outbox lease failed; another relay takes over when it expires");
+            }
         }
     }
 
@@ -118,8 +121,7 @@ impl Relay {
         failures: &mut u32,
     ) -> Result<(), Error> {
         // Batches sent to a transport that is not durable, until every group handled them.
-        let mut unsettled: FuturesOrdered<BoxFuture<'static, (Vec<u64>, Option<u64>)>> =
-            FuturesOrdered::new();
+        let mut unsettled = Unsettled::new();
         // The commit count the feed caught up with behind the unsettled batches: relayed once
         // they are handled.
         let mut caught_up_behind = None;
@@ -159,24 +161,37 @@ impl Relay {
                             true => self.relayed_through(caught_up),
                             false => caught_up_behind = caught_up_behind.max(caught_up),
                         }
-                        continue;
-                    }
-                    let sequences: Vec<u64> = entries.iter().map(|entry| entry.sequence).collect();
-                    let mut blocked = self.blocked_keys().await?;
-                    let deliverable = self.set_aside_undeliverable(entries, &mut blocked).await?;
-                    self.publish_entries(deliverable, &mut blocked).await?;
-                    match self.transport.until_handled() {
-                        None => {
-                            feed.delivered(&sequences).await?;
-                            self.relayed_through(caught_up);
-                        }
-                        Some(handled) => {
-                            unsettled.push_back(handled.map(move |()| (sequences, caught_up)).boxed());
-                        }
+                    } else {
+                        self.relay_batch(feed, entries, caught_up, &mut unsettled).await?;
                     }
                 }
             }
             *failures = 0;
         }
+    }
+
+    /// Dead-letters what cannot be delivered, publishes the rest, and marks the batch
+    /// delivered (or, for a transport that is not durable, queues it until it is handled).
+    async fn relay_batch(
+        &self,
+        feed: &mut dyn OutboxFeed,
+        entries: Vec<OutboxEntry>,
+        caught_up: Option<u64>,
+        unsettled: &mut Unsettled,
+    ) -> Result<(), Error> {
+        let sequences: Vec<u64> = entries.iter().map(|entry| entry.sequence).collect();
+        let mut blocked = self.blocked_keys().await?;
+        let deliverable = self.set_aside_undeliverable(entries, &mut blocked).await?;
+        self.publish_entries(deliverable, &mut blocked).await?;
+        match self.transport.until_handled() {
+            None => {
+                feed.delivered(&sequences).await?;
+                self.relayed_through(caught_up);
+            }
+            Some(handled) => {
+                unsettled.push_back(handled.map(move |()| (sequences, caught_up)).boxed());
+            }
+        }
+        Ok(())
     }
 }
