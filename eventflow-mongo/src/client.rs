@@ -3,6 +3,7 @@
 //! signal. The outbox, the units of work and [`MongoStore`](crate::MongoStore) all build on
 //! [`Inner`]; it imports none of them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use eventflow::Error;
@@ -84,6 +85,9 @@ pub(crate) struct Inner {
     /// Bumped by every commit that appended or enqueued, and by every document the outbox
     /// change stream reads: what wakes the relay.
     pub(crate) commits: watch::Sender<u64>,
+    /// The highest outbox sequence a commit counted by `commits` numbered: once a relay's
+    /// feed has handed out every entry up to it, it has caught up with the count.
+    pub(crate) outbox_committed: AtomicU64,
     /// Taken by this process's units of work while they write numbered documents and
     /// commit: they would conflict on the counter anyway, and queueing here is cheaper and
     /// fairer than aborting on the server.
@@ -114,15 +118,28 @@ impl Inner {
             database,
             names,
             commits: watch::channel(0).0,
+            outbox_committed: AtomicU64::new(0),
             numbering: tokio::sync::Mutex::new(()),
             transaction_retries,
             cleanup_interval,
         }
     }
 
-    /// Bumps the commit signal: a unit of work that appended or enqueued committed.
-    pub(crate) fn signal_commit(&self) {
+    /// Bumps the commit signal: a unit of work that appended or enqueued committed, its
+    /// last outbox entry numbered `last_outbox` if it enqueued. The sequence is recorded
+    /// before the count moves, so whoever reads the count first and the sequence second
+    /// knows every entry the counted commits enqueued.
+    pub(crate) fn signal_commit(&self, last_outbox: Option<u64>) {
+        if let Some(last) = last_outbox {
+            self.outbox_committed.fetch_max(last, Ordering::SeqCst);
+        }
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The highest outbox sequence numbered by the commits `commits` counted so far (those
+    /// of this process): read after the count, it covers every commit the count did.
+    pub(crate) fn committed_outbox(&self) -> u64 {
+        self.outbox_committed.load(Ordering::SeqCst)
     }
 
     /// Reserves `events` positions and `outbox` sequences inside `session`'s transaction;

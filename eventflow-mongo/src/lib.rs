@@ -12,8 +12,9 @@
 //! - **Outbox**: one document per unit of work, holding its entries (each with its own
 //!   sequence), so a unit of work costs the server one insert, one change-stream read and
 //!   one delete however many events it publishes.
-//! - **Outbox relay**: follows a change stream on the outbox collection, so commits of any
-//!   process reach the transport without polling; it saves the stream's resume token as it
+//! - **Outbox relay**: [`open_outbox`](eventflow::store::OutboxStore::open_outbox) returns
+//!   a feed of its own that follows a change stream on the outbox collection and is woken
+//!   by it, so commits of any process reach the transport without polling; it saves the stream's resume token as it
 //!   delivers (at most once a second) and resumes from it, and scans the outbox when the
 //!   token is gone from the oplog or the stream breaks. The relays of several processes
 //!   share the outbox through a lease. See [`MongoStore`] and the

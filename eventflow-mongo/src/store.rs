@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use eventflow::store::{
-    CheckpointStore, EventStore, FeedSettings, InboxStore, LeasedOutbox, OutboxEntry, OutboxFeed,
-    OutboxStore, PolledOutbox, SnapshotStore, Storage, StoredEvent, Transaction,
+    CheckpointStore, EventStore, FeedSettings, InboxStore, OutboxFeed, OutboxStore, SnapshotStore, Storage,
+    StoredEvent, Transaction,
 };
 use eventflow::{DeadLetter, DeadLetterStore, Error};
 use futures_util::TryStreamExt;
@@ -80,7 +80,7 @@ pub const DEFAULT_URI: &str = "mongodb://127.0.0.1:27017/?directConnection=true"
 #[derive(Clone)]
 pub struct MongoStore {
     pub(crate) inner: Arc<Inner>,
-    /// The relay's side of the outbox: its feed, lease and clean-up.
+    /// What the relay feeds opened on this handle share: the clean-up, the watermark.
     pub(crate) outbox: Arc<Outbox>,
 }
 
@@ -259,35 +259,14 @@ impl EventStore for MongoStore {
 }
 
 #[async_trait]
-impl LeasedOutbox for MongoStore {
-    async fn claim_outbox(
-        &self,
-        relay: &str,
-        lease: Duration,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<OutboxEntry>, Error> {
-        self.outbox.claim(relay, lease, after, limit).await
-    }
-
-    async fn mark_delivered(&self, relay: &str, sequences: &[u64]) -> Result<(), Error> {
-        self.outbox.mark_delivered(relay, sequences).await
-    }
-
-    async fn release_outbox(&self, relay: &str) -> Result<(), Error> {
-        self.outbox.release(relay).await
-    }
-}
-
-#[async_trait]
 impl OutboxStore for MongoStore {
-    /// Transitional, until the change-stream feed lands: the row feed over the primitives.
+    /// The outbox as a feed of its own: the change stream, the lease, the delivered
+    /// watermark and the saved position live in it. The first [`next`](OutboxFeed::next)
+    /// takes the lease (or reports who holds it) and positions the change stream at the
+    /// saved resume token, or scans the outbox; entries then come in commit order as the
+    /// server streams them, from this process or any other.
     async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
-        Ok(Box::new(PolledOutbox::new(
-            Arc::new(self.clone()),
-            relay,
-            settings,
-        )))
+        Ok(Box::new(self.outbox.open(relay, settings)))
     }
 
     async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {

@@ -68,6 +68,9 @@ pub struct MongoTransaction {
     /// Checkpoints saved in this unit of work: (name, the value expected, the new value).
     checkpoints: Vec<(String, Option<String>, String)>,
     session_used: bool,
+    /// The sequence of the last outbox entry the attempt that committed numbered, if it
+    /// enqueued: the commit signal carries it to the relay's feed.
+    last_outbox: Option<u64>,
 }
 
 struct Append {
@@ -118,6 +121,7 @@ impl MongoTransaction {
             markers: Vec::new(),
             checkpoints: Vec::new(),
             session_used: false,
+            last_outbox: None,
         })
     }
 
@@ -224,6 +228,7 @@ impl MongoTransaction {
                 .reserve_numbers(&mut self.session, event_count, outbox_count)
                 .await
                 .map_err(classify("numbering events and outbox entries"))?;
+            self.last_outbox = (outbox_count > 0).then(|| sequence + outbox_count - 1);
             for append in &self.appends {
                 if append.events.is_empty() {
                     continue;
@@ -417,7 +422,7 @@ impl Transaction for MongoTransaction {
             start(&mut self.session).await?;
         }
         if numbered {
-            self.inner.signal_commit();
+            self.inner.signal_commit(self.last_outbox);
         }
         Ok(())
     }

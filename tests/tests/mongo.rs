@@ -6,12 +6,11 @@ mod mongo_support;
 
 use std::time::Duration;
 
-use eventflow::store::{
-    CheckpointStore, EventStore, ExpectedVersion, InboxStore, LeasedOutbox, Storage, Transaction,
-};
+use eventflow::store::{CheckpointStore, EventStore, ExpectedVersion, InboxStore, Storage, Transaction};
 use eventflow::Envelope;
 use eventflow_mongo::mongodb::bson::{doc, Document};
 use eventflow_mongo::{CollectionNames, MongoStore, MongoTransaction};
+use mongo_support::{handed, next_batch, open_feed, sequences};
 
 eventflow::storage_conformance!(mongo_support::store());
 
@@ -59,11 +58,8 @@ async fn the_applications_writes_commit_and_roll_back_with_the_unit_of_work() {
         0,
         "a dropped unit of work kept a document"
     );
-    assert!(store
-        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    let mut feed = open_feed(&store, "relay", 10).await;
+    assert!(handed(&mut *feed).await.is_empty());
 
     let mut tx = store.begin().await.unwrap();
     insert_order(&mut *tx, "order-1").await;
@@ -74,14 +70,7 @@ async fn the_applications_writes_commit_and_roll_back_with_the_unit_of_work() {
     tx.commit().await.unwrap();
     assert_eq!(count_orders(&store).await, 1);
     assert_eq!(store.read_stream("order-1", 1).await.unwrap().len(), 1);
-    assert_eq!(
-        store
-            .claim_outbox("relay", Duration::from_secs(5), 0, 10)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(handed(&mut *feed).await.len(), 1);
 }
 
 #[tokio::test]
@@ -149,10 +138,7 @@ async fn committed_data_is_there_for_a_new_client_and_opening_again_is_harmless(
         [(1, &placed), (2, &paid)],
         "committed events, exactly as written"
     );
-    let outbox = store
-        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
-        .await
-        .unwrap();
+    let outbox = handed(&mut *open_feed(&store, "relay", 10).await).await;
     assert_eq!(
         outbox.iter().map(|e| &e.envelope).collect::<Vec<_>>(),
         [&placed, &paid]
@@ -230,13 +216,11 @@ async fn a_unit_of_work_is_one_outbox_document_claimed_as_its_entries() {
     assert_eq!(outbox(&store).count_documents(doc! {}).await.unwrap(), 1);
     assert_eq!(store.outbox_backlog().await.unwrap(), 5);
 
-    // A claim that ends inside the document, and one that goes on from there.
-    let lease = Duration::from_secs(5);
-    let first = store.claim_outbox("relay", lease, 0, 2).await.unwrap();
-    let rest = store
-        .claim_outbox("relay", lease, first[1].sequence, 10)
-        .await
-        .unwrap();
+    // A batch that ends inside the document, and the ones that go on from there.
+    let mut feed = open_feed(&store, "relay", 2).await;
+    let first = next_batch(&mut *feed).await;
+    assert_eq!(first.len(), 2);
+    let rest = handed(&mut *feed).await;
     let claimed: Vec<_> = first.iter().chain(&rest).collect();
     assert_eq!(
         claimed.iter().map(|e| &e.envelope).collect::<Vec<_>>(),
@@ -245,11 +229,10 @@ async fn a_unit_of_work_is_one_outbox_document_claimed_as_its_entries() {
     assert!(claimed.windows(2).all(|w| w[0].sequence + 1 == w[1].sequence));
 
     // Half delivered: the watermark is inside the document, which stays.
-    let sequences: Vec<u64> = first.iter().map(|e| e.sequence).collect();
-    store.mark_delivered("relay", &sequences).await.unwrap();
+    feed.delivered(&sequences(&first)).await.unwrap();
     assert_eq!(store.outbox_backlog().await.unwrap(), 3);
-    store.release_outbox("relay").await.unwrap();
-    let taken = store.claim_outbox("other", lease, 0, 10).await.unwrap();
+    feed.close().await.unwrap();
+    let taken = handed(&mut *open_feed(&store, "other", 10).await).await;
     assert_eq!(
         taken.iter().map(|e| &e.envelope).collect::<Vec<_>>(),
         sent[2..].iter().collect::<Vec<_>>(),
@@ -261,22 +244,19 @@ async fn a_unit_of_work_is_one_outbox_document_claimed_as_its_entries() {
 async fn entries_delivered_out_of_order_are_not_claimed_again() {
     let store = mongo_support::store().await;
     let sent = commit_unit(&store, 3).await;
-    let lease = Duration::from_secs(5);
-    let claimed = store.claim_outbox("relay", lease, 0, 10).await.unwrap();
+    let mut feed = open_feed(&store, "relay", 10).await;
+    let claimed = handed(&mut *feed).await;
     // The middle one, before the first: no watermark moves.
-    store
-        .mark_delivered("relay", &[claimed[1].sequence])
-        .await
-        .unwrap();
+    feed.delivered(&[claimed[1].sequence]).await.unwrap();
     assert_eq!(store.outbox_backlog().await.unwrap(), 2);
-    store.release_outbox("relay").await.unwrap();
-    let taken = store.claim_outbox("other", lease, 0, 10).await.unwrap();
+    feed.close().await.unwrap();
+    let mut other = open_feed(&store, "other", 10).await;
+    let taken = handed(&mut *other).await;
     assert_eq!(
         taken.iter().map(|e| &e.envelope).collect::<Vec<_>>(),
         [&sent[0], &sent[2]]
     );
-    let sequences: Vec<u64> = taken.iter().map(|e| e.sequence).collect();
-    store.mark_delivered("other", &sequences).await.unwrap();
+    other.delivered(&sequences(&taken)).await.unwrap();
     assert_eq!(store.outbox_backlog().await.unwrap(), 0);
 }
 
@@ -288,10 +268,7 @@ async fn a_corrupt_entry_is_handed_over_alone_and_its_neighbours_whole() {
         .update_many(doc! {}, doc! { "$set": { "entries.1.created_at": "yesterday" } })
         .await
         .unwrap();
-    let claimed = store
-        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
-        .await
-        .unwrap();
+    let claimed = handed(&mut *open_feed(&store, "relay", 10).await).await;
     assert_eq!(claimed.len(), 3);
     assert_eq!(claimed[0].envelope, sent[0]);
     assert_eq!(claimed[2].envelope, sent[2]);
@@ -302,6 +279,32 @@ async fn a_corrupt_entry_is_handed_over_alone_and_its_neighbours_whole() {
         .expect("the broken entry is not marked");
     assert!(corrupt.contains("created_at"), "{corrupt}");
     assert_eq!(claimed[1].envelope.id, sent[1].id, "what could be read was kept");
+}
+
+/// The relay conformance's corrupt-entry guarantee, with MongoDB's own breakage: a field of
+/// the oldest entry of the wrong type.
+#[tokio::test]
+async fn a_corrupt_entry_comes_flagged_through_the_feed() {
+    let store = mongo_support::store().await;
+    let break_oldest = |store: &MongoStore| {
+        let outbox = outbox(store);
+        async move {
+            let oldest = outbox
+                .find_one(doc! {})
+                .sort(doc! { "_id": 1 })
+                .await
+                .unwrap()
+                .expect("the outbox is empty");
+            outbox
+                .update_one(
+                    doc! { "_id": oldest.get("_id").unwrap().clone() },
+                    doc! { "$set": { "entries.0.created_at": "yesterday" } },
+                )
+                .await
+                .unwrap();
+        }
+    };
+    eventflow::store::conformance::a_corrupt_entry_comes_flagged(&store, break_oldest).await;
 }
 
 #[tokio::test]
@@ -330,10 +333,8 @@ async fn outbox_documents_of_one_entry_each_are_still_relayed_and_deleted() {
     tx.commit().await.unwrap();
     assert_eq!(store.outbox_backlog().await.unwrap(), 4);
 
-    let claimed = store
-        .claim_outbox("relay", Duration::from_secs(5), 0, 10)
-        .await
-        .unwrap();
+    let mut feed = open_feed(&store, "relay", 10).await;
+    let claimed = handed(&mut *feed).await;
     assert_eq!(
         claimed
             .iter()
@@ -341,8 +342,7 @@ async fn outbox_documents_of_one_entry_each_are_still_relayed_and_deleted() {
             .collect::<Vec<_>>(),
         (1..).zip(old.iter().chain(&new)).collect::<Vec<_>>()
     );
-    let sequences: Vec<u64> = claimed.iter().map(|e| e.sequence).collect();
-    store.mark_delivered("relay", &sequences).await.unwrap();
+    feed.delivered(&sequences(&claimed)).await.unwrap();
     assert_eq!(store.outbox_backlog().await.unwrap(), 0);
     tokio::time::timeout(Duration::from_secs(10), async {
         while outbox(&store).count_documents(doc! {}).await.unwrap() > 0 {
@@ -371,11 +371,10 @@ async fn documents_a_stopped_relay_delivered_but_left_are_swept_by_the_next() {
     let mut tx = first.begin().await.unwrap();
     tx.enqueue(&[event(1), event(2)]).await.unwrap();
     tx.commit().await.unwrap();
-    let lease = Duration::from_secs(5);
-    let claimed = first.claim_outbox("first", lease, 0, 10).await.unwrap();
-    let sequences: Vec<u64> = claimed.iter().map(|e| e.sequence).collect();
-    first.mark_delivered("first", &sequences).await.unwrap();
-    first.release_outbox("first").await.unwrap();
+    let mut feed = open_feed(&first, "first", 10).await;
+    let claimed = handed(&mut *feed).await;
+    feed.delivered(&sequences(&claimed)).await.unwrap();
+    feed.close().await.unwrap();
     // One of the one-document-per-entry layout, below the watermark too.
     let old = eventflow_mongo::__private::outbox_document(0, &event(0)).unwrap();
     outbox(&first).insert_one(old).await.unwrap();
@@ -388,17 +387,14 @@ async fn documents_a_stopped_relay_delivered_but_left_are_swept_by_the_next() {
     let next = open(Duration::from_millis(100)).await;
     assert_eq!(outbox(&next).count_documents(doc! {}).await.unwrap(), 3);
     // Resumed from the saved position: the change stream brings the waiting entry.
-    let claimed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let claimed = next.claim_outbox("next", lease, 0, 10).await.unwrap();
-            if !claimed.is_empty() {
-                return claimed;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut feed = open_feed(&next, "next", 10).await;
+    let claimed = loop {
+        // Nothing was committed through `next`: it may report it caught up first.
+        let claimed = next_batch(&mut *feed).await;
+        if !claimed.is_empty() {
+            break claimed;
         }
-    })
-    .await
-    .expect("the waiting entry never came");
+    };
     assert_eq!(
         claimed.iter().map(|e| &e.envelope).collect::<Vec<_>>(),
         [&waiting]

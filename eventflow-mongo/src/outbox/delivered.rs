@@ -1,16 +1,18 @@
 //! Marking entries delivered: the delivered watermark, entries delivered out of order, and
 //! writing both, fenced by the lease.
 //!
-//! Marking the oldest claimed entries delivered raises a watermark kept in the lease
+//! Marking the oldest entries handed out delivered raises a watermark kept in the lease
 //! document (`delivered_below`: every entry below it is delivered), per entry, by the same
 //! conditional update that checks the relay still holds the lease. While the relay surely
 //! holds it (within a third of the lease from taking or renewing it), a mark only raises
 //! the watermark in memory, and a background write carries it, with the position, at most
-//! once a second: the server then pays one such write per second rather than one per
+//! once a second (checked whenever the feed is used, and at least every poll interval):
+//! the server then pays one such write per second rather than one per
 //! batch, and delivery never waits for one. (On a server where a retryable write is slow,
 //! a write per batch kept it busy enough to hold commits up by hundreds of milliseconds.)
-//! Other marks (entries delivered out of order, a lease near its end, a relay without it)
-//! write at once, and giving the lease up writes the watermark with the release.
+//! Other marks (entries delivered out of order, a lease near its end) write at once, and
+//! renew the lease in the same update; a feed that lost the lease says so with an error,
+//! and closing the feed writes the watermark with the release.
 //!
 //! A document stays until the watermark (in memory: its entries are delivered, whether or
 //! not that is written yet) has passed all of its entries; then its `_id` goes to a
@@ -22,18 +24,17 @@
 //! between. When a relay starts or takes the outbox over, the task also sweeps the
 //! documents left wholly below the watermark by an earlier relay, in `_id` ranges. Entries
 //! marked delivered out of order are recorded in their document's `delivered` list (the
-//! document is deleted at once if that covers all of it), so that no relay claims them
-//! again. Claims never read below the watermark.
+//! document is deleted at once if that covers all of it), so that no relay hands them out
+//! again. The feed never reads below the watermark.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventflow::Error;
 use mongodb::bson::{doc, Bson};
+use tokio::task::JoinHandle;
 
-use super::cleanup::Cleaner;
-use super::feed::{Feed, Pending, SharedFeed};
+use super::feed::{lost_lease, MongoFeed};
 use super::layout::DELIVERED;
 use super::lease;
 use super::position::{self, Position};
@@ -45,163 +46,220 @@ use crate::error::{backend, is_transient};
 /// it delivers.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-impl Feed {
-    /// Writes the watermark and position reached since the last write, in the background,
-    /// if the last write was at least [`FLUSH_INTERVAL`] ago and none is under way: one
-    /// write of each per interval, whatever the rate of marks, and none on the delivery
-    /// path.
-    pub(super) fn flush_if_due(&mut self, inner: &Arc<Inner>, shared: &SharedFeed) {
-        let due = self
-            .flushed_at
-            .is_none_or(|flushed| flushed.elapsed() >= FLUSH_INTERVAL);
-        let dirty = self.unflushed.is_some() || self.unsaved.is_some();
-        let Some(relay) = self.owner.clone() else {
-            return;
-        };
-        if !due || !dirty || self.flushing {
+/// What the feed reached and has not written yet, and the background write under way.
+#[derive(Default)]
+pub(super) struct Marks {
+    /// When the feed last wrote its watermark and position.
+    written_at: Option<Instant>,
+    /// A watermark reached since then, not written yet.
+    unwritten: Option<u64>,
+    /// A position reached since then, not saved yet.
+    unsaved: Option<Position>,
+    /// The last position reached, saved or not: what closing the feed saves.
+    pub(super) reached: Option<Position>,
+    /// The background write under way, with what it carries (put back if it fails).
+    writing: Option<Write>,
+}
+
+struct Write {
+    task: JoinHandle<Result<bool, mongodb::error::Error>>,
+    watermark: Option<u64>,
+    position: Option<Position>,
+}
+
+impl Marks {
+    /// Forgets what was reached; a write under way goes on, detached (its update is fenced
+    /// by the lease and only moves things forward).
+    pub(super) fn forget(&mut self) {
+        *self = Marks::default();
+    }
+
+    /// Records a watermark and a position reached, to be written by the next write.
+    fn reach(&mut self, watermark: Option<u64>, position: Option<Position>) {
+        if let Some(watermark) = watermark {
+            self.unwritten = Some(self.unwritten.unwrap_or(0).max(watermark));
+        }
+        if let Some(position) = position {
+            self.unsaved = Some(position.clone());
+            self.reached = Some(position);
+        }
+    }
+}
+
+impl MongoFeed {
+    /// Starts writing the watermark and position reached since the last write, in the
+    /// background, if the last write was at least [`FLUSH_INTERVAL`] ago and none is under
+    /// way: one write of each per interval, whatever the rate of marks, and none on the
+    /// delivery path.
+    pub(super) fn write_if_due(&mut self) {
+        let holds = self.holds();
+        let marks = &mut self.marks;
+        let due = marks
+            .written_at
+            .is_none_or(|written| written.elapsed() >= FLUSH_INTERVAL);
+        let dirty = marks.unwritten.is_some() || marks.unsaved.is_some();
+        if !due || !dirty || marks.writing.is_some() || !holds {
             return;
         }
-        let (watermark, position) = (self.unflushed.take(), self.unsaved.take());
-        self.flushing = true;
-        self.flushed_at = Some(Instant::now());
-        let (inner, shared, epoch) = (inner.clone(), shared.clone(), self.epoch);
-        tokio::spawn(async move {
+        let (watermark, position) = (marks.unwritten.take(), marks.unsaved.take());
+        marks.written_at = Some(Instant::now());
+        let (inner, relay) = (self.outbox.inner.clone(), self.relay.clone());
+        let carried = (watermark, position.clone());
+        let task = tokio::spawn(async move {
             let marked = Marked {
                 others: &BTreeMap::new(),
                 watermark,
-                position: position.clone(),
+                position,
+                renew: None,
             };
-            let written = delete_delivered(&inner, &relay, marked).await;
-            let mut feed = shared.lock().await;
-            if feed.epoch != epoch {
-                return;
-            }
-            feed.flushing = false;
-            match written {
-                Ok(true) => {}
-                Ok(false) => {
-                    // The lease cannot expire within a third of it from taking it, and
-                    // marks after that check it themselves: only a clock jump gets here.
-                    tracing::warn!(
-                        relay,
-                        "the outbox relay lost its lease before writing its delivered \
-                         watermark; the entries it delivered since its last write will be \
-                         delivered again"
-                    );
-                    feed.reset(None);
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        relay,
-                        error = %crate::error::describe(&error),
-                        "writing the outbox relay's delivered watermark failed; the next \
-                         write carries it"
-                    );
-                    // Unless a later one is waiting: that one covers it.
-                    feed.unflushed = feed.unflushed.or(watermark);
-                    feed.unsaved = feed.unsaved.take().or(position);
-                }
-            }
+            delete_delivered(&inner, &relay, marked).await
+        });
+        marks.writing = Some(Write {
+            task,
+            watermark: carried.0,
+            position: carried.1,
         });
     }
 
-    /// Marks `sequences` delivered by `relay`: the oldest claimed ones raise the watermark,
-    /// the others are recorded in their documents.
-    pub(super) async fn mark_delivered(
-        &mut self,
-        inner: &Arc<Inner>,
-        shared: &SharedFeed,
-        cleaner: &Cleaner,
-        relay: &str,
-        sequences: &[u64],
-    ) -> Result<(), Error> {
-        let delivered: HashSet<u64> = sequences.iter().copied().collect();
-        let owned = self.owner.as_deref() == Some(relay);
-        // The oldest claimed entries raise the watermark; others are recorded in their document.
-        let prefix: Vec<&Pending> = match owned {
-            true => self
-                .pending
-                .iter()
-                .take_while(|p| delivered.contains(&p.entry.sequence))
-                .collect(),
-            false => Vec::new(),
+    /// Takes in the outcome of a background write that has finished.
+    pub(super) async fn reap_write(&mut self) {
+        if self.marks.writing.as_ref().is_some_and(|w| w.task.is_finished()) {
+            self.finish_write().await;
+        }
+    }
+
+    /// Waits for the background write under way, if any, and takes in its outcome.
+    pub(super) async fn finish_write(&mut self) {
+        let Some(write) = self.marks.writing.take() else {
+            return;
         };
-        let reached = prefix.iter().rev().find_map(|p| p.position.clone());
-        let watermark = prefix.last().map(|p| p.entry.sequence + 1);
-        // Sequences not claimed through this feed (it was reset) are left alone: they may be
-        // delivered again, as after any takeover.
+        let written = write.task.await.unwrap_or_else(|_| Ok(true));
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                // The lease cannot expire within a third of it from taking it, and marks
+                // after that check it themselves: only a clock jump gets here.
+                tracing::warn!(
+                    relay = %self.relay,
+                    "the outbox relay lost its lease before writing its delivered \
+                     watermark; the entries it delivered since its last write will be \
+                     delivered again"
+                );
+                self.lose();
+            }
+            Err(error) => {
+                tracing::warn!(
+                    relay = %self.relay,
+                    error = %crate::error::describe(&error),
+                    "writing the outbox relay's delivered watermark failed; the next \
+                     write carries it"
+                );
+                // Unless a later one is waiting: that one covers it.
+                let marks = &mut self.marks;
+                marks.unwritten = marks.unwritten.or(write.watermark);
+                marks.unsaved = marks.unsaved.take().or(write.position);
+            }
+        }
+    }
+
+    /// Marks `sequences` delivered: the oldest entries handed out raise the watermark, the
+    /// others are recorded in their documents.
+    pub(super) async fn mark_delivered(&mut self, sequences: &[u64]) -> Result<(), Error> {
+        self.reap_write().await;
+        if !self.holds() {
+            return Err(lost_lease(&self.relay));
+        }
+        let delivered: HashSet<u64> = sequences.iter().copied().collect();
+        let pending = &self.reader.pending;
+        // The oldest entries raise the watermark; others are recorded in their document.
+        let prefix = pending
+            .iter()
+            .take_while(|p| delivered.contains(&p.entry.sequence))
+            .count();
+        let reached = pending.iter().take(prefix).rev().find_map(|p| p.position.clone());
+        let watermark = prefix.checked_sub(1).map(|last| pending[last].entry.sequence + 1);
+        // Sequences this feed did not hand out are left alone: they may be delivered again,
+        // as after any takeover.
         let mut others: BTreeMap<u64, (u64, Vec<u64>)> = BTreeMap::new();
-        for p in self.pending.iter().skip(prefix.len()) {
+        for p in pending.iter().skip(prefix) {
             if delivered.contains(&p.entry.sequence) {
                 let (_, sequences) = others.entry(p.document).or_insert((p.size, Vec::new()));
                 sequences.push(p.entry.sequence);
             }
         }
-        // While `relay` surely holds the lease, a mark that only raises the watermark is
-        // written with the next flush, at most every FLUSH_INTERVAL and in the background: no
-        // write per batch on the delivery path, and none that commits queue behind on the
-        // server. Until it is written, a relay taking over after a crash delivers those
-        // entries again, as it does entries sent and not marked; one that takes over after
-        // `release` does not, since the release writes it.
-        let surely_held = self.held_until.is_some_and(|until| Instant::now() < until);
-        if owned && others.is_empty() && surely_held {
-            self.reach(watermark, reached);
-            self.pending.retain(|p| !delivered.contains(&p.entry.sequence));
-            self.clean_up(inner, cleaner);
-            self.flush_if_due(inner, shared);
-            return Ok(());
+        self.marks.reach(watermark, reached);
+        if let Some(watermark) = watermark {
+            self.reader.raise(watermark);
+            self.outbox.publish_watermark(self.reader.watermark);
         }
-        // Otherwise written now, fenced by the lease, with what earlier marks reached.
-        let (watermark, position) = match owned {
-            true => {
-                self.reach(watermark, reached);
-                (self.unflushed, self.unsaved.clone())
-            }
-            false => (None, None),
-        };
+        // While the relay surely holds the lease, a mark that only raises the watermark is
+        // written with the next background write, at most every FLUSH_INTERVAL: no write per
+        // batch on the delivery path, and none that commits queue behind on the server.
+        // Until it is written, a relay taking over after a crash delivers those entries
+        // again, as it does entries handed out and not marked; one that takes over after
+        // `close` does not, since the release writes it.
+        if !(others.is_empty() && self.surely_holds()) {
+            self.write_now(&others).await?;
+        }
+        // Entries handed out and delivered leave; `next` goes on after those left.
+        let (handed, mut index, mut left) = (self.handed, 0, 0);
+        self.reader.pending.retain(|p| {
+            let keep = !delivered.contains(&p.entry.sequence);
+            left += usize::from(!keep && index < handed);
+            index += 1;
+            keep
+        });
+        self.handed -= left;
+        self.reader.clean_up(&self.outbox.inner, &self.outbox.cleaner);
+        self.write_if_due();
+        Ok(())
+    }
+
+    /// Writes, fenced by the lease and renewing it, the entries delivered out of order
+    /// (`others`) and what earlier marks reached.
+    async fn write_now(&mut self, others: &BTreeMap<u64, (u64, Vec<u64>)>) -> Result<(), Error> {
+        let (watermark, position) = (self.marks.unwritten, self.marks.unsaved.clone());
         let mut attempt = 0;
         loop {
+            let renewed = Instant::now();
             let marked = Marked {
-                others: &others,
+                others,
                 watermark,
                 position: position.clone(),
+                renew: Some(self.settings.lease),
             };
-            match delete_delivered(inner, relay, marked).await {
-                Ok(true) => break,
-                Ok(false) => {
-                    if self.owner.as_deref() == Some(relay) {
-                        self.reset(None);
-                    }
-                    return Err(Error::backend(format!(
-                        "relay `{relay}` lost the outbox lease before marking entries delivered; \
-                     they will be delivered again, so keep batches short enough to deliver \
-                     within the lease or lengthen the lease"
-                    )));
+            match delete_delivered(&self.outbox.inner, &self.relay, marked).await {
+                Ok(true) => {
+                    self.held_until = Some(lease::surely_held_until(renewed, self.settings.lease));
+                    break;
                 }
-                Err(error) if is_transient(&error) && attempt < inner.transaction_retries => {
+                Ok(false) => {
+                    self.lose();
+                    return Err(lost_lease(&self.relay));
+                }
+                Err(error) if is_transient(&error) && attempt < self.outbox.inner.transaction_retries => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(1..=10))).await;
                 }
                 Err(error) => return Err(backend("marking outbox entries delivered", error)),
             }
         }
-        if owned {
-            self.flushed_at = Some(Instant::now());
-            self.unflushed = None;
-            self.unsaved = None;
-        }
-        self.pending.retain(|p| !delivered.contains(&p.entry.sequence));
-        self.clean_up(inner, cleaner);
+        let marks = &mut self.marks;
+        marks.written_at = Some(Instant::now());
+        marks.unwritten = None;
+        marks.unsaved = None;
         Ok(())
     }
 }
 
 /// What a relay marks delivered: the new watermark, the entries delivered out of order
-/// (by document: its size and their sequences), the position to save.
+/// (by document: its size and their sequences), the position to save, and the lease to
+/// renew with the same update, if any.
 struct Marked<'a> {
     others: &'a BTreeMap<u64, (u64, Vec<u64>)>,
     watermark: Option<u64>,
     position: Option<Position>,
+    renew: Option<Duration>,
 }
 
 /// Fenced by the lease: raises the watermark if `relay` still holds the lease, then records
@@ -217,7 +275,7 @@ async fn delete_delivered(
     relay: &str,
     marked: Marked<'_>,
 ) -> Result<bool, mongodb::error::Error> {
-    if !lease::raise_watermark(inner, relay, marked.watermark).await? {
+    if !lease::raise_watermark(inner, relay, marked.watermark, marked.renew).await? {
         return Ok(false);
     }
     let mut whole = Vec::new();

@@ -1,346 +1,255 @@
-//! The relay's feed of undelivered entries: it follows a change stream on the outbox
-//! collection, resumes from the saved position, and falls back to scanning the collection
-//! whenever the stream cannot be trusted. It hands the relay individual entries, from the
-//! sequence it expects next on.
+//! [`MongoFeed`]: the outbox as a relay's feed, the one object that owns the change
+//! stream's reader, the lease, the delivered watermark and the saved position.
 //!
-//! # Why nothing is lost
-//!
-//! Outbox sequences come from a counter incremented inside each unit of work's
-//! transaction, so committed sequences are dense (1, 2, 3, ...) and in commit order, and
-//! the change stream, which follows the oplog, yields the documents holding them in that
-//! order. The feed knows the sequence it expects next and checks every document's range
-//! against it: entries below it were delivered already (skipped, also within a document
-//! that is partly delivered), a document starting above it means the stream missed
-//! something (a scan follows).
-//!
-//! The scan opens a new change stream first, then reads the undelivered entries from the
-//! collection in sequence order, starting with the document that holds the first sequence
-//! it wants. Entries committed before the stream opened are in the collection; entries
-//! committed after are in the stream; the expected sequence removes the overlap. It runs on
-//! first start, when the saved token cannot be resumed from (it left the oplog:
-//! `ChangeStreamHistoryLost`, or is invalid), when the stream breaks, and on a gap.
-//!
-//! A document's entries are read one by one: an entry that does not read whole is handed to
-//! the relay as corrupt, to be dead-lettered on its own, and its neighbours are delivered.
-//!
-//! What the saved position promises, and why an old one only delivers again, is told in
-//! `position`; how a relay taking the outbox over skips what is delivered, in `delivered`.
+//! Opening it takes nothing yet; the first [`next`](OutboxFeed::next) takes the lease and
+//! positions the reader (resume token, or a scan). From then on `next` hands out entries in
+//! commit order as the change stream yields them: it waits on the stream itself, so an
+//! entry committed anywhere reaches the relay as soon as the server streams it, and wakes
+//! at most every poll interval otherwise (which costs the server nothing while the lease is
+//! surely held). It renews the lease by the rules in `lease`, reports the commit count it
+//! caught up with, and stands by, reporting the holder once, while another relay holds the
+//! lease. Marking entries delivered is in `delivered`.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use eventflow::store::OutboxEntry;
+use async_trait::async_trait;
+use eventflow::store::{Fed, FeedSettings, OutboxEntry, OutboxFeed};
 use eventflow::Error;
-use futures_util::TryStreamExt;
-use mongodb::bson::doc;
-use tokio::sync::mpsc;
+use tokio::sync::watch;
+use tokio::time::sleep_until;
 
-use super::cleanup::Cleaner;
-use super::layout::{self, Stored};
-use super::position::{self, Position, OUTBOX_POSITION_CHECKPOINT};
-use super::stream::{self, Stream, StreamEvent};
-use crate::client::Inner;
-use crate::document::{self, int};
-use crate::error::backend;
+use super::delivered::Marks;
+use super::lease;
+use super::reader::Reader;
+use super::Outbox;
 
-/// The feed of one store handle, locked by whoever claims, marks or releases through it.
-pub(super) type SharedFeed = Arc<tokio::sync::Mutex<Feed>>;
-
-/// The relay's view of the outbox, shared by the relays of one store handle; only the one
-/// holding the lease uses it.
-#[derive(Default)]
-pub(super) struct Feed {
-    /// The relay this feed is positioned for.
-    pub(super) owner: Option<String>,
-    mode: Mode,
-    stream: Option<Stream>,
-    /// Claimed and not yet marked delivered, in sequence order: claimed again until marked.
-    pub(super) pending: VecDeque<Pending>,
-    /// The documents entries were claimed from, as `_id` and last sequence, in order, until
-    /// the watermark passes them whole and they go to the clean-up.
-    documents: VecDeque<(u64, u64)>,
-    /// The sequence the change stream should yield next.
-    next: u64,
-    /// Every entry below this sequence is delivered.
-    pub(super) watermark: u64,
-    /// Until when the owner surely holds the lease: claims before then do not take it again,
-    /// and marks before then need not check it.
+/// A relay's open outbox on MongoDB: see the [module](self).
+pub(crate) struct MongoFeed {
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) relay: String,
+    pub(super) settings: FeedSettings,
+    pub(super) reader: Reader,
+    /// How many of the reader's pending entries (the oldest) were handed out since the last
+    /// rewind: `next` hands out from there on.
+    pub(super) handed: usize,
+    /// Until when the relay surely holds the lease (see `lease::surely_held_until`); `None`
+    /// while it does not hold it.
     pub(super) held_until: Option<Instant>,
-    /// When the owner last wrote its watermark and position.
-    pub(super) flushed_at: Option<Instant>,
-    /// A watermark reached since then, not written yet.
-    pub(super) unflushed: Option<u64>,
-    /// A position reached since then, not saved yet.
-    pub(super) unsaved: Option<Position>,
-    /// The last position reached, saved or not: what a relay giving the lease up saves.
-    pub(super) reached: Option<Position>,
-    /// Whether a background write of the watermark and position is under way.
-    pub(super) flushing: bool,
-    /// Bumped by every reset, so that a background write that finishes after one leaves
-    /// the new state alone.
-    pub(super) epoch: u64,
+    /// The watermark and position reached and not yet written.
+    pub(super) marks: Marks,
+    commits: watch::Receiver<u64>,
+    /// The last commit count reported as caught up with.
+    reported: Option<u64>,
+    /// The other holder of the lease last reported by [`Fed::StandingBy`].
+    standing_by: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Mode {
-    /// Resume from the saved position.
-    #[default]
-    Resume,
-    /// Read undelivered entries after this sequence from the collection.
-    Scan { after: u64 },
-    /// Take entries from the change stream.
-    Stream,
-}
+impl MongoFeed {
+    /// The feed of `outbox` for `relay`, holding nothing yet.
+    pub(super) fn new(outbox: Arc<Outbox>, relay: &str, settings: FeedSettings) -> Self {
+        MongoFeed {
+            commits: outbox.inner.commits.subscribe(),
+            outbox,
+            relay: relay.to_owned(),
+            settings,
+            reader: Reader::default(),
+            handed: 0,
+            held_until: None,
+            marks: Marks::default(),
+            reported: None,
+            standing_by: None,
+        }
+    }
 
-/// An entry claimed and not yet marked delivered.
-pub(super) struct Pending {
-    pub(super) entry: OutboxEntry,
-    /// The `_id` of the document holding it.
-    pub(super) document: u64,
-    /// How many entries that document holds.
-    pub(super) size: u64,
-    /// The position to save once this entry and everything before it are delivered.
-    pub(super) position: Option<Position>,
-}
+    /// Whether the relay holds the lease, as far as this feed knows.
+    pub(super) fn holds(&self) -> bool {
+        self.held_until.is_some()
+    }
 
-impl Feed {
-    /// Forgets everything but the epoch, positioned for `owner` (or none).
-    pub(super) fn reset(&mut self, owner: Option<&str>) {
-        *self = Feed {
-            owner: owner.map(str::to_owned),
-            epoch: self.epoch.wrapping_add(1),
-            ..Feed::default()
+    /// Whether the relay surely holds the lease now, without asking the server.
+    pub(super) fn surely_holds(&self) -> bool {
+        self.held_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Forgets everything read and reached: the lease was lost, or taken after a break in
+    /// which another relay may have delivered.
+    pub(super) fn lose(&mut self) {
+        self.reader = Reader::default();
+        self.handed = 0;
+        self.held_until = None;
+        self.marks.forget();
+        self.reported = None;
+        self.outbox.publish_watermark(0);
+    }
+
+    /// Takes the lease if this relay does not surely hold it (renewing it if it holds it):
+    /// whether it holds it now. `started` is when the step that needs it started.
+    async fn take_lease(&mut self, started: Instant) -> Result<bool, Error> {
+        if self.surely_holds() {
+            return Ok(true);
+        }
+        let (inner, lease) = (self.outbox.inner.clone(), self.settings.lease);
+        let inner = &inner;
+        if self.holds() {
+            // The holder field proves nobody took the lease since this relay last renewed it.
+            if lease::renew(inner, &self.relay, lease).await? {
+                self.held_until = Some(lease::surely_held_until(started, lease));
+                return Ok(true);
+            }
+            tracing::warn!(relay = %self.relay, "the outbox relay lost its lease; entries it has not marked delivered will be delivered again");
+            self.lose();
+        }
+        let Some((continuous, watermark)) = lease::acquire(inner, &self.relay, lease).await? else {
+            return Ok(false);
         };
-    }
-
-    /// Adds the entries of `stored` from sequence `from` on; the last one carries
-    /// `position`.
-    fn push(&mut self, stored: Stored, from: u64, position: Option<Position>) {
-        let (document, size) = (stored.first, stored.size());
-        if self.documents.back().is_none_or(|&(first, _)| first < document) {
-            self.documents.push_back((document, stored.last));
+        if !continuous || !self.holds() {
+            // Another relay may have delivered entries meanwhile: start from the saved position.
+            self.lose();
+            // Documents delivered before may be left: by another relay, or an earlier layout.
+            self.outbox.cleaner.sweep();
         }
-        let start = self.pending.len();
-        self.pending.extend(
-            stored
-                .entries
-                .into_iter()
-                .filter(|entry| entry.sequence >= from)
-                .map(|entry| Pending {
-                    entry,
-                    document,
-                    size,
-                    position: None,
-                }),
-        );
-        if self.pending.len() > start {
-            if let Some(last) = self.pending.back_mut() {
-                last.position = position;
-            }
-        }
-    }
-
-    /// Records that the oldest claimed entries up to `watermark` (exclusive) are delivered,
-    /// and the position reached with them, to be written by the next flush.
-    pub(super) fn reach(&mut self, watermark: Option<u64>, position: Option<Position>) {
-        if let Some(watermark) = watermark {
-            self.watermark = self.watermark.max(watermark);
-            self.unflushed = Some(self.watermark);
-        }
-        if let Some(position) = position {
-            self.unsaved = Some(position.clone());
-            self.reached = Some(position);
-        }
-    }
-
-    /// Hands the documents the watermark has passed whole to the clean-up.
-    pub(super) fn clean_up(&mut self, inner: &Inner, cleaner: &Cleaner) {
-        let mut delivered = Vec::new();
-        while let Some(&(first, last)) = self.documents.front() {
-            if last >= self.watermark {
-                break;
-            }
-            delivered.push((first, last - first + 1));
-            self.documents.pop_front();
-        }
-        cleaner.delete(&inner.outbox, inner.cleanup_interval, self.watermark, delivered);
-    }
-
-    /// Scans next, from after `after`, on a new stream.
-    fn rescan(&mut self, after: u64) {
-        self.stream = None;
-        self.mode = Mode::Scan { after };
-    }
-
-    /// Fills `pending` up to `limit` entries with what is available now.
-    pub(super) async fn fill(&mut self, inner: &Arc<Inner>, limit: usize) -> Result<(), Error> {
-        while self.pending.len() < limit {
-            match self.mode {
-                Mode::Resume => self.resume(inner).await?,
-                Mode::Scan { after } => {
-                    if !self.scan(inner, after, limit).await? {
-                        return Ok(());
-                    }
-                }
-                Mode::Stream => {
-                    let Some(stream) = self.stream.as_mut() else {
-                        self.rescan(self.next.saturating_sub(1));
-                        continue;
-                    };
-                    match stream.events.try_recv() {
-                        Ok(StreamEvent::Document { stored, token }) => {
-                            if stored.last < self.next {
-                                continue;
-                            }
-                            if stored.first > self.next {
-                                tracing::warn!(
-                                    expected = self.next,
-                                    got = stored.first,
-                                    "the outbox change stream skipped entries; scanning the \
-                                     outbox for undelivered entries, then streaming again"
-                                );
-                                self.rescan(self.next - 1);
-                                continue;
-                            }
-                            let (from, next) = (self.next, stored.last + 1);
-                            self.next = next;
-                            self.push(stored, from, Some((token, next)));
-                        }
-                        Ok(StreamEvent::Broken(reason)) => {
-                            tracing::warn!(
-                                error = %reason,
-                                "the outbox change stream broke; scanning the outbox for \
-                                 undelivered entries, then streaming again: nothing is lost"
-                            );
-                            self.rescan(self.next.saturating_sub(1));
-                        }
-                        Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
-                        Err(mpsc::error::TryRecvError::Disconnected) => {
-                            tracing::warn!(
-                                "the outbox change stream ended; scanning the outbox for \
-                                 undelivered entries, then streaming again: nothing is lost"
-                            );
-                            self.rescan(self.next.saturating_sub(1));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Positions the feed from the saved position, or for a scan if there is none or it
-    /// cannot be resumed from.
-    async fn resume(&mut self, inner: &Arc<Inner>) -> Result<(), Error> {
-        let saved = crate::checkpoints::read(inner, OUTBOX_POSITION_CHECKPOINT).await?;
-        let Some(saved) = saved else {
-            tracing::info!("no saved outbox relay position: scanning the outbox, then streaming");
-            self.rescan(0);
-            return Ok(());
-        };
-        let (token, next) = match position::parse(&saved) {
-            Ok(position) => position,
-            Err(reason) => {
-                tracing::warn!(
-                    checkpoint = OUTBOX_POSITION_CHECKPOINT,
-                    error = %reason,
-                    "the saved outbox relay position is unreadable; scanning the outbox for \
-                     undelivered entries, then streaming again: nothing is lost"
-                );
-                self.rescan(0);
-                return Ok(());
-            }
-        };
-        match stream::open(inner, Some(token)).await {
-            Ok(stream) => {
-                tracing::debug!(
-                    next,
-                    "outbox relay resumed the change stream from its saved token"
-                );
-                self.stream = Some(stream);
-                self.next = next.max(self.watermark);
-                self.mode = Mode::Stream;
-            }
-            Err(error) => {
-                tracing::warn!(
-                    %error,
-                    "the outbox relay cannot resume its change stream from the saved resume \
-                     token (it is no longer in the oplog, e.g. ChangeStreamHistoryLost, or it \
-                     is invalid); scanning the outbox for undelivered entries, then streaming \
-                     again: nothing is lost"
-                );
-                self.rescan(0);
-            }
-        }
-        Ok(())
-    }
-
-    /// One scan step; returns false when `pending` is full and the scan must go on later.
-    async fn scan(&mut self, inner: &Arc<Inner>, after: u64, limit: usize) -> Result<bool, Error> {
-        if self.stream.is_none() {
-            let stream = stream::open(inner, None)
-                .await
-                .map_err(|e| backend("opening a change stream on the outbox", e))?;
-            self.stream = Some(stream);
-        }
-        // Read before the scan: every entry numbered up to here committed before it.
-        let counted = inner
-            .counters
-            .find_one(doc! { "_id": "sequences" })
-            .await
-            .map_err(|e| backend("reading the outbox counter", e))?
-            .and_then(|doc| document::get_u64(&doc, "outbox").ok())
-            .unwrap_or(0);
-        let mut after = after.max(self.watermark.saturating_sub(1));
-        loop {
-            let want = limit.saturating_sub(self.pending.len()).max(1);
-            let start = layout::first_document_after(inner, after)
-                .await
-                .map_err(|e| backend("scanning the outbox", e))?;
-            // Every document holds at least one entry: `want` documents are enough.
-            let mut cursor = inner
-                .outbox
-                .find(doc! { "_id": { "$gte": int(start) } })
-                .sort(doc! { "_id": 1 })
-                .limit(i64::try_from(want).unwrap_or(i64::MAX))
-                .batch_size(u32::try_from(want.min(64)).unwrap_or(64))
-                .await
-                .map_err(|e| backend("scanning the outbox", e))?;
-            let mut found = 0;
-            while let Some(doc) = cursor
-                .try_next()
-                .await
-                .map_err(|e| backend("scanning the outbox", e))?
-            {
-                found += 1;
-                let stored = layout::read(&doc)
-                    .map_err(|reason| crate::error::unreadable("an outbox document", reason))?;
-                let last = stored.last;
-                self.push(stored, after + 1, None);
-                after = after.max(last);
-                if self.pending.len() >= limit {
-                    self.mode = Mode::Scan { after };
-                    return Ok(false);
-                }
-            }
-            if found < want {
-                break;
-            }
-        }
-        // Caught up: the stream has everything from here on.
-        self.next = after.max(counted) + 1;
-        self.mode = Mode::Stream;
-        let start = self.stream.as_ref().and_then(|s| s.start.clone());
-        if let Some(start) = start {
-            let position = (start, self.next);
-            match self.pending.back_mut() {
-                Some(last) => last.position = Some(position),
-                None => position::save(inner, position)
-                    .await
-                    .map_err(|e| backend("saving the outbox relay position", e))?,
-            }
-        }
+        self.held_until = Some(lease::surely_held_until(started, lease));
+        self.standing_by = None;
+        self.reader.raise(watermark);
+        self.outbox.publish_watermark(self.reader.watermark);
+        self.reader.clean_up(&self.outbox.inner, &self.outbox.cleaner);
         Ok(true)
     }
+
+    /// What another relay's lease means for this one: [`Fed::StandingBy`] the first time a
+    /// holder is seen, nothing after.
+    async fn stand_by(&mut self) -> Result<Option<Fed>, Error> {
+        match lease::read(&self.outbox.inner).await? {
+            Some(lease) if lease.holder != self.relay && self.standing_by.as_ref() != Some(&lease.holder) => {
+                tracing::info!(relay = %self.relay, holder = %lease.holder, until = %lease.expires_at_utc(),
+                    "another relay holds the outbox lease and delivers the outbox; this relay takes \
+                     over when that lease runs out, or at once if the holder ran on this host and its \
+                     process is gone");
+                self.standing_by = Some(lease.holder.clone());
+                Ok(Some(Fed::StandingBy(lease)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// One look at the outbox, waiting on nothing but the server: what to hand the relay,
+    /// if anything.
+    async fn step(&mut self) -> Result<Option<Fed>, Error> {
+        self.reap_write().await;
+        let started = Instant::now();
+        if !self.take_lease(started).await? {
+            return self.stand_by().await;
+        }
+        self.write_if_due();
+        // Read before the reader: every entry the counted commits enqueued is numbered up to
+        // `committed`, and in the stream or the collection when the reader looks.
+        let count = *self.commits.borrow_and_update();
+        let committed = self.outbox.inner.committed_outbox();
+        let inner = self.outbox.inner.clone();
+        self.reader
+            .fill(&inner, self.handed + self.settings.batch)
+            .await?;
+        if lease::renewal_due(started, self.settings.lease) {
+            // Opening the stream or scanning took a while: the lease runs from now.
+            let renewed = Instant::now();
+            if !lease::renew(&inner, &self.relay, self.settings.lease).await? {
+                self.lose();
+                return Ok(None);
+            }
+            self.held_until = Some(lease::surely_held_until(renewed, self.settings.lease));
+        }
+        let entries: Vec<OutboxEntry> = (self.reader.pending.iter().skip(self.handed))
+            .take(self.settings.batch)
+            .map(|pending| pending.entry.clone())
+            .collect();
+        self.handed += entries.len();
+        let all_handed = self.handed == self.reader.pending.len();
+        let read_all = self
+            .reader
+            .read_through()
+            .is_some_and(|through| through >= committed);
+        let caught_up = (all_handed && read_all && self.reported < Some(count)).then_some(count);
+        self.reported = self.reported.max(caught_up);
+        match (entries.is_empty(), caught_up) {
+            (true, None) => Ok(None),
+            _ => Ok(Some(Fed::Entries { entries, caught_up })),
+        }
+    }
+
+    /// Waits for something to look at: the change stream's next event (while the relay
+    /// holds the lease), a commit through this store, the lease's renewal, or the poll
+    /// interval. Cancel safe.
+    async fn wait(&mut self) {
+        let mut until = tokio::time::Instant::now() + self.settings.poll_interval;
+        if let Some(held_until) = self.held_until {
+            until = until.min(held_until.into());
+        }
+        tokio::select! {
+            _ = self.reader.stream_event(), if self.held_until.is_some() => {}
+            _ = self.commits.changed() => {}
+            _ = sleep_until(until) => {}
+        }
+    }
+}
+
+#[async_trait]
+impl OutboxFeed for MongoFeed {
+    async fn next(&mut self) -> Result<Fed, Error> {
+        loop {
+            if let Some(fed) = self.step().await? {
+                return Ok(fed);
+            }
+            self.wait().await;
+        }
+    }
+
+    async fn delivered(&mut self, sequences: &[u64]) -> Result<(), Error> {
+        self.mark_delivered(sequences).await
+    }
+
+    fn rewind(&mut self) {
+        self.handed = 0;
+        // The relay forgot what it was told: tell it again.
+        self.reported = None;
+    }
+
+    async fn hold(&mut self) -> Error {
+        loop {
+            self.reap_write().await;
+            self.write_if_due();
+            let Some(held_until) = self.held_until else {
+                return lost_lease(&self.relay);
+            };
+            sleep_until(held_until.into()).await;
+            let renewed = Instant::now();
+            match lease::renew(&self.outbox.inner, &self.relay, self.settings.lease).await {
+                Ok(true) => self.held_until = Some(lease::surely_held_until(renewed, self.settings.lease)),
+                Ok(false) => {
+                    self.lose();
+                    return lost_lease(&self.relay);
+                }
+                Err(error) => return error,
+            }
+        }
+    }
+
+    async fn close(mut self: Box<Self>) -> Result<(), Error> {
+        // A write under way finishes first, so the release carries the latest marks.
+        self.finish_write().await;
+        let reached = self
+            .holds()
+            .then(|| (self.reader.watermark, self.marks.reached.take()));
+        self.outbox.publish_watermark(0);
+        lease::release(&self.outbox.inner, &self.relay, reached).await
+    }
+}
+
+/// The error of a relay whose feed lost the outbox lease.
+pub(super) fn lost_lease(relay: &str) -> Error {
+    Error::backend(format!(
+        "relay `{relay}` lost the outbox lease (another relay took it after it ran out); the \
+         entries it handed out and did not mark delivered will be delivered again: keep \
+         batches short enough to deliver within the lease, or lengthen the lease"
+    ))
 }

@@ -13,7 +13,7 @@
 //! so that no document or change event nears MongoDB's 16 MiB limit.
 //!
 //! `delivered`, if present, lists the sequences of entries delivered out of order (before
-//! an older entry): they are not claimed again.
+//! an older entry): they are not handed out again.
 //!
 //! Documents without `entries` are the earlier layout, one document per entry with the
 //! envelope at the top level and the sequence as `_id`; they are read as documents of one

@@ -4,11 +4,13 @@
 //! over from a holder that is provably gone (a relay of a process on this host that was
 //! killed), so a restarted process delivers at once instead of after the dead relay's lease.
 //!
-//! A claim takes or renews the lease, unless the same relay took or renewed it less than a
-//! third of the lease ago: it still holds it then, since no other relay takes it before it
-//! expires, and the claim saves a write. A claim of no entries always renews it. A claim
-//! that took longer than a quarter of the lease (opening the stream, scanning) renews it
-//! before it hands its entries out, so the lease runs from then.
+//! The feed takes or renews the lease when it is used (`next`, `delivered`, `hold`) and
+//! the relay took or renewed it more than a third of the lease ago: until then it surely
+//! holds it, since no other relay takes it before it expires, and the feed saves a write.
+//! A feed waiting for commits wakes to renew it then. A step that took longer than a
+//! quarter of the lease (opening the stream, scanning) renews it before it hands its
+//! entries out, so the lease runs from then. A mark written at once renews it in the same
+//! update.
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -27,20 +29,20 @@ const LEASE_ID: &str = "outbox";
 
 /// Until when a relay that took or renewed a lease of `lease` at `taken` surely holds it:
 /// a third of the lease on, well before it expires, and no other relay takes it before it
-/// expires. Claims before then do not take it again, and marks before then need not check
-/// it.
+/// expires. The feed does not take it again before then, and marks before then need not
+/// check it.
 pub(super) fn surely_held_until(taken: Instant, lease: Duration) -> Instant {
     taken + lease / 3
 }
 
-/// Whether a claim that started at `started` took so long (a quarter of the lease) that
+/// Whether a step of the feed that started at `started` took so long (a quarter of the lease) that
 /// the lease should be renewed, to run from now, before its entries are handed out.
 pub(super) fn renewal_due(started: Instant, lease: Duration) -> bool {
     started.elapsed() > lease / 4
 }
 
 /// Takes or renews the outbox lease for `relay`. `None` while another relay holds it;
-/// otherwise whether `relay` held it without a break since its last claim, and the
+/// otherwise whether `relay` held it without a break since it last took or renewed it, and the
 /// delivered watermark.
 pub(super) async fn acquire(
     inner: &Inner,
@@ -133,15 +135,21 @@ pub(super) async fn written_watermark(inner: &Inner) -> Result<u64, Error> {
 }
 
 /// Fenced by the lease: raises the written watermark to `watermark` (if given) if `relay`
-/// still holds the lease, and counts a delivery; whether it still holds it.
+/// still holds the lease, counts a delivery, and renews the lease to `renew` from now (if
+/// given) in the same update; whether it still holds it.
 pub(super) async fn raise_watermark(
     inner: &Inner,
     relay: &str,
     watermark: Option<u64>,
+    renew: Option<Duration>,
 ) -> Result<bool, mongodb::error::Error> {
     let mut update = doc! { "$inc": { "deliveries": 1_i64 } };
     if let Some(watermark) = watermark {
         update.insert("$max", doc! { "delivered_below": int(watermark) });
+    }
+    if let Some(lease) = renew {
+        let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
+        update.insert("$set", doc! { "expires_at": now_nanos().saturating_add(lease) });
     }
     let fenced = inner
         .leases

@@ -1,5 +1,5 @@
 //! The change stream on the outbox collection, read by a task of its own into a channel,
-//! so that claiming takes what is there without waiting on the server, and so that commits
+//! so that the feed takes what is there without waiting on the server, and so that commits
 //! by other processes wake the relay too.
 
 use std::sync::{Arc, Weak};
@@ -18,7 +18,7 @@ use crate::client::Inner;
 const READ_AHEAD: usize = 1024;
 
 /// A change stream on the outbox, read by a task of its own so that its events wait in a
-/// channel: claiming takes what is there without waiting on the server.
+/// channel: the feed takes what is there without waiting on the server, or waits on it.
 pub(super) struct Stream {
     pub(super) events: mpsc::Receiver<StreamEvent>,
     task: JoinHandle<()>,

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use eventflow::store::{Fed, FeedSettings, OutboxEntry, OutboxFeed, OutboxStore};
 use eventflow_mongo::mongodb::options::ClientOptions;
 use eventflow_mongo::mongodb::Client;
 use eventflow_mongo::{MongoStore, DEFAULT_URI};
@@ -88,4 +89,53 @@ pub async fn store_in(database: &str) -> MongoStore {
                 uri()
             )
         })
+}
+
+/// How long a test waits for a relay's feed to hand something out.
+const FEED_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens `relay`'s outbox feed on `store`, handing out at most `batch` entries at a time,
+/// with a lease of 5 s.
+pub async fn open_feed(store: &MongoStore, relay: &str, batch: usize) -> Box<dyn OutboxFeed> {
+    let settings = FeedSettings {
+        lease: Duration::from_secs(5),
+        batch,
+        ..FeedSettings::default()
+    };
+    store.open_outbox(relay, settings).await.unwrap()
+}
+
+/// What the feed hands out next: a batch of entries, or none when it only reports that it
+/// caught up. Fails the test if another relay holds the lease, or nothing comes.
+pub async fn next_batch(feed: &mut dyn OutboxFeed) -> Vec<OutboxEntry> {
+    match tokio::time::timeout(FEED_WAIT, feed.next()).await {
+        Ok(Ok(Fed::Entries { entries, .. })) => entries,
+        Ok(Ok(Fed::StandingBy(lease))) => panic!("the feed stands by for {}", lease.holder),
+        Ok(Err(error)) => panic!("the feed failed: {error}"),
+        Err(_) => panic!("the feed handed nothing out within {FEED_WAIT:?}"),
+    }
+}
+
+/// Every entry the feed hands out until it has caught up with the commits made through
+/// its store so far.
+pub async fn handed(feed: &mut dyn OutboxFeed) -> Vec<OutboxEntry> {
+    let mut handed = Vec::new();
+    loop {
+        match tokio::time::timeout(FEED_WAIT, feed.next()).await {
+            Ok(Ok(Fed::Entries { entries, caught_up })) => {
+                handed.extend(entries);
+                if caught_up.is_some() {
+                    return handed;
+                }
+            }
+            Ok(Ok(Fed::StandingBy(lease))) => panic!("the feed stands by for {}", lease.holder),
+            Ok(Err(error)) => panic!("the feed failed: {error}"),
+            Err(_) => panic!("the feed did not catch up within {FEED_WAIT:?}; it handed out {handed:?}"),
+        }
+    }
+}
+
+/// The sequences of `entries`.
+pub fn sequences(entries: &[OutboxEntry]) -> Vec<u64> {
+    entries.iter().map(|entry| entry.sequence).collect()
 }
