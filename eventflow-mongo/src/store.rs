@@ -20,7 +20,7 @@ use crate::client::{CollectionNames, Inner};
 use crate::document::{self, field, int, uuid_bson};
 use crate::error::{backend, is_duplicate_key, unreadable};
 use crate::inbox::marker;
-use crate::outbox::Outbox;
+use crate::outbox::{MongoFeed, Outbox};
 use crate::transaction::MongoTransaction;
 
 /// The URI [`MongoStore::from_env`] uses when `MONGODB_URI` is not set: a server on this
@@ -266,7 +266,7 @@ impl OutboxStore for MongoStore {
     /// saved resume token, or scans the outbox; entries then come in commit order as the
     /// server streams them, from this process or any other.
     async fn open_outbox(&self, relay: &str, settings: FeedSettings) -> Result<Box<dyn OutboxFeed>, Error> {
-        Ok(Box::new(self.outbox.open(relay, settings)))
+        Ok(Box::new(MongoFeed::new(self.outbox.clone(), relay, settings)))
     }
 
     async fn outbox_lease(&self) -> Result<Option<eventflow::store::OutboxLease>, Error> {

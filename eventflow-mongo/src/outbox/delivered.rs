@@ -32,11 +32,12 @@ use std::time::{Duration, Instant};
 
 use eventflow::Error;
 use mongodb::bson::{doc, Bson};
-use tokio::task::JoinHandle;
 
-use super::feed::{lost_lease, MongoFeed};
+use super::feed::MongoFeed;
 use super::layout::DELIVERED;
 use super::lease;
+use super::lease::lost_lease;
+use super::marks::Write;
 use super::position::{self, Position};
 use crate::client::Inner;
 use crate::document::int;
@@ -45,46 +46,6 @@ use crate::error::{backend, is_transient};
 /// How often, at most, a relay writes its delivered watermark and saves its position while
 /// it delivers.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What the feed reached and has not written yet, and the background write under way.
-#[derive(Default)]
-pub(super) struct Marks {
-    /// When the feed last wrote its watermark and position.
-    written_at: Option<Instant>,
-    /// A watermark reached since then, not written yet.
-    unwritten: Option<u64>,
-    /// A position reached since then, not saved yet.
-    unsaved: Option<Position>,
-    /// The last position reached, saved or not: what closing the feed saves.
-    pub(super) reached: Option<Position>,
-    /// The background write under way, with what it carries (put back if it fails).
-    writing: Option<Write>,
-}
-
-struct Write {
-    task: JoinHandle<Result<bool, mongodb::error::Error>>,
-    watermark: Option<u64>,
-    position: Option<Position>,
-}
-
-impl Marks {
-    /// Forgets what was reached; a write under way goes on, detached (its update is fenced
-    /// by the lease and only moves things forward).
-    pub(super) fn forget(&mut self) {
-        *self = Marks::default();
-    }
-
-    /// Records a watermark and a position reached, to be written by the next write.
-    fn reach(&mut self, watermark: Option<u64>, position: Option<Position>) {
-        if let Some(watermark) = watermark {
-            self.unwritten = Some(self.unwritten.unwrap_or(0).max(watermark));
-        }
-        if let Some(position) = position {
-            self.unsaved = Some(position.clone());
-            self.reached = Some(position);
-        }
-    }
-}
 
 impl MongoFeed {
     /// Starts writing the watermark and position reached since the last write, in the

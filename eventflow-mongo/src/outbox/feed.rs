@@ -19,10 +19,10 @@ use eventflow::Error;
 use tokio::sync::watch;
 use tokio::time::sleep_until;
 
-use super::delivered::Marks;
-use super::lease;
+use super::handle::Outbox;
+use super::lease::{self, lost_lease};
+use super::marks::Marks;
 use super::reader::Reader;
-use super::Outbox;
 
 /// A relay's open outbox on MongoDB: see the [module](self).
 pub(crate) struct MongoFeed {
@@ -47,7 +47,7 @@ pub(crate) struct MongoFeed {
 
 impl MongoFeed {
     /// The feed of `outbox` for `relay`, holding nothing yet.
-    pub(super) fn new(outbox: Arc<Outbox>, relay: &str, settings: FeedSettings) -> Self {
+    pub(crate) fn new(outbox: Arc<Outbox>, relay: &str, settings: FeedSettings) -> Self {
         MongoFeed {
             commits: outbox.inner.commits.subscribe(),
             outbox,
@@ -243,13 +243,4 @@ impl OutboxFeed for MongoFeed {
         self.outbox.publish_watermark(0);
         lease::release(&self.outbox.inner, &self.relay, reached).await
     }
-}
-
-/// The error of a relay whose feed lost the outbox lease.
-pub(super) fn lost_lease(relay: &str) -> Error {
-    Error::backend(format!(
-        "relay `{relay}` lost the outbox lease (another relay took it after it ran out); the \
-         entries it handed out and did not mark delivered will be delivered again: keep \
-         batches short enough to deliver within the lease, or lengthen the lease"
-    ))
 }

@@ -215,3 +215,12 @@ async fn take_from_gone(inner: &Inner, relay: &str, lease: Duration) -> Result<O
         "took the outbox lease over before it expired: the relay holding it ran on this host and its process is gone");
     Ok(Some(document::get_u64(&previous, "delivered_below").unwrap_or(0)))
 }
+
+/// The error of a relay whose feed lost the outbox lease.
+pub(super) fn lost_lease(relay: &str) -> Error {
+    Error::backend(format!(
+        "relay `{relay}` lost the outbox lease (another relay took it after it ran out); the \
+         entries it handed out and did not mark delivered will be delivered again: keep \
+         batches short enough to deliver within the lease, or lengthen the lease"
+    ))
+}
