@@ -581,8 +581,8 @@ fn main() {
             Side::RawLegacyHeaders => wanted.contains("legacy"),
         });
         assert!(
-            !sides.is_empty(),
-            "KAFKA_BENCH_SIDES={wanted:?} names no side; use eventflow, headers, send_result, strict, fair or legacy (legacy also needs KAFKA_BENCH_RAW_HEADERS=legacy)"
+            !sides.is_empty() || !publishing,
+            "KAFKA_BENCH_SIDES={wanted:?} names no publishing side; use eventflow, headers, send_result, strict, fair or legacy (legacy also needs KAFKA_BENCH_RAW_HEADERS=legacy), or KAFKA_BENCH_ONLY=consume for the consume sides eventflow and raw"
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

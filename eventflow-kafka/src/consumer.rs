@@ -37,6 +37,8 @@ pub(crate) struct KafkaConsumer {
     topic_names: HashMap<String, Arc<str>>,
     /// The topic of the last message read, from `topic_names`.
     last_topic: Option<Arc<str>>,
+    /// How many records the last poll returned.
+    last_poll: usize,
     /// Messages that are not eventflow events, by position, until they are dead-lettered.
     foreign: HashMap<(Arc<str>, u32, u64), Foreign>,
     /// Transient errors since the last message, to say when consuming resumes.
@@ -112,6 +114,7 @@ impl KafkaConsumer {
             consumer: Some(consumer),
             topic_names: topics.into_iter().map(|t| (t.clone(), t.into())).collect(),
             last_topic: None,
+            last_poll: 0,
             foreign: HashMap::new(),
             transient_errors: 0,
             transaction,
@@ -326,7 +329,8 @@ impl KafkaConsumer {
         let member = consumer.context();
         let mut revocations = member.revocations();
         member.take_revoked();
-        let mut records = Vec::new();
+        // Sized as the last poll was: a full batch grows it eight times otherwise.
+        let mut records = Vec::with_capacity(self.last_poll.min(max));
         // One stream for the whole poll: `recv` makes one per message, and each registers
         // and unregisters its waker under a lock.
         let mut stream = consumer.stream();
@@ -399,6 +403,7 @@ impl KafkaConsumer {
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self) -> Result<Vec<Record>, eventflow::Error> {
         let records = self.poll_records().await?;
+        self.last_poll = records.len();
         let Some(transaction) = self.transaction.clone() else {
             return Ok(records);
         };
@@ -439,7 +444,7 @@ impl Consumer for KafkaConsumer {
             return Ok(());
         }
         // The next offset per partition: a batch touches a few partitions, so a list.
-        let mut next: Vec<(&str, u32, u64)> = Vec::new();
+        let mut next: Vec<(&Arc<str>, u32, u64)> = Vec::new();
         let mut failed: Option<Error> = None;
         let mut blocked: HashMap<(Arc<str>, u32), u64> = HashMap::new();
         for record in records {
@@ -449,10 +454,11 @@ impl Consumer for KafkaConsumer {
                 continue;
             }
             let offset = record.offset + 1;
-            match next
-                .iter_mut()
-                .find(|(topic, partition, _)| *partition == record.partition && *topic == &*record.topic)
-            {
+            match next.iter_mut().find(|(topic, partition, _)| {
+                // One shared name per topic: the pointers are compared first.
+                *partition == record.partition
+                    && (Arc::ptr_eq(topic, &record.topic) || **topic == record.topic)
+            }) {
                 Some((_, _, at)) => *at = (*at).max(offset),
                 None => next.push((&record.topic, record.partition, offset)),
             }

@@ -31,10 +31,11 @@ pub struct Consumed {
 impl Clock {
     fn tick(&self, n: u64) {
         let now = Instant::now();
-        self.first
-            .lock()
-            .unwrap()
-            .get_or_insert_with(|| (now, alloc::count(), Cpu::now()));
+        self.first.lock().unwrap().get_or_insert_with(|| {
+            // A mark to attach a profiler to the consuming alone.
+            eprintln!("  the first event is handled");
+            (now, alloc::count(), Cpu::now())
+        });
         if self.handled.fetch_add(1, Ordering::AcqRel) + 1 == n {
             *self.last.lock().unwrap() = Some((now, alloc::count(), Cpu::now()));
         }
@@ -118,13 +119,7 @@ async fn consume_eventflow(n: usize, prefix: &str) -> Consumed {
         .start()
         .await
         .unwrap();
-    let mut started = false;
     while !clock.done() {
-        if !started && clock.first.lock().unwrap().is_some() {
-            // A mark to attach a profiler to the consuming half alone.
-            eprintln!("  eventflow handles its first event");
-            started = true;
-        }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     bus.shutdown().await;
