@@ -388,6 +388,10 @@ impl KafkaConsumer {
             if records.len() >= max {
                 return Ok(records);
             }
+            // A stream with messages ready never waits, and the commit no longer does: this
+            // lets the runtime run other tasks (a single-threaded one, the publishers)
+            // once the member has used its share.
+            tokio::task::coop::consume_budget().await;
         }
     }
 
