@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use eventflow::transport::{Consumer, Record, Transport};
 use eventflow::Envelope;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -35,6 +35,10 @@ pub(crate) struct KafkaConsumer {
     group: String,
     consumer: Option<Arc<StreamConsumer<Member>>>,
     topic_names: HashMap<String, Arc<str>>,
+    /// The topic of the last message read, from `topic_names`.
+    last_topic: Option<Arc<str>>,
+    /// How many records the last poll returned.
+    last_poll: usize,
     /// Messages that are not eventflow events, by position, until they are dead-lettered.
     foreign: HashMap<(Arc<str>, u32, u64), Foreign>,
     /// Transient errors since the last message, to say when consuming resumes.
@@ -109,6 +113,8 @@ impl KafkaConsumer {
             group: group.to_owned(),
             consumer: Some(consumer),
             topic_names: topics.into_iter().map(|t| (t.clone(), t.into())).collect(),
+            last_topic: None,
+            last_poll: 0,
             foreign: HashMap::new(),
             transient_errors: 0,
             transaction,
@@ -124,11 +130,19 @@ impl KafkaConsumer {
 
     fn record(&mut self, message: &BorrowedMessage<'_>) -> Record {
         let kafka_topic = message.topic();
-        let topic = match self.topic_names.get(kafka_topic) {
-            Some(topic) => topic.clone(),
-            None => {
-                let topic: Arc<str> = kafka_topic.into();
-                self.topic_names.insert(kafka_topic.to_owned(), topic.clone());
+        let topic = match &self.last_topic {
+            // Most messages come from the topic of the one before.
+            Some(last) if **last == *kafka_topic => last.clone(),
+            _ => {
+                let topic = match self.topic_names.get(kafka_topic) {
+                    Some(topic) => topic.clone(),
+                    None => {
+                        let topic: Arc<str> = kafka_topic.into();
+                        self.topic_names.insert(kafka_topic.to_owned(), topic.clone());
+                        topic
+                    }
+                };
+                self.last_topic = Some(topic.clone());
                 topic
             }
         };
@@ -222,6 +236,35 @@ impl KafkaConsumer {
     }
 }
 
+impl KafkaConsumer {
+    /// Dead-letters `record` if it is a message that is not an eventflow event; whether to
+    /// commit it. A partition whose foreign message could not be dead-lettered is blocked
+    /// from there on (`blocked`, where to read it again; `failed`, why).
+    async fn settle_foreign(
+        &mut self,
+        record: &Record,
+        blocked: &mut HashMap<(Arc<str>, u32), u64>,
+        failed: &mut Option<Error>,
+    ) -> bool {
+        let partition = (record.topic.clone(), record.partition);
+        if let Some(foreign) = self
+            .foreign
+            .remove(&(record.topic.clone(), record.partition, record.offset))
+        {
+            if blocked.contains_key(&partition) {
+                return false;
+            }
+            if let Err(error) = self.dead_letter_foreign(record, &foreign).await {
+                // Not dead-lettered, so not committed: read it again from here.
+                blocked.insert(partition, record.offset);
+                failed.get_or_insert(error);
+                return false;
+            }
+        }
+        !blocked.contains_key(&partition)
+    }
+}
+
 /// The reason stored for the foreign message at a position.
 fn reason_of(
     foreign: &HashMap<(Arc<str>, u32, u64), Foreign>,
@@ -286,16 +329,21 @@ impl KafkaConsumer {
         let member = consumer.context();
         let mut revocations = member.revocations();
         member.take_revoked();
-        let mut records = Vec::new();
+        // Sized as the last poll was: a full batch grows it eight times otherwise.
+        let mut records = Vec::with_capacity(self.last_poll.min(max));
+        // One stream for the whole poll: `recv` makes one per message, and each registers
+        // and unregisters its waker under a lock.
+        let mut stream = consumer.stream();
         loop {
             let message = if records.is_empty() {
-                consumer.recv().await
+                stream.next().await
             } else {
-                match consumer.recv().now_or_never() {
+                match stream.next().now_or_never() {
                     Some(message) => message,
                     None => return Ok(records),
                 }
             };
+            let message = message.expect("a Kafka consumer's stream never ends");
             let message = match message {
                 Ok(message) => message,
                 // Not fatal (a broker down, a connection reset): librdkafka recovers by
@@ -340,6 +388,10 @@ impl KafkaConsumer {
             if records.len() >= max {
                 return Ok(records);
             }
+            // A stream with messages ready never waits, and the commit no longer does: this
+            // lets the runtime run other tasks (a single-threaded one, the publishers)
+            // once the member has used its share.
+            tokio::task::coop::consume_budget().await;
         }
     }
 
@@ -355,6 +407,7 @@ impl KafkaConsumer {
 impl Consumer for KafkaConsumer {
     async fn poll(&mut self) -> Result<Vec<Record>, eventflow::Error> {
         let records = self.poll_records().await?;
+        self.last_poll = records.len();
         let Some(transaction) = self.transaction.clone() else {
             return Ok(records);
         };
@@ -394,31 +447,28 @@ impl Consumer for KafkaConsumer {
             }
             return Ok(());
         }
-        let mut next: HashMap<(&str, u32), u64> = HashMap::new();
+        // The next offset per partition: a batch touches a few partitions, so a list.
+        let mut next: Vec<(&Arc<str>, u32, u64)> = Vec::new();
         let mut failed: Option<Error> = None;
         let mut blocked: HashMap<(Arc<str>, u32), u64> = HashMap::new();
         for record in records {
-            let position = (record.topic.clone(), record.partition, record.offset);
-            if let Some(foreign) = self.foreign.remove(&position) {
-                if blocked.contains_key(&(record.topic.clone(), record.partition)) {
-                    continue;
-                }
-                if let Err(error) = self.dead_letter_foreign(record, &foreign).await {
-                    // Not dead-lettered, so not committed: read it again from here.
-                    blocked.insert((record.topic.clone(), record.partition), record.offset);
-                    failed.get_or_insert(error);
-                    continue;
-                }
-            }
-            let key = (&*record.topic, record.partition);
-            if blocked.contains_key(&(record.topic.clone(), record.partition)) {
+            // Only a foreign message can block a partition.
+            let settling = !self.foreign.is_empty() || !blocked.is_empty();
+            if settling && !self.settle_foreign(record, &mut blocked, &mut failed).await {
                 continue;
             }
-            let entry = next.entry(key).or_insert(0);
-            *entry = (*entry).max(record.offset + 1);
+            let offset = record.offset + 1;
+            match next.iter_mut().find(|(topic, partition, _)| {
+                // One shared name per topic: the pointers are compared first.
+                *partition == record.partition
+                    && (Arc::ptr_eq(topic, &record.topic) || **topic == record.topic)
+            }) {
+                Some((_, _, at)) => *at = (*at).max(offset),
+                None => next.push((&record.topic, record.partition, offset)),
+            }
         }
         let mut offsets = TopicPartitionList::with_capacity(next.len());
-        for ((topic, partition), offset) in next {
+        for (topic, partition, offset) in next {
             offsets
                 .add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
                 .map_err(|e| self.inner.error("building an offset list", e))?;
@@ -444,8 +494,9 @@ impl Consumer for KafkaConsumer {
                 (Err(error), _) | (Ok(()), Some(error)) => Err(error.into()),
             };
         }
-        let committed = tokio::task::spawn_blocking(move || {
-            seek_all(&consumer, &rewind);
+        // Storing and committing asynchronously only queue work for librdkafka's threads,
+        // so they run here; a seek waits for the broker, on a blocking thread.
+        let store_and_commit = move |consumer: &StreamConsumer<Member>| {
             if offsets.count() == 0 {
                 return Ok(());
             }
@@ -453,9 +504,16 @@ impl Consumer for KafkaConsumer {
             // became of the asynchronous commit.
             consumer.store_offsets(&offsets)?;
             consumer.commit(&offsets, CommitMode::Async)
-        })
-        .await
-        .map_err(|panic| Error::Config(format!("committing offsets panicked: {panic}")))?;
+        };
+        let committed = match rewind.is_empty() {
+            true => store_and_commit(&consumer),
+            false => tokio::task::spawn_blocking(move || {
+                seek_all(&consumer, &rewind);
+                store_and_commit(&consumer)
+            })
+            .await
+            .map_err(|panic| Error::Config(format!("committing offsets panicked: {panic}")))?,
+        };
         if let Err(error) = committed {
             return Err(self
                 .inner

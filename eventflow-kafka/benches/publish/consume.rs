@@ -1,31 +1,43 @@
 //! The consume half: a bus whose handler decodes each event, next to a raw
-//! `StreamConsumer` doing the same decode and commit policy.
+//! `StreamConsumer` doing the same decode and commit policy: eventflow's documented one,
+//! the offsets of each polled batch (what is ready, up to 256 records) stored and
+//! committed asynchronously once the batch is handled.
+
+use eventflow_kafka::rdkafka::{Offset, TopicPartitionList};
+use futures_util::FutureExt;
 
 use super::*;
+
+/// eventflow-kafka's default `max_batch`: the most records a poll returns.
+const MAX_BATCH: usize = 256;
 
 #[derive(Clone, Default)]
 struct Clock {
     handled: Arc<AtomicU64>,
-    /// When the first event was handled, and the allocations made until then.
-    first: Arc<Mutex<Option<(Instant, u64)>>>,
-    last: Arc<Mutex<Option<(Instant, u64)>>>,
+    /// When the first event was handled, the allocations made until then and the
+    /// process's CPU time.
+    first: Arc<Mutex<Option<(Instant, u64, Cpu)>>>,
+    last: Arc<Mutex<Option<(Instant, u64, Cpu)>>>,
 }
 
-/// One consume run: events per second and Rust heap allocations per handled event.
+/// One consume run: events per second, Rust heap allocations and CPU microseconds (of the
+/// whole process) per handled event.
 pub struct Consumed {
     rate: f64,
     allocations: f64,
+    cpu: f64,
 }
 
 impl Clock {
     fn tick(&self, n: u64) {
         let now = Instant::now();
-        self.first
-            .lock()
-            .unwrap()
-            .get_or_insert_with(|| (now, alloc::count()));
+        self.first.lock().unwrap().get_or_insert_with(|| {
+            // A mark to attach a profiler to the consuming alone.
+            eprintln!("  the first event is handled");
+            (now, alloc::count(), Cpu::now())
+        });
         if self.handled.fetch_add(1, Ordering::AcqRel) + 1 == n {
-            *self.last.lock().unwrap() = Some((now, alloc::count()));
+            *self.last.lock().unwrap() = Some((now, alloc::count(), Cpu::now()));
         }
     }
 
@@ -34,11 +46,12 @@ impl Clock {
     }
 
     fn result(&self, n: usize) -> Consumed {
-        let (first, first_allocations) = self.first.lock().unwrap().unwrap();
-        let (last, last_allocations) = self.last.lock().unwrap().unwrap();
+        let (first, first_allocations, first_cpu) = self.first.lock().unwrap().unwrap();
+        let (last, last_allocations, last_cpu) = self.last.lock().unwrap().unwrap();
         Consumed {
             rate: (n - 1) as f64 / (last - first).as_secs_f64(),
             allocations: (last_allocations - first_allocations) as f64 / (n - 1) as f64,
+            cpu: (last_cpu.client - first_cpu.client) / (n - 1) as f64 * 1e6,
         }
     }
 }
@@ -69,7 +82,28 @@ async fn fill(n: usize, prefix: &str) {
     bus.shutdown().await;
 }
 
-pub async fn consume_eventflow(n: usize, prefix: &str) -> Consumed {
+/// `rounds` rounds of the sides `KAFKA_BENCH_SIDES` names (`eventflow`, `raw`; both if
+/// unset), each on a fresh topic: the eventflow runs and the raw ones.
+pub async fn consume_rounds(n: usize, rounds: usize, id: &str) -> (Vec<Consumed>, Vec<Consumed>) {
+    let wanted = std::env::var("KAFKA_BENCH_SIDES").ok();
+    let runs = |side: &str| wanted.as_deref().is_none_or(|w| w.contains(side));
+    let (mut eventflow, mut raw) = (vec![], vec![]);
+    for round in 0..rounds {
+        if runs("raw") {
+            let prefix = format!("{id}-cr{round}");
+            raw.push(consume_raw(n, &prefix).await);
+            delete_topic(&prefix).await;
+        }
+        if runs("eventflow") {
+            let prefix = format!("{id}-ce{round}");
+            eventflow.push(consume_eventflow(n, &prefix).await);
+            delete_topic(&prefix).await;
+        }
+    }
+    (eventflow, raw)
+}
+
+async fn consume_eventflow(n: usize, prefix: &str) -> Consumed {
     fill(n, prefix).await;
     let clock = Clock::default();
     let kafka = Kafka::builder(brokers())
@@ -92,39 +126,71 @@ pub async fn consume_eventflow(n: usize, prefix: &str) -> Consumed {
     clock.result(n)
 }
 
-pub async fn consume_raw(n: usize, prefix: &str) -> Consumed {
+async fn consume_raw(n: usize, prefix: &str) -> Consumed {
     fill(n, prefix).await;
     let topic = kafka(prefix).kafka_topic("bench");
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("{prefix}.raw"))
         .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .create()
         .unwrap();
     consumer.subscribe(&[&topic]).unwrap();
     let clock = Clock::default();
-    for i in 0..n {
-        let message = consumer.recv().await.expect("consuming");
-        // What eventflow reads of each message besides the payload: the id, name and
-        // content type of the `eventflow` header, and the key.
-        let metadata = message
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == "eventflow"))
-            .and_then(|h| std::str::from_utf8(h.value?).ok())
-            .expect("an eventflow header");
-        let mut fields = metadata.splitn(8, ';');
-        let id = uuid::Uuid::parse_str(fields.nth(1).unwrap()).unwrap();
-        let name = fields.next().unwrap().to_owned();
-        let content_type = fields.nth(4).unwrap().to_owned();
-        let key = message.key().map(|k| String::from_utf8(k.to_vec()).unwrap());
-        let event: Happened = serde_json::from_slice(message.payload().unwrap()).unwrap();
-        std::hint::black_box((&event, id, name, content_type, key));
-        clock.tick(n as u64);
-        if i % 256 == 255 || i == n - 1 {
-            consumer.commit_message(&message, CommitMode::Async).unwrap();
+    let mut handled = 0;
+    // The next offset to commit per partition, of the batch being handled.
+    let mut next: Vec<Option<i64>> = Vec::new();
+    while handled < n {
+        // eventflow's policy: a batch is what is ready after the first message, up to
+        // `max_batch` (256); once it is handled, its partitions' offsets are stored (so
+        // that a rebalance or close commits them synchronously) and committed
+        // asynchronously, every partition the batch touched.
+        let mut batch = 0;
+        while batch < MAX_BATCH && handled < n {
+            let message = match batch {
+                0 => consumer.recv().await,
+                _ => match consumer.recv().now_or_never() {
+                    Some(message) => message,
+                    None => break,
+                },
+            }
+            .expect("consuming");
+            // What eventflow reads of each message besides the payload: the id, name and
+            // content type of the `eventflow` header, and the key.
+            let metadata = message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "eventflow"))
+                .and_then(|h| std::str::from_utf8(h.value?).ok())
+                .expect("an eventflow header");
+            let mut fields = metadata.splitn(8, ';');
+            let id = uuid::Uuid::parse_str(fields.nth(1).unwrap()).unwrap();
+            let name = fields.next().unwrap().to_owned();
+            let content_type = fields.nth(4).unwrap().to_owned();
+            let key = message.key().map(|k| String::from_utf8(k.to_vec()).unwrap());
+            let event: Happened = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            std::hint::black_box((&event, id, name, content_type, key));
+            clock.tick(n as u64);
+            let partition = message.partition() as usize;
+            if next.len() <= partition {
+                next.resize(partition + 1, None);
+            }
+            next[partition] = Some(message.offset() + 1);
+            batch += 1;
+            handled += 1;
         }
+        let mut offsets = TopicPartitionList::with_capacity(next.len());
+        for (partition, offset) in next.iter_mut().enumerate() {
+            if let Some(offset) = offset.take() {
+                offsets
+                    .add_partition_offset(&topic, partition as i32, Offset::Offset(offset))
+                    .unwrap();
+            }
+        }
+        consumer.store_offsets(&offsets).unwrap();
+        consumer.commit(&offsets, CommitMode::Async).unwrap();
     }
     clock.result(n)
 }
@@ -132,23 +198,33 @@ pub async fn consume_raw(n: usize, prefix: &str) -> Consumed {
 pub fn report_consume(eventflow: &[Consumed], raw: &[Consumed]) {
     let rate = |runs: &[Consumed]| median(runs.iter().map(|r| r.rate));
     let allocations = |runs: &[Consumed]| median(runs.iter().map(|r| r.allocations));
-    let (e, r) = (rate(eventflow), rate(raw));
+    let cpu = |runs: &[Consumed]| median(runs.iter().map(|r| r.cpu));
     println!("consume (medians):");
-    println!(
-        "  eventflow          {e:>9.0} events/s   {:>5.1} allocs/event",
-        allocations(eventflow)
-    );
-    println!(
-        "  raw StreamConsumer {r:>9.0} events/s   {:>5.1} allocs/event",
-        allocations(raw)
-    );
-    let ratio = e / r;
-    let verdict = if ratio >= TARGET_CONSUME_RATIO {
-        "meets"
-    } else {
-        "MISSES"
-    };
-    println!("  ratio {ratio:.2}: {verdict} the target of {TARGET_CONSUME_RATIO}x");
+    if !eventflow.is_empty() {
+        println!(
+            "  eventflow          {:>9.0} events/s   {:>5.1} allocs/event   CPU us per event {:.2}",
+            rate(eventflow),
+            allocations(eventflow),
+            cpu(eventflow)
+        );
+    }
+    if !raw.is_empty() {
+        println!(
+            "  raw StreamConsumer {:>9.0} events/s   {:>5.1} allocs/event   CPU us per event {:.2}",
+            rate(raw),
+            allocations(raw),
+            cpu(raw)
+        );
+    }
+    if !eventflow.is_empty() && !raw.is_empty() {
+        let ratio = rate(eventflow) / rate(raw);
+        let verdict = if ratio >= TARGET_CONSUME_RATIO {
+            "meets"
+        } else {
+            "MISSES"
+        };
+        println!("  ratio {ratio:.2}: {verdict} the target of {TARGET_CONSUME_RATIO}x");
+    }
     println!(
         "    eventflow runs: {:?}",
         eventflow.iter().map(|r| r.rate.round()).collect::<Vec<_>>()

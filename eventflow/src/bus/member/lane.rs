@@ -39,7 +39,27 @@ pub(super) async fn handle_batch(
         return Batch::interrupted();
     };
     let parking = parking.as_ref();
-    let routed: Vec<Option<Routed<'_>>> = records.iter().map(|r| member.route(&r.envelope)).collect();
+    // Consecutive records mostly carry the same event: its route is looked up once.
+    let mut last: Option<(&str, u32, Option<Routed<'_>>)> = None;
+    let routed: Vec<Option<Routed<'_>>> = records
+        .iter()
+        .map(|record| {
+            let envelope = &record.envelope;
+            match last {
+                Some((name, version, routed))
+                    if version == envelope.version
+                        && (std::ptr::eq(name, &*envelope.name) || name == envelope.name) =>
+                {
+                    routed
+                }
+                _ => {
+                    let routed = member.route(envelope);
+                    last = Some((&envelope.name, envelope.version, routed));
+                    routed
+                }
+            }
+        })
+        .collect();
     let guarded = |routed: &Option<Routed<'_>>| routed.is_some_and(|r| r.delivery == Delivery::InboxGuarded);
     let ids: Vec<Uuid> = records
         .iter()
@@ -60,10 +80,9 @@ pub(super) async fn handle_batch(
         if skipped {
             tracing::debug!(group = %group.name, event.id = %id, "event already processed by this group; skipped");
         }
-        match lanes
-            .iter_mut()
-            .find(|lane| lane[0].0.partition == record.partition && lane[0].0.topic == record.topic)
-        {
+        match lanes.iter_mut().find(|lane| {
+            lane[0].0.partition == record.partition && same_topic(&lane[0].0.topic, &record.topic)
+        }) {
             Some(lane) => lane.push((record, routed, skipped)),
             None => lanes.push(vec![(record, routed, skipped)]),
         }
@@ -81,6 +100,12 @@ pub(super) async fn handle_batch(
         done: done.into_iter().flatten().collect(),
         handled: handled.into_iter().flatten().collect(),
     }
+}
+
+/// Whether two records' topics are the same: a transport mostly hands out one shared name
+/// per topic, so the pointers are compared before the text.
+fn same_topic(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Handles one partition's records in order; returns the records done and the events to
