@@ -284,7 +284,7 @@ impl Inner {
     pub(crate) fn enqueue_now(&self, envelope: &Envelope) -> Option<Result<Enqueued, Error>> {
         let topic = read(&self.event_topics).get(&*envelope.topic)?.clone();
         topic.created.initialized().then_some(())?;
-        let (headers, timestamp_ms) = headers::encode_timed(envelope, &self.config);
+        let (headers, timestamp_ms) = crate::wire::encode_timed(envelope, &self.config);
         let mut record = FutureRecord::to(&topic.name)
             .payload(&envelope.payload[..])
             .headers(headers)
@@ -307,7 +307,7 @@ impl Inner {
             return enqueued;
         }
         let topic = self.event_topic(&envelope.topic).await?;
-        let (headers, timestamp_ms) = headers::encode_timed(envelope, &self.config);
+        let (headers, timestamp_ms) = crate::wire::encode_timed(envelope, &self.config);
         let delivery = self
             .enqueue(
                 &topic.name,

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use crate::{Error, GroupProtocol, Kafka};
+use crate::GroupProtocol;
 
 /// The broker address used when `KAFKA_BROKERS` is not set.
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
@@ -38,7 +38,8 @@ pub enum WireFormat {
     CloudEvents,
 }
 
-/// Configures a [`Kafka`] transport. Start with [`Kafka::builder`] or [`Kafka::from_env`].
+/// Configures a [`Kafka`](crate::Kafka) transport. Start with
+/// [`Kafka::builder`](crate::Kafka::builder) or [`Kafka::from_env`](crate::Kafka::from_env).
 ///
 /// Defaults: topics created with 8 partitions and replication factor 1 (raise it to 3 on
 /// a production cluster), idempotent producer with `acks=all` and `linger.ms=5`, 30 s
@@ -265,14 +266,6 @@ impl KafkaBuilder {
     pub fn cloudevents_source(mut self, source: impl Into<String>) -> Self {
         self.cloudevents_source = Some(source.into());
         self
-    }
-
-    /// Creates the producer and the admin client. Does not contact the broker yet: a
-    /// broker that is down shows up as errors of `publish` and `subscribe`. Fails on a
-    /// consumer setting the [group protocol](KafkaBuilder::group_protocol) does not have.
-    pub fn build(self) -> Result<Kafka, Error> {
-        self.group_protocol.check(&self.consumer_config)?;
-        Kafka::from_builder(self)
     }
 
     pub(crate) fn kafka_topic(&self, topic: &str) -> String {

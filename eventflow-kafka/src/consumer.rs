@@ -151,7 +151,7 @@ impl KafkaConsumer {
             .unwrap_or(kafka_topic);
         let partition = message.partition() as u32;
         let offset = message.offset() as u64;
-        let envelope = match headers::decode(
+        let envelope = match crate::wire::decode(
             message.headers(),
             event_topic,
             message.key(),

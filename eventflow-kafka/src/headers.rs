@@ -1,8 +1,9 @@
 //! The Kafka headers an [`Envelope`] travels in, and reading them back.
 //!
 //! Eventflow writes one of two formats, chosen per transport with
-//! [`KafkaBuilder::wire_format`] and per topic with [`KafkaBuilder::topic_format`]: the
-//! compact one below (the default) or [CloudEvents](crate::cloudevents). A consumer reads
+//! [`KafkaBuilder::wire_format`](crate::KafkaBuilder::wire_format) and per topic with
+//! [`KafkaBuilder::topic_format`](crate::KafkaBuilder::topic_format): the compact one below
+//! (the default) or [CloudEvents](crate::cloudevents). A consumer reads
 //! both, and the older one-header-per-field form, whatever it writes: the `eventflow`
 //! header if there is one, else the CloudEvents headers if there is `ce_specversion`, else
 //! the individual headers.
@@ -47,11 +48,8 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventflow::{DeadLetter, Envelope};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use uuid::Uuid;
-
-use crate::cloudevents;
-use crate::config::{KafkaBuilder, WireFormat};
 
 /// The header carrying an event's metadata in one value (see the [wire format](self)).
 pub const EVENTFLOW: &str = "eventflow";
@@ -102,24 +100,8 @@ const RESERVED: [&str; 8] = [
     TIMESTAMP,
 ];
 
-/// The headers carrying `envelope`'s metadata in the [format](WireFormat) `config` sets for
-/// its topic, with the free-form headers.
-pub(crate) fn encode(envelope: &Envelope, config: &KafkaBuilder) -> OwnedHeaders {
-    encode_timed(envelope, config).0
-}
-
-/// [`encode`], and the envelope's timestamp in milliseconds for the Kafka timestamp, read
-/// from the clock value once.
-pub(crate) fn encode_timed(envelope: &Envelope, config: &KafkaBuilder) -> (OwnedHeaders, i64) {
-    if config.format_of(&envelope.topic) == WireFormat::CloudEvents {
-        let headers = cloudevents::encode(envelope, config.cloudevents_source.as_deref());
-        return (headers, millis_since_epoch(envelope.timestamp));
-    }
-    encode_compact(envelope)
-}
-
 /// The [`EVENTFLOW`] header and the free-form headers, and the Kafka timestamp.
-fn encode_compact(envelope: &Envelope) -> (OwnedHeaders, i64) {
+pub(crate) fn encode_compact(envelope: &Envelope) -> (OwnedHeaders, i64) {
     let nanos = nanos_since_epoch(envelope.timestamp);
     let millis = (nanos / 1_000_000) as i64;
     if envelope.name.contains(';') {
@@ -334,96 +316,8 @@ pub(crate) struct Metadata<'a> {
     pub(crate) key: Option<&'a str>,
 }
 
-/// Rebuilds an envelope from a Kafka message's parts; the error says what is missing.
-pub(crate) fn decode(
-    headers: Option<&impl Headers>,
-    topic: &str,
-    key: Option<&[u8]>,
-    payload: Option<&[u8]>,
-    kafka_timestamp_ms: Option<i64>,
-) -> Result<Envelope, String> {
-    let Some(headers) = headers else {
-        return Err(format!(
-            "the message has no headers, so it is not an eventflow event (it needs the `{EVENTFLOW}` \
-             header, or CloudEvents' `{}`, `{}` and `{}`); publish it through eventflow or set those \
-             headers",
-            cloudevents::SPECVERSION,
-            cloudevents::ID,
-            cloudevents::TYPE
-        ));
-    };
-    let mut compact = None;
-    let mut cloud = cloudevents::Attributes::default();
-    let mut individual = Metadata::default();
-    let mut free = std::collections::BTreeMap::new();
-    for h in headers.iter() {
-        let value = h.value.unwrap_or_default();
-        if h.key == EVENTFLOW {
-            compact = Some(read_metadata(value)?);
-        } else if !cloud.offer(h.key, value) && !read_individual(&mut individual, h.key, value)? {
-            if let Ok(value) = std::str::from_utf8(value) {
-                free.insert(h.key.to_owned(), value.to_owned());
-            }
-        }
-    }
-    let metadata = match compact {
-        Some(metadata) => {
-            cloud.keep_as_headers(&mut free);
-            metadata
-        }
-        None if cloud.present() => cloud.into_metadata(individual.content_type, &mut free)?,
-        None => {
-            cloud.keep_as_headers(&mut free);
-            let missing = [
-                (ID, individual.id.is_none()),
-                (NAME, individual.name.is_none()),
-                (VERSION, individual.version.is_none()),
-                (CONTENT_TYPE, individual.content_type.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(header, absent)| absent.then_some(format!("`{header}`")))
-            .collect::<Vec<_>>();
-            if !missing.is_empty() {
-                return Err(format!(
-                    "the message has no `{EVENTFLOW}` header, no `{}` and lacks the header(s) {}, so \
-                     it is not an eventflow event; publish it through eventflow or set the \
-                     `{EVENTFLOW}` header (or produce it as a CloudEvent in binary mode)",
-                    cloudevents::SPECVERSION,
-                    missing.join(", ")
-                ));
-            }
-            individual
-        }
-    };
-    let id = metadata.id.unwrap_or_default();
-    let key = match key {
-        Some(k) => {
-            Some(String::from_utf8(k.to_vec()).map_err(|_| "the message key is not UTF-8".to_owned())?)
-        }
-        None => metadata.key.map(str::to_owned),
-    };
-    let timestamp = metadata.timestamp.unwrap_or_else(|| {
-        kafka_timestamp_ms
-            .and_then(|ms| u64::try_from(ms).ok())
-            .map_or_else(SystemTime::now, |ms| UNIX_EPOCH + Duration::from_millis(ms))
-    });
-    Ok(Envelope {
-        id,
-        name: known_text(metadata.name.unwrap_or_default()),
-        version: metadata.version.unwrap_or_default(),
-        topic: known_text(topic),
-        key,
-        timestamp,
-        correlation_id: metadata.correlation_id.unwrap_or(id),
-        causation_id: metadata.causation_id,
-        headers: free,
-        content_type: known_text(metadata.content_type.unwrap_or_default()),
-        payload: bytes_of(payload),
-    })
-}
-
 /// Reads the [`EVENTFLOW`] header's value.
-fn read_metadata(value: &[u8]) -> Result<Metadata<'_>, String> {
+pub(crate) fn read_metadata(value: &[u8]) -> Result<Metadata<'_>, String> {
     let text = std::str::from_utf8(value).map_err(|_| format!("header `{EVENTFLOW}` is not UTF-8"))?;
     let mut fields = text.splitn(8, ';');
     let format = fields.next().unwrap_or_default();
@@ -486,7 +380,11 @@ fn read_metadata(value: &[u8]) -> Result<Metadata<'_>, String> {
 
 /// Reads one header of the individual-header form into `metadata`; `false` if `key` is
 /// not one.
-fn read_individual<'a>(metadata: &mut Metadata<'a>, key: &str, value: &'a [u8]) -> Result<bool, String> {
+pub(crate) fn read_individual<'a>(
+    metadata: &mut Metadata<'a>,
+    key: &str,
+    value: &'a [u8],
+) -> Result<bool, String> {
     let text = || std::str::from_utf8(value).map_err(|_| format!("header `{key}` is not UTF-8"));
     let uuid = || {
         text().and_then(|t| {
@@ -522,7 +420,7 @@ fn read_individual<'a>(metadata: &mut Metadata<'a>, key: &str, value: &'a [u8]) 
 /// sees over and over, one copy made the first time and kept for good, so that reading a
 /// message does not allocate them again; past the first 256 distinct values (a producer
 /// writing ever new names), an owned copy per envelope as before, so memory stays bounded.
-fn known_text(text: &str) -> Cow<'static, str> {
+pub(crate) fn known_text(text: &str) -> Cow<'static, str> {
     use std::sync::RwLock;
     const MOST: usize = 256;
     static KNOWN: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
@@ -542,7 +440,7 @@ fn known_text(text: &str) -> Cow<'static, str> {
     Cow::Borrowed(kept)
 }
 
-fn bytes_of(payload: Option<&[u8]>) -> bytes::Bytes {
+pub(crate) fn bytes_of(payload: Option<&[u8]>) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(payload.unwrap_or_default())
 }
 

@@ -112,6 +112,7 @@ mod settle;
 mod start_offsets;
 mod transaction;
 mod transport;
+mod wire;
 
 pub use config::{KafkaBuilder, StartFrom, WireFormat, DEFAULT_BROKERS};
 pub use error::Error;

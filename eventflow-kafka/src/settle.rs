@@ -11,7 +11,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{base_config, Inner};
 use crate::config::StartFrom;
-use crate::{Error, Kafka};
+use crate::Error;
 
 /// How long each request may wait for the broker.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,19 +21,6 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// A Kafka group id and the Kafka topics it consumes.
 pub(crate) type Subscriptions = Vec<(String, Vec<String>)>;
-
-impl Kafka {
-    /// The bus's groups as Kafka names them.
-    pub(crate) fn subscriptions(&self, groups: &[(&str, &[&str])]) -> Subscriptions {
-        groups
-            .iter()
-            .map(|(group, topics)| {
-                let topics = topics.iter().map(|topic| self.kafka_topic(topic)).collect();
-                (self.group_id(group), topics)
-            })
-            .collect()
-    }
-}
 
 /// Waits until each group has committed, on every partition of its topics, at least the end
 /// of the log as it was when this was called.

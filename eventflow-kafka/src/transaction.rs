@@ -157,7 +157,7 @@ impl Transaction {
                     &topic.name,
                     envelope.key.as_deref().map(str::as_bytes),
                     &envelope.payload,
-                    headers::encode(envelope, &self.inner.config),
+                    crate::wire::encode(envelope, &self.inner.config),
                     headers::millis_since_epoch(envelope.timestamp),
                 )
                 .await?;

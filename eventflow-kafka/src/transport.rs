@@ -15,6 +15,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use crate::client::{Enqueued, Inner, Topic};
 use crate::config::{KafkaBuilder, DEFAULT_BROKERS};
 use crate::consumer::KafkaConsumer;
+use crate::settle::Subscriptions;
 use crate::Error;
 
 /// Eventflow's transport on Apache Kafka (or any broker speaking its protocol).
@@ -273,5 +274,28 @@ fn naming(error: eventflow::Error, id: uuid::Uuid) -> eventflow::Error {
             eventflow::Error::Rejected { rejections }
         }
         other => other,
+    }
+}
+
+impl KafkaBuilder {
+    /// Creates the producer and the admin client. Does not contact the broker yet: a
+    /// broker that is down shows up as errors of `publish` and `subscribe`. Fails on a
+    /// consumer setting the [group protocol](KafkaBuilder::group_protocol) does not have.
+    pub fn build(self) -> Result<Kafka, Error> {
+        self.group_protocol.check(&self.consumer_config)?;
+        Kafka::from_builder(self)
+    }
+}
+
+impl Kafka {
+    /// The bus's groups as Kafka names them.
+    fn subscriptions(&self, groups: &[(&str, &[&str])]) -> Subscriptions {
+        groups
+            .iter()
+            .map(|(group, topics)| {
+                let topics = topics.iter().map(|topic| self.kafka_topic(topic)).collect();
+                (self.group_id(group), topics)
+            })
+            .collect()
     }
 }

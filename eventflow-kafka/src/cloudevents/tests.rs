@@ -6,7 +6,7 @@ use rdkafka::message::Headers;
 
 use super::*;
 use crate::config::{KafkaBuilder, WireFormat};
-use crate::headers::decode;
+use crate::wire::decode;
 
 const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
@@ -113,7 +113,7 @@ fn an_envelope_survives_the_round_trip() {
 fn the_format_is_chosen_per_bus_and_per_topic() {
     let envelope = known();
     let keys = |config: &KafkaBuilder| -> Vec<String> {
-        crate::headers::encode(&envelope, config)
+        crate::wire::encode(&envelope, config)
             .iter()
             .map(|h| h.key.to_owned())
             .collect()
@@ -260,7 +260,7 @@ fn a_malformed_cloudevent_is_refused_with_the_reason() {
 #[test]
 fn the_compact_header_wins_and_stray_ce_headers_are_kept_as_they_are() {
     let envelope = Envelope::new("order.placed", 1, "orders", "application/json", "{}");
-    let headers = crate::headers::encode(&envelope, &KafkaBuilder::new("localhost:9092"))
+    let headers = crate::wire::encode(&envelope, &KafkaBuilder::new("localhost:9092"))
         .insert(header(SPECVERSION, "1.0"))
         .insert(header("ce_tenant", "acme"));
     let read_back = read(&headers, None).unwrap();

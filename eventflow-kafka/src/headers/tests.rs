@@ -1,10 +1,13 @@
 //! The compact and one-per-field header forms, exactly as written and read back.
 
 use super::*;
+use crate::wire::decode;
+use crate::KafkaBuilder;
+use rdkafka::message::Headers;
 
 /// The compact format, the default.
 fn encode(envelope: &Envelope) -> OwnedHeaders {
-    super::encode(envelope, &KafkaBuilder::new("localhost:9092"))
+    crate::wire::encode(envelope, &KafkaBuilder::new("localhost:9092"))
 }
 
 fn round_trip(headers: &OwnedHeaders, envelope: &Envelope) -> Envelope {
