@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventflow::transport::{Consumer, Record, Transport};
+use eventflow::transport::{Consumer, Record, TransactionalSink};
 use eventflow::Envelope;
 use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
@@ -20,7 +20,7 @@ use crate::group_protocol::{is_consumer_protocol, is_incremental, GroupProtocol}
 use crate::headers;
 use crate::member::{warn_if_never_assigned, Member};
 use crate::start_offsets;
-use crate::transaction::{Transaction, TransactionalPublisher};
+use crate::transaction::{Transaction, TransactionSink};
 use crate::Error;
 
 /// Records that are not eventflow events are handed to the bus as [`Envelope::FOREIGN`]
@@ -428,9 +428,9 @@ impl Consumer for KafkaConsumer {
         Ok(records)
     }
 
-    fn publisher(&self) -> Option<Arc<dyn Transport>> {
+    fn transactional_sink(&self) -> Option<Arc<dyn TransactionalSink>> {
         let transaction = self.transaction.clone()?;
-        Some(Arc::new(TransactionalPublisher { transaction }))
+        Some(Arc::new(TransactionSink { transaction }))
     }
 
     async fn commit(&mut self, records: &[Record]) -> Result<(), eventflow::Error> {

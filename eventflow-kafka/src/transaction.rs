@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventflow::transport::{Consumer, Transport};
+use eventflow::transport::TransactionalSink;
 use eventflow::{DeadLetter, Envelope};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
@@ -258,30 +258,17 @@ impl Transaction {
 }
 
 /// What a transactional member hands the bus as its
-/// [`publisher`](eventflow::transport::Consumer::publisher): publishes and dead-letters
-/// into the member's open transaction. It holds no [`Kafka`](crate::Kafka) transport, so
-/// that the transaction stands on the client ground floor alone: the bus never subscribes
-/// through a publisher.
-pub(crate) struct TransactionalPublisher {
+/// [`transactional_sink`](eventflow::transport::Consumer::transactional_sink): publishes and
+/// dead-letters into the member's open transaction. It holds no [`Kafka`](crate::Kafka)
+/// transport, so that the transaction stands on the client ground floor alone.
+pub(crate) struct TransactionSink {
     pub(crate) transaction: Arc<Transaction>,
 }
 
 #[async_trait]
-impl Transport for TransactionalPublisher {
-    async fn publish(&self, envelope: Envelope) -> Result<(), eventflow::Error> {
-        Ok(self.transaction.publish(std::slice::from_ref(&envelope)).await?)
-    }
-
+impl TransactionalSink for TransactionSink {
     async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), eventflow::Error> {
         Ok(self.transaction.publish(&envelopes).await?)
-    }
-
-    async fn subscribe(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>, eventflow::Error> {
-        let _ = topics;
-        Err(eventflow::Error::Config(format!(
-            "group `{group}`: a transactional member's publisher only publishes into its \
-             transaction; subscribe through the `Kafka` transport instead"
-        )))
     }
 
     /// In the open transaction, so a batch that aborts leaves no dead letter on the topic

@@ -25,7 +25,7 @@ pub struct Context {
     outgoing: Arc<Outgoing>,
     pub(crate) transaction: Option<Tx>,
     /// Set when the consumer publishes follow-ups in a broker transaction
-    /// ([`Consumer::publisher`](crate::transport::Consumer::publisher)): what this attempt
+    /// ([`Consumer::transactional_sink`](crate::transport::Consumer::transactional_sink)): what this attempt
     /// published, sent by the bus once the handler succeeded.
     pub(crate) follow_ups: Option<FollowUps>,
 }

@@ -414,7 +414,7 @@ impl std::fmt::Debug for EventBusBuilder {
 /// aborted batch must be handled again), while a `Tx` handler records its marker in its own
 /// database commit: after an abort the redelivery would be skipped and its follow-ups lost.
 fn refuse_tx_in_broker_transaction(group: &Group, consumer: &dyn Consumer) -> Result<(), Error> {
-    if consumer.publisher().is_none() {
+    if consumer.transactional_sink().is_none() {
         return Ok(());
     }
     match group.all_routes().find(|route| route.route.transactional()) {

@@ -13,4 +13,4 @@ mod traits;
 
 pub use in_process::{InProcess, InProcessBuilder};
 pub use partitioner::partition_for_key;
-pub use traits::{Consumer, Record, Transport};
+pub use traits::{Consumer, Record, TransactionalSink, Transport};

@@ -1,5 +1,6 @@
 //! The traits a transport implements: [`Transport`] carries envelopes to consumer groups,
-//! [`Consumer`] is one member of a group, reading [`Record`]s. They sit in a room of their
+//! [`Consumer`] is one member of a group, reading [`Record`]s, and [`TransactionalSink`] where
+//! a member in a broker transaction writes. They sit in a room of their
 //! own, below the [`InProcess`](super::InProcess) transport that implements them.
 
 use std::sync::Arc;
@@ -147,16 +148,29 @@ pub trait Consumer: Send + 'static {
     }
 
     /// For a member that handles each polled batch in a broker transaction (Kafka's
-    /// exactly-once mode): the transport that publishes into that transaction, so that the
-    /// follow-ups handlers publish become visible together with the batch's
-    /// [`commit`](Consumer::commit), or never if it is aborted.
+    /// exactly-once mode): the sink that writes into that transaction, so that the
+    /// follow-ups handlers publish (and the copies of dead letters) become visible together
+    /// with the batch's [`commit`](Consumer::commit), or never if it is aborted.
     ///
     /// When it is `Some`, the bus collects what an attempt publishes through
-    /// [`Context::publish`](crate::Context::publish) and hands it to this transport only
-    /// once the handler succeeded, so a failed attempt publishes nothing; and it skips the
-    /// inbox for this member, since an aborted batch must be handled again. `None`, the
-    /// default, publishes follow-ups through the bus's transport right away.
-    fn publisher(&self) -> Option<Arc<dyn Transport>> {
+    /// [`Context::publish`](crate::Context::publish) and hands it to this sink only once
+    /// the handler succeeded, so a failed attempt publishes nothing; and it skips the inbox
+    /// for this member, since an aborted batch must be handled again. `None`, the default,
+    /// publishes follow-ups through the bus's transport right away.
+    fn transactional_sink(&self) -> Option<Arc<dyn TransactionalSink>> {
         None
     }
+}
+
+/// Where a member that handles its batches in a broker transaction writes: into that
+/// transaction (see [`Consumer::transactional_sink`]). Only what a handler's output needs: a
+/// sink publishes and dead-letters, it never subscribes.
+#[async_trait]
+pub trait TransactionalSink: Send + Sync {
+    /// Publishes a succeeded attempt's follow-ups into the open transaction, in order.
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Result<(), Error>;
+
+    /// Writes a dead letter's copy into the open transaction, so a batch that aborts
+    /// leaves none (it is written again when the batch is handled again).
+    async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), Error>;
 }

@@ -14,7 +14,7 @@ use super::outcome::Failure;
 use super::retry::{back_off_or_give_up, sleep_unless_stopped, transient_pause};
 use crate::follow_ups::{self, FollowUps};
 use crate::store::Storage;
-use crate::transport::Transport;
+use crate::transport::TransactionalSink;
 use crate::{BoxError, Context, Envelope, Error, Tx};
 
 /// Runs `envelope`'s handler from attempt `first_attempt` on until it succeeds (the attempt
@@ -88,8 +88,8 @@ pub(super) async fn attempt_all(
                 })?,
         };
         let Some(error) = error else {
-            if let (Some(publisher), Some(follow_ups)) = (&member.publisher, follow_ups) {
-                send_follow_ups(publisher, follow_ups, &span).await?;
+            if let (Some(sink), Some(follow_ups)) = (&member.sink, follow_ups) {
+                send_follow_ups(sink, follow_ups, &span).await?;
             }
             return Ok(attempt);
         };
@@ -165,11 +165,11 @@ pub(super) fn handle_span(
     )
 }
 
-/// Hands a succeeded attempt's follow-ups to the consumer's transactional publisher. If
+/// Hands a succeeded attempt's follow-ups to the consumer's transactional sink. If
 /// that fails, the record is left unfinished: the consumer aborts its transaction, so the
 /// batch is handled again.
 async fn send_follow_ups(
-    publisher: &Arc<dyn Transport>,
+    sink: &Arc<dyn TransactionalSink>,
     follow_ups: FollowUps,
     span: &tracing::Span,
 ) -> Result<(), Failure> {
@@ -177,7 +177,7 @@ async fn send_follow_ups(
     if envelopes.is_empty() {
         return Ok(());
     }
-    match publisher.publish_batch(envelopes).await {
+    match sink.publish_batch(envelopes).await {
         Ok(()) => Ok(()),
         Err(error) => {
             tracing::error!(parent: span, %error, "publishing the handler's follow-ups in the consumer's transaction failed; the batch is handled again");

@@ -79,10 +79,10 @@ pub(super) async fn park(lane: &mut Lane<'_>, letter: DeadLetter) -> Outcome {
 
 /// Stores a dead letter, retrying until the store takes it: an event is committed only
 /// once it is handled or safely dead-lettered. The transport's copy goes through the
-/// consumer's publisher if it has one, so that in a broker transaction it commits or
+/// consumer's transactional sink if it has one, so that in a broker transaction it commits or
 /// aborts with the batch.
 async fn store(member: &Member, letter: &DeadLetter, shutdown: &mut watch::Receiver<bool>) -> Outcome {
-    let (shared, transport) = (&member.shared, member.dead_letter_transport());
+    let shared = &member.shared;
     let stored = with_retries(shared, shutdown, "storing a dead letter", || {
         shared.dead_letters.put(letter.clone())
     });
@@ -94,7 +94,7 @@ async fn store(member: &Member, letter: &DeadLetter, shutdown: &mut watch::Recei
         shutdown,
         "handing a dead letter to the transport",
         || async {
-            match transport.dead_letter(letter).await {
+            match member.hand_dead_letter(letter).await {
                 // Refused for good (too large for the broker's dead-letter topic, say): it is
                 // in the bus's store, which is what `EventBus::dead_letters` lists.
                 Err(error) if error.is_permanent() => {

@@ -11,8 +11,8 @@ use tokio::sync::watch;
 
 use super::super::sequenced::Parking;
 use super::super::shared::{Group, GroupRoute, Shared};
-use crate::transport::Transport;
-use crate::Envelope;
+use crate::transport::TransactionalSink;
+use crate::{DeadLetter, Envelope, Error};
 
 /// The path an event takes through its handler, in one member of a group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,20 +66,20 @@ pub(super) struct Routed<'a> {
     pub(super) delivery: Delivery,
 }
 
-/// One member of a consumer group: the bus, the group, the consumer's transactional
-/// publisher and the delivery decision of each of the group's routes.
+/// One member of a consumer group: the bus, the group, the consumer's transactional sink
+/// and the delivery decision of each of the group's routes.
 pub(super) struct Member {
     pub(super) shared: Arc<Shared>,
     pub(super) group: Arc<Group>,
-    /// The consumer's publisher when it handles its batches in a broker transaction: the
+    /// The consumer's sink when it handles its batches in a broker transaction: the
     /// follow-ups and the transport's copy of dead letters go through it.
-    pub(super) publisher: Option<Arc<dyn Transport>>,
+    pub(super) sink: Option<Arc<dyn TransactionalSink>>,
     /// By event name, in the order of the group's routes of that name.
     deliveries: HashMap<&'static str, Vec<Delivery>>,
 }
 
 impl Member {
-    pub(super) fn new(shared: Arc<Shared>, group: Arc<Group>, publisher: Option<Arc<dyn Transport>>) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, group: Arc<Group>, sink: Option<Arc<dyn TransactionalSink>>) -> Self {
         let storage = shared.storage.is_some();
         let deliveries = group
             .routes
@@ -87,7 +87,7 @@ impl Member {
             .map(|(name, versions)| {
                 let decided = versions
                     .iter()
-                    .map(|route| Delivery::decide(route, storage, publisher.is_some()))
+                    .map(|route| Delivery::decide(route, storage, sink.is_some()))
                     .collect();
                 (*name, decided)
             })
@@ -95,7 +95,7 @@ impl Member {
         Member {
             shared,
             group,
-            publisher,
+            sink,
             deliveries,
         }
     }
@@ -108,9 +108,13 @@ impl Member {
         Some(Routed { route, delivery })
     }
 
-    /// The transport dead letters' copies go to: the consumer's transaction, if it has one.
-    pub(super) fn dead_letter_transport(&self) -> &Arc<dyn Transport> {
-        self.publisher.as_ref().unwrap_or(&self.shared.transport)
+    /// Hands a dead letter's copy to the transport: into the consumer's transaction, if it
+    /// has one, else through the bus's transport.
+    pub(super) async fn hand_dead_letter(&self, letter: &DeadLetter) -> Result<(), Error> {
+        match &self.sink {
+            Some(sink) => sink.dead_letter(letter).await,
+            None => self.shared.transport.dead_letter(letter).await,
+        }
     }
 }
 

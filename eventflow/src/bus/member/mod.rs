@@ -47,7 +47,7 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     // A consumer that publishes in a broker transaction gets the follow-ups of its records.
-    let member = Member::new(shared, group, consumer.publisher());
+    let member = Member::new(shared, group, consumer.transactional_sink());
     let group = &member.group;
     let mut failures = 0;
     // The previous batch, while its inbox markers are written: the next batch is polled and
