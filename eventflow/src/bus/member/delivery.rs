@@ -79,7 +79,11 @@ pub(super) struct Member {
 }
 
 impl Member {
-    pub(super) fn new(shared: Arc<Shared>, group: Arc<Group>, sink: Option<Arc<dyn TransactionalSink>>) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        group: Arc<Group>,
+        sink: Option<Arc<dyn TransactionalSink>>,
+    ) -> Self {
         let storage = shared.storage.is_some();
         let deliveries = group
             .routes
