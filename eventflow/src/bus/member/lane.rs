@@ -80,9 +80,10 @@ pub(super) async fn handle_batch(
         if skipped {
             tracing::debug!(group = %group.name, event.id = %id, "event already processed by this group; skipped");
         }
-        match lanes.iter_mut().find(|lane| {
-            lane[0].0.partition == record.partition && same_topic(&lane[0].0.topic, &record.topic)
-        }) {
+        match lanes
+            .iter_mut()
+            .find(|lane| lane[0].0.partition == record.partition && lane[0].0.topic == record.topic)
+        {
             Some(lane) => lane.push((record, routed, skipped)),
             None => lanes.push(vec![(record, routed, skipped)]),
         }
@@ -100,12 +101,6 @@ pub(super) async fn handle_batch(
         done: done.into_iter().flatten().collect(),
         handled: handled.into_iter().flatten().collect(),
     }
-}
-
-/// Whether two records' topics are the same: a transport mostly hands out one shared name
-/// per topic, so the pointers are compared before the text.
-fn same_topic(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Handles one partition's records in order; returns the records done and the events to
