@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::Error;
+
 /// How the outbox [`Relay`](crate::Relay) of a bus works, set with
 /// [`EventBusBuilder::relay`](crate::EventBusBuilder::relay).
 ///
@@ -57,5 +59,25 @@ impl RelaySettings {
     pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
         self.poll_interval = poll_interval;
         self
+    }
+
+    /// Fails on a lease or poll interval of zero: the relay would renew its lease, or poll
+    /// the store, without pause.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if self.lease.is_zero() {
+            return Err(Error::Config(
+                "the relay's lease is zero, so it would be renewed without pause; give \
+                 `RelaySettings::lease` a duration, e.g. the default 10 s"
+                    .to_owned(),
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::Config(
+                "the relay's poll interval is zero, so it would poll the store without pause; \
+                 give `RelaySettings::poll_interval` a duration, e.g. the default 500 ms"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 }

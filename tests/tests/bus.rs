@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventflow::{subscribe, Backoff, Context, Envelope, Event, EventBus, InProcess, State};
+use eventflow::{
+    subscribe, Backoff, Context, Envelope, Event, EventBus, InProcess, MemoryStore, RelaySettings, State,
+};
 use eventflow_tests::{eventually, within, OrderPaid, Recorder};
 
 type Result = std::result::Result<(), String>;
@@ -540,6 +542,29 @@ async fn start_fails_when_a_handler_needs_state_the_bus_lacks() {
     let message = error.to_string();
     assert!(message.contains("State<eventflow_tests::Recorder>"), "{message}");
     assert!(message.contains(".state(value)"), "{message}");
+}
+
+#[tokio::test]
+async fn start_fails_on_a_relay_lease_or_poll_interval_of_zero() {
+    for (settings, named) in [
+        (
+            RelaySettings::default().lease(Duration::ZERO),
+            "RelaySettings::lease",
+        ),
+        (
+            RelaySettings::default().poll_interval(Duration::ZERO),
+            "RelaySettings::poll_interval",
+        ),
+    ] {
+        let error = EventBus::builder()
+            .storage(MemoryStore::new())
+            .relay(settings)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(error, eventflow::Error::Config(_)), "{error:?}");
+        assert!(error.to_string().contains(named), "{error}");
+    }
 }
 
 #[tokio::test]

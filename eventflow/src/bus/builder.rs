@@ -249,6 +249,7 @@ impl EventBusBuilder {
         }
         let groups = self.groups()?;
         self.check_projections()?;
+        self.relay.check()?;
         let transport = self.transport.unwrap_or_else(|| Arc::new(InProcess::new()));
         let mut consumers = Vec::new();
         for group in groups.values() {
