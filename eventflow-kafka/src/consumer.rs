@@ -458,11 +458,10 @@ impl Consumer for KafkaConsumer {
                 continue;
             }
             let offset = record.offset + 1;
-            match next.iter_mut().find(|(topic, partition, _)| {
-                // One shared name per topic: the pointers are compared first.
-                *partition == record.partition
-                    && (Arc::ptr_eq(topic, &record.topic) || **topic == record.topic)
-            }) {
+            match next
+                .iter_mut()
+                .find(|(topic, partition, _)| *partition == record.partition && **topic == record.topic)
+            {
                 Some((_, _, at)) => *at = (*at).max(offset),
                 None => next.push((&record.topic, record.partition, offset)),
             }

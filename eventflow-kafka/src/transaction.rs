@@ -21,7 +21,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::TopicPartitionList;
 
 use crate::client::{base_config, Inner};
-use crate::{headers, Error};
+use crate::Error;
 
 /// How long a transactional call to the broker may block.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -150,6 +150,7 @@ impl Transaction {
         let mut pending = Vec::with_capacity(envelopes.len());
         for envelope in envelopes {
             let topic = self.inner.event_topic(&envelope.topic).await?;
+            let (headers, timestamp_ms) = crate::wire::encode_timed(envelope, &self.inner.config);
             let delivery = self
                 .inner
                 .enqueue_on(
@@ -157,8 +158,8 @@ impl Transaction {
                     &topic.name,
                     envelope.key.as_deref().map(str::as_bytes),
                     &envelope.payload,
-                    crate::wire::encode(envelope, &self.inner.config),
-                    headers::millis_since_epoch(envelope.timestamp),
+                    headers,
+                    timestamp_ms,
                 )
                 .await?;
             pending.push((delivery, topic));

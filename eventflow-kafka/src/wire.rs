@@ -15,7 +15,8 @@ use crate::headers::{
 };
 
 /// The headers carrying `envelope`'s metadata in the [format](WireFormat) `config` sets for
-/// its topic, with the free-form headers.
+/// its topic, with the free-form headers (tests; the producers use [`encode_timed`]).
+#[cfg(test)]
 pub(crate) fn encode(envelope: &Envelope, config: &KafkaBuilder) -> OwnedHeaders {
     encode_timed(envelope, config).0
 }
