@@ -89,32 +89,39 @@ impl MongoFeed {
         if self.surely_holds() {
             return Ok(true);
         }
-        let (inner, lease) = (self.outbox.inner.clone(), self.settings.lease);
-        let inner = &inner;
         if self.holds() {
             // The holder field proves nobody took the lease since this relay last renewed it.
-            if lease::renew(inner, &self.relay, lease).await? {
-                self.held_until = Some(lease::surely_held_until(started, lease));
+            if self.renew(started).await? {
                 return Ok(true);
             }
             tracing::warn!(relay = %self.relay, "the outbox relay lost its lease; entries it has not marked delivered will be delivered again");
-            self.lose();
         }
-        let Some((continuous, watermark)) = lease::acquire(inner, &self.relay, lease).await? else {
+        let Some(watermark) = lease::acquire(&self.outbox.inner, &self.relay, self.settings.lease).await?
+        else {
             return Ok(false);
         };
-        if !continuous || !self.holds() {
-            // Another relay may have delivered entries meanwhile: start from the saved position.
-            self.lose();
-            // Documents delivered before may be left: by another relay, or an earlier layout.
-            self.outbox.cleaner.sweep();
-        }
-        self.held_until = Some(lease::surely_held_until(started, lease));
+        // Taken after a break, in which another relay may have delivered entries: start from
+        // the saved position.
+        self.lose();
+        // Documents delivered before may be left: by another relay, or an earlier layout.
+        self.outbox.cleaner.sweep();
+        self.held_until = Some(lease::surely_held_until(started, self.settings.lease));
         self.standing_by = None;
         self.reader.raise(watermark);
         self.outbox.publish_watermark(self.reader.watermark);
         self.reader.clean_up(&self.outbox.inner, &self.outbox.cleaner);
         Ok(true)
+    }
+
+    /// Renews the lease this relay holds, counting its term from `from`: whether it still
+    /// holds it (if not, the feed forgets what it read and reached).
+    async fn renew(&mut self, from: Instant) -> Result<bool, Error> {
+        if lease::renew(&self.outbox.inner, &self.relay, self.settings.lease).await? {
+            self.held_until = Some(lease::surely_held_until(from, self.settings.lease));
+            return Ok(true);
+        }
+        self.lose();
+        Ok(false)
     }
 
     /// What another relay's lease means for this one: [`Fed::StandingBy`] the first time a
@@ -150,14 +157,9 @@ impl MongoFeed {
         self.reader
             .fill(&inner, self.handed + self.settings.batch)
             .await?;
-        if lease::renewal_due(started, self.settings.lease) {
-            // Opening the stream or scanning took a while: the lease runs from now.
-            let renewed = Instant::now();
-            if !lease::renew(&inner, &self.relay, self.settings.lease).await? {
-                self.lose();
-                return Ok(None);
-            }
-            self.held_until = Some(lease::surely_held_until(renewed, self.settings.lease));
+        // Opening the stream or scanning took a while: the lease runs from now.
+        if lease::renewal_due(started, self.settings.lease) && !self.renew(Instant::now()).await? {
+            return Ok(None);
         }
         let entries: Vec<OutboxEntry> = (self.reader.pending.iter().skip(self.handed))
             .take(self.settings.batch)
@@ -222,13 +224,9 @@ impl OutboxFeed for MongoFeed {
                 return lost_lease(&self.relay);
             };
             sleep_until(held_until.into()).await;
-            let renewed = Instant::now();
-            match lease::renew(&self.outbox.inner, &self.relay, self.settings.lease).await {
-                Ok(true) => self.held_until = Some(lease::surely_held_until(renewed, self.settings.lease)),
-                Ok(false) => {
-                    self.lose();
-                    return lost_lease(&self.relay);
-                }
+            match self.renew(Instant::now()).await {
+                Ok(true) => {}
+                Ok(false) => return lost_lease(&self.relay),
                 Err(error) => return error,
             }
         }

@@ -41,14 +41,9 @@ pub(super) fn renewal_due(started: Instant, lease: Duration) -> bool {
     started.elapsed() > lease / 4
 }
 
-/// Takes or renews the outbox lease for `relay`. `None` while another relay holds it;
-/// otherwise whether `relay` held it without a break since it last took or renewed it, and the
-/// delivered watermark.
-pub(super) async fn acquire(
-    inner: &Inner,
-    relay: &str,
-    lease: Duration,
-) -> Result<Option<(bool, u64)>, Error> {
+/// Takes or renews the outbox lease for `relay`: the delivered watermark, or `None` while
+/// another relay holds it.
+pub(super) async fn acquire(inner: &Inner, relay: &str, lease: Duration) -> Result<Option<u64>, Error> {
     let now = now_nanos();
     let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
     let previous = inner
@@ -65,18 +60,12 @@ pub(super) async fn acquire(
         .return_document(ReturnDocument::Before)
         .await;
     match previous {
-        Ok(None) => Ok(Some((false, 0))),
-        Ok(Some(previous)) => Ok(Some((
-            previous.get_str("holder").is_ok_and(|holder| holder == relay)
-                && document::get_int(&previous, "expires_at").is_ok_and(|expires| expires > now),
-            document::get_u64(&previous, "delivered_below").unwrap_or(0),
-        ))),
+        Ok(None) => Ok(Some(0)),
+        Ok(Some(previous)) => Ok(Some(document::get_u64(&previous, "delivered_below").unwrap_or(0))),
         // Another relay holds it: the filter did not match, and the upsert hit its `_id`.
         // Unless that relay's process is provably gone, it keeps the lease.
         Err(error) if is_duplicate_key(&error) => {
-            Ok(take_from_gone(inner, relay, Duration::from_nanos(lease as u64))
-                .await?
-                .map(|watermark| (false, watermark)))
+            take_from_gone(inner, relay, Duration::from_nanos(lease as u64)).await
         }
         Err(error) => Err(backend("taking the outbox lease", error)),
     }
