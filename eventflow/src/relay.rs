@@ -182,7 +182,7 @@ impl Relay {
         let sequences: Vec<u64> = entries.iter().map(|entry| entry.sequence).collect();
         let mut blocked = self.blocked_keys().await?;
         let deliverable = self.set_aside_undeliverable(entries, &mut blocked).await?;
-        self.publish_entries(deliverable, &mut blocked).await?;
+        self.publish_entries(feed, deliverable, &mut blocked).await?;
         match self.transport.until_handled() {
             None => {
                 feed.delivered(&sequences).await?;

@@ -210,6 +210,14 @@ impl OutboxFeed for MongoFeed {
         self.mark_delivered(sequences).await
     }
 
+    async fn reread(&mut self, sequence: u64) -> Result<Option<OutboxEntry>, Error> {
+        let pending = self.reader.pending.iter().take(self.handed);
+        Ok(pending
+            .map(|pending| &pending.entry)
+            .find(|entry| entry.sequence == sequence)
+            .cloned())
+    }
+
     fn rewind(&mut self) {
         self.handed = 0;
         // The relay forgot what it was told: tell it again.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::Relay;
 use crate::dead_letter::DeadLetter;
-use crate::store::OutboxEntry;
+use crate::store::{OutboxEntry, OutboxFeed};
 use crate::{Envelope, Error, Rejection};
 
 /// The keys whose earlier event the relay set aside, each with the id of that event's
@@ -32,11 +32,12 @@ impl Relay {
     /// (in `blocked`) before they are sent.
     pub(super) async fn publish_entries(
         &self,
+        feed: &mut dyn OutboxFeed,
         entries: Vec<OutboxEntry>,
         blocked: &mut Blocked,
     ) -> Result<usize, Error> {
         if !self.sequenced {
-            return self.publish_wave(entries, blocked).await;
+            return self.publish_wave(feed, entries, blocked).await;
         }
         let mut waves: Vec<Vec<OutboxEntry>> = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -63,51 +64,67 @@ impl Relay {
                     None => sent.push(entry),
                 }
             }
-            delivered += self.publish_wave(sent, blocked).await?;
+            delivered += self.publish_wave(feed, sent, blocked).await?;
         }
         Ok(delivered)
     }
 
     /// Publishes one batch of entries; dead-letters the refused ones and, with sequenced
     /// dead letters, blocks their keys.
-    async fn publish_wave(&self, entries: Vec<OutboxEntry>, blocked: &mut Blocked) -> Result<usize, Error> {
+    async fn publish_wave(
+        &self,
+        feed: &mut dyn OutboxFeed,
+        entries: Vec<OutboxEntry>,
+        blocked: &mut Blocked,
+    ) -> Result<usize, Error> {
         if entries.is_empty() {
             return Ok(0);
         }
-        // The transport takes the envelopes; the entries stay, to dead-letter a refused one.
-        let envelopes: Vec<Envelope> = entries.iter().map(|entry| entry.envelope.clone()).collect();
+        // The transport takes the envelopes; a refused one is read again from the feed.
+        let sequences: Vec<u64> = entries.iter().map(|entry| entry.sequence).collect();
+        let envelopes: Vec<Envelope> = entries.into_iter().map(|entry| entry.envelope).collect();
         let rejections = match self.transport.publish_batch(envelopes).await {
-            Ok(()) => return Ok(entries.len()),
+            Ok(()) => return Ok(sequences.len()),
             Err(Error::Rejected { rejections }) => rejections,
             Err(error) => return Err(error),
         };
         let refused = rejections.len();
         for rejection in rejections {
-            let Some(entry) = entries.get(rejection.index) else {
+            let Some(&sequence) = sequences.get(rejection.index) else {
                 return Err(Error::backend(format!(
                     "the transport refused event {} at position {} of a batch of {}: it reported a \
                      position that is not in the batch (a bug in the transport); the batch will be \
                      published again",
                     rejection.event,
                     rejection.index,
-                    entries.len()
+                    sequences.len()
                 )));
             };
-            let letter = self.dead_letter_refused(entry.clone(), rejection).await?;
+            let letter = self.dead_letter_refused(feed, sequence, rejection).await?;
             if let (true, Some(key)) = (self.sequenced, letter.envelope.key) {
                 blocked.entry(key).or_insert(letter.id);
             }
         }
-        Ok(entries.len() - refused)
+        Ok(sequences.len() - refused)
     }
 
-    /// Sets aside the entry the transport refused for good.
+    /// Sets aside the entry the transport refused for good. The batch handed its envelope
+    /// over, so the entry is read again: it is still in the outbox, handed out to this relay.
     async fn dead_letter_refused(
         &self,
-        entry: OutboxEntry,
+        feed: &mut dyn OutboxFeed,
+        sequence: u64,
         rejection: Rejection,
     ) -> Result<DeadLetter, Error> {
-        let (sequence, envelope) = (entry.sequence, &entry.envelope);
+        let Some(entry) = feed.reread(sequence).await? else {
+            return Err(Error::backend(format!(
+                "the transport refused outbox entry {sequence} (event {}) for good, but the entry \
+                 could no longer be read to dead-letter it (another relay took the outbox over?); \
+                 it stays in the outbox and will be tried again: {}",
+                rejection.event, rejection.reason
+            )));
+        };
+        let envelope = &entry.envelope;
         let error = format!(
             "the transport refused outbox entry {sequence} (event {} `{}` v{}, {} bytes, topic `{}`, \
              key {:?}) for good: {}. It was not delivered and the relay went on with the next \

@@ -78,6 +78,12 @@ pub trait OutboxFeed: Send {
     /// database is unreachable) leaves them undelivered, to be handed out again.
     async fn delivered(&mut self, sequences: &[u64]) -> Result<(), Error>;
 
+    /// An entry this feed handed out and has not marked delivered, read again; `None` if it
+    /// is no longer there (another relay took the outbox over). The relay hands its
+    /// envelopes over to the transport, and reads back the one the transport refused for
+    /// good, to dead-letter it.
+    async fn reread(&mut self, sequence: u64) -> Result<Option<OutboxEntry>, Error>;
+
     /// Hands out again, from the oldest entry not marked delivered, everything handed out
     /// since: the relay calls it when publishing failed.
     fn rewind(&mut self);

@@ -243,6 +243,14 @@ impl OutboxFeed for PolledOutbox {
         Ok(())
     }
 
+    async fn reread(&mut self, sequence: u64) -> Result<Option<OutboxEntry>, Error> {
+        let mut again = self
+            .outbox
+            .claim_outbox(&self.relay, self.settings.lease, sequence.saturating_sub(1), 1)
+            .await?;
+        Ok(again.pop().filter(|entry| entry.sequence == sequence))
+    }
+
     fn rewind(&mut self) {
         // A claim running after the old cursor: its entries come again with the next one.
         if let Some(claim) = self.claiming.take() {

@@ -119,6 +119,7 @@ macro_rules! storage_conformance {
             the_feed_hands_out_entries_in_commit_order_in_batches,
             delivered_entries_never_come_back,
             rewinding_hands_out_again_what_is_not_delivered,
+            a_handed_out_entry_can_be_read_again,
             a_second_feed_stands_by_then_takes_over_when_the_first_closes,
             a_second_feed_takes_over_when_the_lease_runs_out,
             caught_up_reaches_the_commit_count,

@@ -109,6 +109,28 @@ pub async fn rewinding_hands_out_again_what_is_not_delivered<S: Storage>(store: 
     feed.close().await.unwrap();
 }
 
+/// An entry handed out and not delivered can be read again, whole (the relay reads back the
+/// one the transport refused, to dead-letter it), and the feed goes on after it.
+pub async fn a_handed_out_entry_can_be_read_again<S: Storage>(store: &S) {
+    let sent = commit_events(store, 0, 3).await;
+    let mut feed = store
+        .open_outbox("relay", settings(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let out = take_entries(&mut *feed, 3, 10).await;
+    assert_eq!(ids(&out), sent);
+    let again = feed.reread(out[1].sequence).await.unwrap();
+    assert_eq!(again.as_ref(), Some(&out[1]), "reading a handed-out entry again");
+    let sequences: Vec<u64> = out.iter().map(|entry| entry.sequence).collect();
+    feed.delivered(&sequences).await.unwrap();
+    assert_no_more(
+        &mut *feed,
+        "the feed handed out an entry again after reading it again",
+    )
+    .await;
+    feed.close().await.unwrap();
+}
+
 /// While one relay's feed holds the outbox, a second stands by, saying once which relay
 /// holds it; when the first closes, the second takes over at once (long before the lease
 /// would have run out) and hands out what was not delivered.
