@@ -84,7 +84,7 @@ use eventflow_kafka::Kafka;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
-#[path = "publish/alloc.rs"]
+#[path = "../../eventflow/benches/support/alloc.rs"]
 mod alloc;
 #[path = "publish/consume.rs"]
 mod consume;
@@ -287,7 +287,9 @@ async fn publish_eventflow(n: usize, prefix: &str) -> Run {
         .unwrap();
     let events: Vec<Happened> = (0..n).map(event).collect();
     bus.publish(&events[0]).await.unwrap(); // creates the topic, connects
-    alloc::trace(bus.publish(&events[1])).await.unwrap();
+    alloc::trace("KAFKA_BENCH_ALLOC_TRACE", bus.publish(&events[1]))
+        .await
+        .unwrap();
     if std::env::var_os("KAFKA_BENCH_FUTURE_SIZE").is_some() {
         eprintln!(
             "  a bus.publish future takes {} bytes",

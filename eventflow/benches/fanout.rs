@@ -5,7 +5,12 @@
 //! cargo bench -p eventflow --bench fanout
 //! FANOUT_EVENTS=20000 FANOUT_ROUNDS=3 cargo bench -p eventflow --bench fanout
 //! FANOUT_ONLY=eventflow cargo bench -p eventflow --bench fanout   # one side, for profiling
+//! FANOUT_ALLOC_TRACE=40 FANOUT_ONLY=eventflow cargo bench -p eventflow --bench fanout
 //! ```
+//!
+//! Each side's Rust heap allocations per delivery are counted and printed with its rate;
+//! `FANOUT_ALLOC_TRACE=N` prints the call stacks of the first N allocations of one event
+//! published and delivered to the 4 groups, after the warm-up.
 //!
 //! Both sides run on the same multi-thread runtime with 2 workers, the publisher in a task
 //! of its own. Per event, both serialize `OrderPaid` to JSON once, wrap it with a UUID v7
@@ -18,7 +23,7 @@
 //! Measure on a quiet machine: the baseline spends much of its time handing over between
 //! tasks, so a compiler running on the other core halves it and flatters the ratio.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,7 +35,10 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 mod support;
-use support::{env_or, median};
+use support::{alloc, env_or, median};
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 const GROUPS: u64 = 4;
 const TARGET_RATE: f64 = 1_000_000.0;
@@ -92,9 +100,16 @@ fn events(n: usize) -> Arc<Vec<OrderPaid>> {
     )
 }
 
+/// One side's run: the time until every consumer counted every event, and the Rust heap
+/// allocations made meanwhile.
+struct Run {
+    elapsed: Duration,
+    allocations: u64,
+}
+
 /// Publishes every event through an eventflow bus with 4 groups; returns the time until
 /// every group committed every event.
-fn run_eventflow(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Duration {
+fn run_eventflow(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Run {
     rt.block_on(async {
         let transport = InProcess::new();
         let delivered = Delivered::default();
@@ -109,7 +124,7 @@ fn run_eventflow(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Duration {
             .await
             .expect("the bus starts");
 
-        let started = Instant::now();
+        let (started, allocations) = (Instant::now(), alloc::count());
         let publisher = {
             let bus = bus.clone();
             let events = events.clone();
@@ -120,8 +135,11 @@ fn run_eventflow(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Duration {
             })
         };
         publisher.await.expect("the publisher finishes");
+            eprintln!("published in {:?}", started.elapsed());
+        }
         transport.wait_idle().await;
         let elapsed = started.elapsed();
+        let allocations = alloc::count() - allocations;
 
         let expected = events.len() as u64 * GROUPS;
         assert_eq!(
@@ -129,8 +147,17 @@ fn run_eventflow(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Duration {
             expected,
             "eventflow deliveries"
         );
+        // Once, after the warm-up run: where one event's allocations come from.
+        static TRACED: AtomicBool = AtomicBool::new(false);
+        if !TRACED.swap(true, Ordering::Relaxed) {
+            alloc::trace("FANOUT_ALLOC_TRACE", async {
+                bus.publish(&events[0]).await.expect("publish");
+                transport.wait_idle().await;
+            })
+            .await;
+        }
         bus.shutdown().await;
-        elapsed
+        Run { elapsed, allocations }
     })
 }
 
@@ -145,7 +172,7 @@ struct RawEnvelope {
 
 /// The same work by hand: serialize once, wrap, send to 4 bounded channels, one consumer
 /// task each that deserializes and counts.
-fn run_baseline(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Duration {
+fn run_baseline(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Run {
     rt.block_on(async {
         let delivered = Delivered::default();
         let mut senders = Vec::new();
@@ -163,7 +190,7 @@ fn run_baseline(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Duration {
             }));
         }
 
-        let started = Instant::now();
+        let (started, allocations) = (Instant::now(), alloc::count());
         let publisher = {
             let events = events.clone();
             tokio::spawn(async move {
@@ -188,6 +215,7 @@ fn run_baseline(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Duration {
             consumer.await.expect("a consumer finishes");
         }
         let elapsed = started.elapsed();
+        let allocations = alloc::count() - allocations;
 
         let expected = events.len() as u64 * GROUPS;
         assert_eq!(
@@ -195,7 +223,7 @@ fn run_baseline(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Duration {
             expected,
             "baseline deliveries"
         );
-        elapsed
+        Run { elapsed, allocations }
     })
 }
 
@@ -238,12 +266,13 @@ fn main() {
             other => panic!("FANOUT_ONLY is `eventflow` or `baseline`, not `{other}`"),
         };
         run(&rt, &warm);
-        let rates = (0..rounds)
-            .map(|_| deliveries / run(&rt, &events).as_secs_f64())
-            .collect::<Vec<_>>();
+        let runs = (0..rounds).map(|_| run(&rt, &events)).collect::<Vec<_>>();
+        let rates = runs.iter().map(|run| deliveries / run.elapsed.as_secs_f64());
+        let allocations = runs.iter().map(|run| run.allocations as f64 / deliveries);
         println!(
-            "{side} only: {} deliveries/s (median of {rounds})",
-            millions(median(rates))
+            "{side} only: {} deliveries/s, {:.1} allocations per delivery (medians of {rounds})",
+            millions(median(rates.collect())),
+            median(allocations.collect())
         );
         return;
     }
@@ -251,16 +280,23 @@ fn main() {
     run_baseline(&rt, &warm);
     run_eventflow(&rt, &warm);
     let (mut eventflow, mut baseline) = (Vec::new(), Vec::new());
+    let (mut eventflow_allocations, mut baseline_allocations) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let b = deliveries / run_baseline(&rt, &events).as_secs_f64();
-        let e = deliveries / run_eventflow(&rt, &events).as_secs_f64();
+        let b = run_baseline(&rt, &events);
+        let e = run_eventflow(&rt, &events);
+        let (b_rate, e_rate) = (
+            deliveries / b.elapsed.as_secs_f64(),
+            deliveries / e.elapsed.as_secs_f64(),
+        );
         println!(
             "  round {round}: eventflow {} deliveries/s | baseline {} deliveries/s",
-            millions(e),
-            millions(b)
+            millions(e_rate),
+            millions(b_rate)
         );
-        eventflow.push(e);
-        baseline.push(b);
+        eventflow.push(e_rate);
+        baseline.push(b_rate);
+        eventflow_allocations.push(e.allocations as f64 / deliveries);
+        baseline_allocations.push(b.allocations as f64 / deliveries);
     }
 
     let (eventflow, baseline) = (median(eventflow), median(baseline));
@@ -269,6 +305,11 @@ fn main() {
         "eventflow: {} deliveries/s | baseline: {} deliveries/s | ratio {ratio:.2}  (medians of {rounds})",
         millions(eventflow),
         millions(baseline)
+    );
+    println!(
+        "allocations per delivery: eventflow {:.1} | baseline {:.1}",
+        median(eventflow_allocations),
+        median(baseline_allocations)
     );
     if !bench {
         return;

@@ -4,6 +4,8 @@
 // Each bench is a crate of its own and uses only some of these.
 #![allow(dead_code)]
 
+pub mod alloc;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,10 +1,11 @@
 //! A global allocator that counts the Rust heap allocations of the whole process (every
-//! thread), so a run can report how many each published or handled event costs.
-//! librdkafka's own `malloc` calls are C and not counted: the counts are what eventflow, the
-//! rdkafka wrapper, serde and tokio allocate.
+//! thread), so a bench can report how many each published or handled event costs. C
+//! libraries' own `malloc` calls (librdkafka's, SQLite's) are not counted: the counts are
+//! what eventflow, its Rust dependencies, serde and tokio allocate.
 //!
-//! `KAFKA_BENCH_ALLOC_TRACE=N` prints the call stacks of the first N allocations made
-//! while tracing is switched on ([`trace`]), to find where they come from.
+//! A bench that wants it declares `#[global_allocator] static A: alloc::Counting =
+//! alloc::Counting;`. `trace(var, f)` prints the call stacks of the first N allocations
+//! `f` makes, N read from the environment variable `var`, to find where they come from.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -64,12 +65,10 @@ pub fn count() -> u64 {
     ALLOCATIONS.load(Ordering::Relaxed)
 }
 
-/// Runs `f` with allocation tracing on, if `KAFKA_BENCH_ALLOC_TRACE` asks for it.
-pub async fn trace<T>(f: impl std::future::Future<Output = T>) -> T {
-    let n = std::env::var("KAFKA_BENCH_ALLOC_TRACE")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+/// Runs `f` with allocation tracing on, if the environment variable `var` asks for it
+/// (`var=N`: the stacks of its first N allocations).
+pub async fn trace<T>(var: &str, f: impl std::future::Future<Output = T>) -> T {
+    let n = std::env::var(var).ok().and_then(|n| n.parse().ok()).unwrap_or(0);
     TRACE_LEFT.store(n, Ordering::Relaxed);
     TRACING.store(n > 0, Ordering::Relaxed);
     let out = f.await;
