@@ -20,9 +20,8 @@ use crate::{Envelope, Error, Event, Tx};
 #[derive(Clone)]
 pub struct Context {
     envelope: Arc<Envelope>,
-    group: Arc<str>,
+    scope: Arc<Scope>,
     attempt: u32,
-    outgoing: Arc<Outgoing>,
     pub(crate) transaction: Option<Tx>,
     /// Set when the consumer publishes follow-ups in a broker transaction
     /// ([`Consumer::transactional_sink`](crate::transport::Consumer::transactional_sink)): what this attempt
@@ -30,18 +29,20 @@ pub struct Context {
     pub(crate) follow_ups: Option<FollowUps>,
 }
 
+/// What the contexts of one group member share: the group's name and the bus's outgoing
+/// side. One per member, so that members handling the same events on different threads do
+/// not contend on one reference count for every event.
+pub(crate) struct Scope {
+    pub(crate) group: Arc<str>,
+    pub(crate) outgoing: Arc<Outgoing>,
+}
+
 impl Context {
-    pub(crate) fn new(
-        envelope: Arc<Envelope>,
-        group: Arc<str>,
-        attempt: u32,
-        outgoing: Arc<Outgoing>,
-    ) -> Self {
+    pub(crate) fn new(envelope: Arc<Envelope>, scope: Arc<Scope>, attempt: u32) -> Self {
         Context {
             envelope,
-            group,
+            scope,
             attempt,
-            outgoing,
             transaction: None,
             follow_ups: None,
         }
@@ -84,7 +85,7 @@ impl Context {
 
     /// The consumer group handling the event.
     pub fn group(&self) -> &str {
-        &self.group
+        &self.scope.group
     }
 
     /// Which attempt this is: 1 for the first delivery, 2 for the first retry, and so on.
@@ -107,12 +108,15 @@ impl Context {
     /// after publishing has published, and its retry publishes again.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<Uuid, Error> {
         if let Some(follow_ups) = &self.follow_ups {
-            let envelope = self.outgoing.envelope(event, Some(&self.envelope))?;
+            let envelope = self.scope.outgoing.envelope(event, Some(&self.envelope))?;
             let id = envelope.id;
             follow_ups::hold(follow_ups, envelope);
             return Ok(id);
         }
-        self.outgoing.publish_caused_by(event, Some(&self.envelope)).await
+        self.scope
+            .outgoing
+            .publish_caused_by(event, Some(&self.envelope))
+            .await
     }
 }
 
@@ -121,7 +125,7 @@ impl fmt::Debug for Context {
         f.debug_struct("Context")
             .field("event_id", &self.envelope.id)
             .field("event_name", &self.envelope.name)
-            .field("group", &self.group)
+            .field("group", &self.scope.group)
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
@@ -194,7 +198,8 @@ pub struct State<T>(pub T);
 
 impl<T: Clone + Send + Sync + 'static> FromContext for State<T> {
     fn from_context(ctx: &Context) -> Result<Self, String> {
-        ctx.outgoing
+        ctx.scope
+            .outgoing
             .state()
             .get::<T>()
             .map(State)

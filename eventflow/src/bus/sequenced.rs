@@ -92,7 +92,6 @@ pub(super) fn foreign(group: &Group, envelope: &Envelope) -> DeadLetter {
     let reason = envelope
         .headers
         .get(Envelope::FOREIGN_REASON)
-        .map(String::as_str)
         .unwrap_or("the transport gave no reason");
     DeadLetter {
         id: DeadLetter::id_for(&group.name, envelope.id),

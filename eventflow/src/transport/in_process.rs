@@ -335,6 +335,7 @@ impl Transport for InProcess {
             let topic = self.topic(name);
             let generation = topic.join(&group, &member);
             subscriptions.push(Subscription {
+                name: Arc::from(&*topic.name),
                 topic,
                 generation,
                 seen: u64::MAX,
@@ -436,6 +437,9 @@ impl Topic {
 
 struct Subscription {
     topic: Arc<Topic>,
+    /// The topic's name for this consumer's records: a copy of its own, so that consumers
+    /// on different threads do not contend on one reference count for every record.
+    name: Arc<str>,
     generation: Arc<AtomicU64>,
     seen: u64,
     /// Owned partitions and the next offset to read from each.
@@ -477,7 +481,7 @@ impl InProcessConsumer {
 
     fn fetch(&mut self) -> Vec<Record> {
         let max = self.inner.config.max_batch;
-        let mut records = Vec::new();
+        let mut records = Vec::with_capacity(max.min(64));
         let slots: Vec<(usize, usize)> = self
             .subscriptions
             .iter()
@@ -501,7 +505,7 @@ impl InProcessConsumer {
                     .range(from..from + take)
                     .enumerate()
                     .map(|(i, envelope)| Record {
-                        topic: sub.topic.name.clone(),
+                        topic: sub.name.clone(),
                         partition: *partition,
                         offset: start + i as u64,
                         envelope: envelope.clone(),

@@ -48,12 +48,7 @@ pub(super) async fn attempt_all(
     let mut transient = 0;
     let mut uncounted = 0;
     loop {
-        let mut ctx = Context::new(
-            envelope.clone(),
-            group.name.clone(),
-            attempt,
-            shared.outgoing.clone(),
-        );
+        let mut ctx = Context::new(envelope.clone(), member.scope.clone(), attempt);
         let span = handle_span(group, route, envelope, attempt);
         let mut tx = None;
         let mut begin_error: Option<BoxError> = None;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::super::sequenced::Parking;
 use super::super::shared::{Group, GroupRoute, Shared};
+use crate::context::Scope;
 use crate::transport::TransactionalSink;
 use crate::{DeadLetter, Envelope, Error};
 
@@ -74,6 +75,8 @@ pub(super) struct Member {
     /// The consumer's sink when it handles its batches in a broker transaction: the
     /// follow-ups and the transport's copy of dead letters go through it.
     pub(super) sink: Option<Arc<dyn TransactionalSink>>,
+    /// What the member's handler contexts share.
+    pub(super) scope: Arc<Scope>,
     /// By event name, in the order of the group's routes of that name.
     deliveries: HashMap<&'static str, Vec<Delivery>>,
 }
@@ -96,10 +99,15 @@ impl Member {
                 (*name, decided)
             })
             .collect();
+        let scope = Arc::new(Scope {
+            group: group.name.clone(),
+            outgoing: shared.outgoing.clone(),
+        });
         Member {
             shared,
             group,
             sink,
+            scope,
             deliveries,
         }
     }

@@ -119,7 +119,7 @@ pub(super) async fn attempt_in_unit<'a>(
     }
     // The handler gets the unit of work through its `Tx`, and gives it back when done.
     let tx = Tx::new(open.tx.take().expect("the shared unit of work is not in use"));
-    let mut ctx = Context::new(envelope.clone(), group.name.clone(), 1, shared.outgoing.clone());
+    let mut ctx = Context::new(envelope.clone(), lane.member.scope.clone(), 1);
     ctx.transaction = Some(tx.clone());
     let follow_ups = FollowUps::default();
     ctx.follow_ups = Some(follow_ups.clone());
@@ -172,7 +172,7 @@ async fn rolled_back(unit: &mut SharedUnit<'_>, failed: Failure) -> Joined {
 pub(super) async fn commit_unit<'a>(
     lane: &Lane<'_>,
     unit: SharedUnit<'a>,
-    done: &mut Vec<Record>,
+    done: &mut Vec<&'a Record>,
 ) -> Result<(), Vec<(&'a Record, bool)>> {
     let handled = unit.records.iter().filter(|(_, handled)| *handled).count();
     let committed = match unit.tx {
@@ -181,7 +181,7 @@ pub(super) async fn commit_unit<'a>(
     };
     match committed {
         Ok(()) => {
-            done.extend(unit.records.into_iter().map(|(record, _)| record.clone()));
+            done.extend(unit.records.into_iter().map(|(record, _)| record));
             Ok(())
         }
         Err(error) => {

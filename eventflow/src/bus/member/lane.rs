@@ -23,14 +23,15 @@ use crate::Envelope;
 type Queued<'a> = (&'a Record, Option<Routed<'a>>, bool);
 
 /// Handles a batch, partitions concurrently and each partition in order. Returns the
-/// records to commit (per partition, the ones handled before a shutdown interrupted it)
-/// and the events to record in the inbox before committing them.
+/// records to commit (per partition, the ones handled before a shutdown interrupted it;
+/// the polled records themselves when all were) and the events to record in the inbox
+/// before committing them.
 ///
 /// `in_flight` are the events of the previous batch whose markers are still being
 /// written: processed too.
 pub(super) async fn handle_batch(
     member: &Member,
-    records: &[Record],
+    records: Vec<Record>,
     shutdown: &watch::Receiver<bool>,
     in_flight: Option<&HashSet<Uuid>>,
 ) -> Batch {
@@ -96,16 +97,23 @@ pub(super) async fn handle_batch(
         };
         run_lane(lane, queued)
     });
-    let (done, handled): (Vec<_>, Vec<_>) = join_all(lanes).await.into_iter().unzip();
-    Batch {
-        done: done.into_iter().flatten().collect(),
-        handled: handled.into_iter().flatten().collect(),
-    }
+    let (done, handled): (Vec<Vec<&Record>>, Vec<_>) = join_all(lanes).await.into_iter().unzip();
+    let handled = handled.into_iter().flatten().collect();
+    // Lanes say what they finished by reference; only a batch cut short by shutdown copies
+    // its finished records out.
+    let done = match done.iter().map(Vec::len).sum::<usize>() == records.len() {
+        true => {
+            drop(done);
+            records
+        }
+        false => done.into_iter().flatten().cloned().collect(),
+    };
+    Batch { done, handled }
 }
 
 /// Handles one partition's records in order; returns the records done and the events to
 /// record in the inbox, up to where shutdown interrupted it.
-async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<Record>, Vec<Uuid>) {
+async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a Record>, Vec<Uuid>) {
     let mut done = Vec::with_capacity(queued.len());
     let mut handled = Vec::new();
     let mut unit: Option<SharedUnit> = None;
@@ -130,14 +138,14 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<Recor
         if let Some(letter) = set_aside {
             match park(&mut lane, letter).await {
                 Outcome::Interrupted => return (done, handled),
-                _ => done.push(record.clone()),
+                _ => done.push(record),
             }
             continue;
         }
         if skipped {
             match &mut unit {
                 Some(unit) => unit.push(record, false),
-                None => done.push(record.clone()),
+                None => done.push(record),
             }
             continue;
         }
@@ -162,10 +170,10 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<Recor
             }
         }
         match deliver(&mut lane, routed, &record.envelope, failed_first).await {
-            Outcome::Done => done.push(record.clone()),
+            Outcome::Done => done.push(record),
             Outcome::Handled => {
                 handled.push(record.envelope.id);
-                done.push(record.clone());
+                done.push(record);
             }
             Outcome::Interrupted => return (done, handled),
         }
@@ -177,7 +185,11 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<Recor
 /// Commits the lane's shared unit of work, if one is open, and marks its records done. If
 /// the commit fails, each of its handlers runs again in a unit of work of its own (its
 /// usual path, with retries). Returns false if shutdown interrupted that.
-async fn flush_unit(lane: &mut Lane<'_>, unit: Option<SharedUnit<'_>>, done: &mut Vec<Record>) -> bool {
+async fn flush_unit<'a>(
+    lane: &mut Lane<'_>,
+    unit: Option<SharedUnit<'a>>,
+    done: &mut Vec<&'a Record>,
+) -> bool {
     let Some(unit) = unit else {
         return true;
     };
@@ -192,7 +204,7 @@ async fn flush_unit(lane: &mut Lane<'_>, unit: Option<SharedUnit<'_>>, done: &mu
                 return false;
             }
         }
-        done.push(record.clone());
+        done.push(record);
     }
     true
 }

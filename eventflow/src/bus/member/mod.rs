@@ -86,7 +86,7 @@ pub(super) async fn run(
             }
         };
         let in_flight = marking.as_ref().map(|batch| &batch.ids);
-        let batch = handle_batch(&member, &records, &shutdown, in_flight).await;
+        let batch = handle_batch(&member, records, &shutdown, in_flight).await;
         // Commits stay in poll order: the previous batch first.
         if let Some(previous) = marking.take() {
             let written = previous.written.await;
