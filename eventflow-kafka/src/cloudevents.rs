@@ -67,9 +67,7 @@
 
 mod time;
 
-use std::collections::BTreeMap;
-
-use eventflow::Envelope;
+use eventflow::{Envelope, Headers};
 use rdkafka::message::{Header, OwnedHeaders};
 use uuid::Uuid;
 
@@ -134,7 +132,7 @@ pub(crate) fn encode(envelope: &Envelope, source: Option<&str>) -> OwnedHeaders 
     let (mut version, mut time) = ([0; 20], [0; time::MAX_LEN]);
     let default_source;
     let source = match envelope.headers.get(SOURCE) {
-        Some(forwarded) => forwarded.as_str(),
+        Some(forwarded) => forwarded,
         None => match source {
             Some(configured) => configured,
             None => {
@@ -176,12 +174,12 @@ pub(crate) fn encode(envelope: &Envelope, source: Option<&str>) -> OwnedHeaders 
     let mut name = [0; 64];
     for (key, value) in &envelope.headers {
         if key.starts_with("ce_") {
-            if [SUBJECT, DATASCHEMA].contains(&key.as_str()) {
+            if [SUBJECT, DATASCHEMA].contains(&key) {
                 headers = headers.insert(header(key, value));
             }
             continue; // eventflow's own, or `ce_source`, written above
         }
-        if crate::headers::is_reserved(key) || MAPPED.contains(&key.as_str()) {
+        if crate::headers::is_reserved(key) || MAPPED.contains(&key) {
             continue;
         }
         headers = if is_attribute_name(key) && key.len() + 3 <= name.len() {
@@ -254,7 +252,7 @@ impl<'a> Attributes<'a> {
 
     /// The `ce_` headers of a message read in another format, kept as they are among the
     /// envelope's headers.
-    pub(crate) fn keep_as_headers(self, free: &mut BTreeMap<String, String>) {
+    pub(crate) fn keep_as_headers(self, free: &mut Headers) {
         let mapped = [
             (SPECVERSION, self.specversion),
             (ID, self.id),
@@ -279,7 +277,7 @@ impl<'a> Attributes<'a> {
     pub(crate) fn into_metadata(
         self,
         content_type: Option<&'a str>,
-        free: &mut BTreeMap<String, String>,
+        free: &mut Headers,
     ) -> Result<Metadata<'a>, String> {
         let text = |key: &str, value: &'a [u8]| {
             std::str::from_utf8(value).map_err(|_| format!("header `{key}` is not UTF-8"))

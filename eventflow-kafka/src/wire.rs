@@ -52,14 +52,14 @@ pub(crate) fn decode(
     let mut compact = None;
     let mut cloud = cloudevents::Attributes::default();
     let mut individual = Metadata::default();
-    let mut free = std::collections::BTreeMap::new();
+    let mut free = eventflow::Headers::new();
     for h in headers.iter() {
         let value = h.value.unwrap_or_default();
         if h.key == EVENTFLOW {
             compact = Some(read_metadata(value)?);
         } else if !cloud.offer(h.key, value) && !read_individual(&mut individual, h.key, value)? {
             if let Ok(value) = std::str::from_utf8(value) {
-                free.insert(h.key.to_owned(), value.to_owned());
+                free.insert(h.key, value);
             }
         }
     }

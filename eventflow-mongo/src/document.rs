@@ -7,10 +7,9 @@
 //! is Int64 nanoseconds since the Unix epoch (a BSON date has only milliseconds), and the
 //! payload is binary, byte for byte.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eventflow::{Envelope, Error};
+use eventflow::{Envelope, Error, Headers};
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{Binary, Bson, Document};
 use uuid::Uuid;
@@ -48,7 +47,7 @@ pub(crate) fn put_envelope(doc: &mut Document, envelope: &Envelope) -> Result<()
     let headers: Document = envelope
         .headers
         .iter()
-        .map(|(k, v)| (k.clone(), Bson::String(v.clone())))
+        .map(|(k, v)| (k.to_owned(), Bson::String(v.to_owned())))
         .collect();
     doc.insert(field::EVENT_ID, uuid_bson(envelope.id));
     doc.insert(field::NAME, envelope.name.as_ref());
@@ -76,11 +75,11 @@ pub(crate) fn put_envelope(doc: &mut Document, envelope: &Envelope) -> Result<()
 /// Reads the envelope stored in `doc`; the error names the first field that is missing or
 /// of the wrong type.
 pub(crate) fn envelope(doc: &Document) -> Result<Envelope, String> {
-    let mut headers = BTreeMap::new();
+    let mut headers = Headers::new();
     for (name, value) in get_doc(doc, field::HEADERS)? {
         match value {
             Bson::String(value) => {
-                headers.insert(name.clone(), value.clone());
+                headers.insert(name.as_str(), value.as_str());
             }
             other => return Err(format!("header `{name}` is {other:?}, not a string")),
         }
@@ -228,7 +227,7 @@ mod tests {
         let mut envelope =
             Envelope::new("order.paid", 3, "orders", "application/json", "{\"n\": 1}").caused_by(&cause);
         envelope.key = Some("order-1".into());
-        envelope.headers.insert("tenant".into(), "acme".into());
+        envelope.headers.insert("tenant", "acme");
         let mut doc = Document::new();
         put_envelope(&mut doc, &envelope).unwrap();
         assert_eq!(super::envelope(&doc).unwrap(), envelope);

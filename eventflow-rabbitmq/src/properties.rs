@@ -85,7 +85,7 @@ pub(crate) fn encode(envelope: &Envelope) -> BasicProperties {
         headers.insert(ShortString::from(CAUSATION_ID), text(&cause.to_string()));
     }
     for (name, value) in &envelope.headers {
-        headers.insert(ShortString::from(name.as_str()), text(value));
+        headers.insert(ShortString::from(name), text(value));
     }
     BasicProperties::default()
         .with_message_id(envelope.id.to_string().into())
@@ -235,7 +235,7 @@ mod tests {
         sent.key = Some("order-7".into());
         sent.causation_id = Some(Uuid::now_v7());
         sent.correlation_id = Uuid::now_v7();
-        sent.headers.insert("tenant".into(), "acme".into());
+        sent.headers.insert("tenant", "acme");
         let properties = encode(&sent);
         assert_eq!(properties.delivery_mode(), &Some(2), "persistent");
         assert_eq!(properties.kind().as_ref().map(|k| k.as_str()), Some("order.paid"));

@@ -1,11 +1,12 @@
 //! The [`Envelope`] every event travels in.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use uuid::Uuid;
+
+use crate::Headers;
 
 /// The header that carries W3C trace context (`traceparent`) from publisher to handlers.
 pub const TRACEPARENT: &str = "traceparent";
@@ -33,7 +34,7 @@ pub struct Envelope {
     /// Id of the event whose handler published this one, if any.
     pub causation_id: Option<Uuid>,
     /// Free-form headers; `traceparent` carries trace context.
-    pub headers: BTreeMap<String, String>,
+    pub headers: Headers,
     /// MIME type of the payload, e.g. `application/json`.
     pub content_type: Cow<'static, str>,
     /// The encoded event.
@@ -64,8 +65,7 @@ impl Envelope {
         payload: impl Into<Bytes>,
     ) -> Self {
         let id = Uuid::now_v7();
-        let mut headers = BTreeMap::new();
-        headers.insert(TRACEPARENT.to_owned(), traceparent(id.as_u128(), new_span_id()));
+        let headers = Headers::one(TRACEPARENT, traceparent(id.as_u128(), new_span_id()));
         Envelope {
             id,
             name: name.into(),
@@ -88,7 +88,7 @@ impl Envelope {
         self.causation_id = Some(cause.id);
         if let Some(trace_id) = cause.trace_id().and_then(|t| u128::from_str_radix(t, 16).ok()) {
             self.headers
-                .insert(TRACEPARENT.to_owned(), traceparent(trace_id, new_span_id()));
+                .insert(TRACEPARENT, traceparent(trace_id, new_span_id()));
         }
         self
     }
@@ -118,14 +118,24 @@ fn traceparent(trace_id: u128, span_id: u64) -> String {
     String::from_utf8(out.to_vec()).expect("ASCII")
 }
 
-/// Writes `value` as 16 hex digits into `out`.
-fn hex(out: &mut [u8], mut value: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for digit in out.iter_mut().rev() {
-        *digit = HEX[value as usize & 0xf];
-        value >>= 4;
+/// Writes `value` as 16 hex digits into `out`, a byte (two digits) at a time.
+fn hex(out: &mut [u8], value: u64) {
+    for (digits, byte) in out.chunks_exact_mut(2).zip(value.to_be_bytes()) {
+        digits.copy_from_slice(&HEX_PAIRS[byte as usize]);
     }
 }
+
+/// The two hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [HEX[byte >> 4], HEX[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
 
 #[cfg(test)]
 mod tests {

@@ -309,7 +309,7 @@ async fn a_message_that_is_not_an_eventflow_event_is_listed_raw_and_can_only_be_
     );
     garbage
         .headers
-        .insert(Envelope::FOREIGN_REASON.into(), "no `eventflow` header".into());
+        .insert(Envelope::FOREIGN_REASON, "no `eventflow` header");
     bus.publish_envelope(garbage).await.unwrap();
     bus.publish(&order("ok", 1)).await.unwrap();
     within(5, "the groups to finish", transport.wait_idle()).await;

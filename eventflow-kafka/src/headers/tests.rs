@@ -26,7 +26,7 @@ fn follow_up() -> Envelope {
     let mut envelope =
         Envelope::new("order.paid", 3, "orders", "application/json", r#"{"total":1}"#).caused_by(&cause);
     envelope.key = Some("order-1".into());
-    envelope.headers.insert("tenant".into(), "acme".into());
+    envelope.headers.insert("tenant", "acme");
     envelope
 }
 
