@@ -135,8 +135,6 @@ fn run_eventflow(rt: &Runtime, events: &Arc<Vec<OrderPaid>>) -> Run {
             })
         };
         publisher.await.expect("the publisher finishes");
-            eprintln!("published in {:?}", started.elapsed());
-        }
         transport.wait_idle().await;
         let elapsed = started.elapsed();
         let allocations = alloc::count() - allocations;
