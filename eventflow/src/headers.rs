@@ -1,5 +1,6 @@
 //! [`Headers`], the free-form text headers of an [`Envelope`](crate::Envelope).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Index;
 
@@ -13,7 +14,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// An envelope carries a handful of them (`traceparent`, perhaps a tenant or a
 /// `baggage`), so they are a sorted list: one small allocation per envelope, where a
 /// `BTreeMap` allocates a node of room for eleven, built and freed for every event
-/// published and every record read.
+/// published and every record read. The names of the W3C trace headers (`traceparent`,
+/// `tracestate`, `baggage`), which nearly every envelope carries, are not copied.
 ///
 /// ```
 /// use eventflow::Headers;
@@ -31,7 +33,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// assert_eq!(headers.len(), 1);
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Headers(Vec<(String, String)>);
+pub struct Headers(Vec<(Cow<'static, str>, String)>);
 
 impl Headers {
     /// No headers.
@@ -40,12 +42,12 @@ impl Headers {
     }
 
     /// One header, in a list of room for just it: what every new envelope starts with.
-    pub(crate) fn one(name: impl Into<String>, value: impl Into<String>) -> Self {
-        Headers(vec![(name.into(), value.into())])
+    pub(crate) fn one(name: &'static str, value: impl Into<String>) -> Self {
+        Headers(vec![(Cow::Borrowed(name), value.into())])
     }
 
     fn position(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(held, _)| held.as_str().cmp(name))
+        self.0.binary_search_by(|(held, _)| (**held).cmp(name))
     }
 
     /// The value of header `name`, if the envelope has it.
@@ -68,7 +70,11 @@ impl Headers {
         match self.position(name.as_ref()) {
             Ok(at) => Some(std::mem::replace(&mut self.0[at].1, value.into())),
             Err(at) => {
-                self.0.insert(at, (name.into(), value.into()));
+                let name = match well_known(name.as_ref()) {
+                    Some(known) => Cow::Borrowed(known),
+                    None => Cow::Owned(name.into()),
+                };
+                self.0.insert(at, (name, value.into()));
                 None
             }
         }
@@ -103,13 +109,13 @@ impl Headers {
 
 /// The headers of [`Headers::iter`], as `(name, value)` in name order.
 #[derive(Clone, Debug)]
-pub struct HeaderIter<'a>(std::slice::Iter<'a, (String, String)>);
+pub struct HeaderIter<'a>(std::slice::Iter<'a, (Cow<'static, str>, String)>);
 
 impl<'a> Iterator for HeaderIter<'a> {
     type Item = (&'a str, &'a str);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(|(name, value)| (name.as_str(), value.as_str()))
+        self.0.next().map(|(name, value)| (&**name, value.as_str()))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -130,11 +136,39 @@ impl<'a> IntoIterator for &'a Headers {
 
 impl IntoIterator for Headers {
     type Item = (String, String);
-    type IntoIter = std::vec::IntoIter<(String, String)>;
+    type IntoIter = IntoHeaders;
 
     /// The headers as `(name, value)`, in name order.
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+    fn into_iter(self) -> IntoHeaders {
+        IntoHeaders(self.0.into_iter())
+    }
+}
+
+/// The headers of a [`Headers`] taken apart, as `(name, value)` in name order.
+#[derive(Debug)]
+pub struct IntoHeaders(std::vec::IntoIter<(Cow<'static, str>, String)>);
+
+impl Iterator for IntoHeaders {
+    type Item = (String, String);
+
+    fn next(&mut self) -> Option<(String, String)> {
+        self.0.next().map(|(name, value)| (name.into_owned(), value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl ExactSizeIterator for IntoHeaders {}
+
+/// The header names written as `'static` text rather than copied: the W3C trace context.
+fn well_known(name: &str) -> Option<&'static str> {
+    match name {
+        crate::TRACEPARENT => Some(crate::TRACEPARENT),
+        "tracestate" => Some("tracestate"),
+        "baggage" => Some("baggage"),
+        _ => None,
     }
 }
 

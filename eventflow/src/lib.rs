@@ -222,7 +222,7 @@ pub use error::{BoxError, Error};
 pub use event::Event;
 pub use future::BoxFuture;
 pub use handler::{Handler, HandlerOptions};
-pub use headers::{HeaderIter, Headers};
+pub use headers::{HeaderIter, Headers, IntoHeaders};
 pub use outbox_progress::OutboxProgress;
 pub use projection::{Projection, ProjectionHandle};
 pub use publish_error::Rejection;
