@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 pub struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Whether allocations are counted: a bench that times many threads switches it off for
+/// its timed rounds, where one shared counter would add a contended write per allocation.
+static COUNTING: AtomicBool = AtomicBool::new(true);
 static TRACING: AtomicBool = AtomicBool::new(false);
 static TRACE_LEFT: AtomicUsize = AtomicUsize::new(0);
 
@@ -44,6 +47,9 @@ unsafe impl GlobalAlloc for Counting {
 }
 
 fn counted(layout: Layout) {
+    if !COUNTING.load(Ordering::Relaxed) {
+        return;
+    }
     ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
     if TRACING.load(Ordering::Relaxed) && !IN_TRACE.with(Cell::get) {
         let left = TRACE_LEFT.load(Ordering::Relaxed);
@@ -60,7 +66,17 @@ fn counted(layout: Layout) {
     }
 }
 
-/// Allocations (and reallocations) so far, all threads.
+/// Counts allocations from now on (`true`, the default) or stops counting them.
+pub fn set_counting(on: bool) {
+    COUNTING.store(on, Ordering::Relaxed);
+}
+
+/// Whether allocations are being counted.
+pub fn is_counting() -> bool {
+    COUNTING.load(Ordering::Relaxed)
+}
+
+/// Allocations (and reallocations) counted so far, all threads.
 pub fn count() -> u64 {
     ALLOCATIONS.load(Ordering::Relaxed)
 }
