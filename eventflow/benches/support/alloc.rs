@@ -7,6 +7,9 @@
 //! alloc::Counting;`. `trace(var, f)` prints the call stacks of the first N allocations
 //! `f` makes, N read from the environment variable `var`, to find where they come from.
 
+// Included by benches of two crates, each using only some of it.
+#![allow(dead_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
