@@ -9,7 +9,7 @@ use rusqlite::{params, params_from_iter, OptionalExtension};
 use uuid::Uuid;
 
 use super::rows::nanos;
-use super::schema::{PRUNE_CHUNK, PRUNE_INBOX};
+use super::schema::{MARK_PROCESSED, PRUNE_CHUNK, PRUNE_INBOX};
 use super::transaction::insert_marker;
 use super::SqliteStore;
 use crate::store::InboxStore;
@@ -70,9 +70,15 @@ impl InboxStore for SqliteStore {
         let ids = event_ids.to_vec();
         let inner = self.inner.clone();
         self.write("recording processed events", move |connection| {
+            // One statement and one timestamp for the batch: looking the statement up in
+            // the cache per marker cost a hash of its SQL and a copy in and out each time.
+            let fail = |e| inner.fail("recording processed events", e);
+            let mut insert = connection.prepare_cached(MARK_PROCESSED).map_err(fail)?;
+            let at = nanos(SystemTime::now()).unwrap_or(i64::MAX);
             for id in ids {
-                insert_marker(connection, &group, id)
-                    .map_err(|e| inner.fail("recording processed events", e))?;
+                insert
+                    .execute(params![group, &id.as_bytes()[..], at])
+                    .map_err(fail)?;
             }
             Ok(())
         })
