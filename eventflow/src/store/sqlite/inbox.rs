@@ -9,8 +9,8 @@ use rusqlite::{params, params_from_iter, OptionalExtension};
 use uuid::Uuid;
 
 use super::rows::nanos;
-use super::schema::{MARK_PROCESSED, PRUNE_CHUNK, PRUNE_INBOX};
-use super::transaction::insert_marker;
+use super::schema::{PRUNE_CHUNK, PRUNE_INBOX};
+use super::transaction::{insert_marker, insert_markers};
 use super::SqliteStore;
 use crate::store::InboxStore;
 use crate::Error;
@@ -70,17 +70,9 @@ impl InboxStore for SqliteStore {
         let ids = event_ids.to_vec();
         let inner = self.inner.clone();
         self.write("recording processed events", move |connection| {
-            // One statement and one timestamp for the batch: looking the statement up in
-            // the cache per marker cost a hash of its SQL and a copy in and out each time.
-            let fail = |e| inner.fail("recording processed events", e);
-            let mut insert = connection.prepare_cached(MARK_PROCESSED).map_err(fail)?;
-            let at = nanos(SystemTime::now()).unwrap_or(i64::MAX);
-            for id in ids {
-                insert
-                    .execute(params![group, &id.as_bytes()[..], at])
-                    .map_err(fail)?;
-            }
-            Ok(())
+            insert_markers(connection, &group, &ids)
+                .map(drop)
+                .map_err(|e| inner.fail("recording processed events", e))
         })
         .await
     }
