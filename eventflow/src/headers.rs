@@ -1,4 +1,5 @@
-//! [`Headers`], the free-form text headers of an [`Envelope`](crate::Envelope).
+//! [`Headers`], the free-form text headers of an [`Envelope`](crate::Envelope), and
+//! its iterators.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -102,16 +103,16 @@ impl Headers {
     }
 
     /// The headers as `(name, value)`, in name order.
-    pub fn iter(&self) -> HeaderIter<'_> {
-        HeaderIter(self.0.iter())
+    pub fn iter(&self) -> Iter<'_> {
+        Iter(self.0.iter())
     }
 }
 
 /// The headers of [`Headers::iter`], as `(name, value)` in name order.
 #[derive(Clone, Debug)]
-pub struct HeaderIter<'a>(std::slice::Iter<'a, (Cow<'static, str>, String)>);
+pub struct Iter<'a>(std::slice::Iter<'a, (Cow<'static, str>, String)>);
 
-impl<'a> Iterator for HeaderIter<'a> {
+impl<'a> Iterator for Iter<'a> {
     type Item = (&'a str, &'a str);
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -123,32 +124,32 @@ impl<'a> Iterator for HeaderIter<'a> {
     }
 }
 
-impl ExactSizeIterator for HeaderIter<'_> {}
+impl ExactSizeIterator for Iter<'_> {}
 
 impl<'a> IntoIterator for &'a Headers {
     type Item = (&'a str, &'a str);
-    type IntoIter = HeaderIter<'a>;
+    type IntoIter = Iter<'a>;
 
-    fn into_iter(self) -> HeaderIter<'a> {
+    fn into_iter(self) -> Iter<'a> {
         self.iter()
     }
 }
 
 impl IntoIterator for Headers {
     type Item = (String, String);
-    type IntoIter = IntoHeaders;
+    type IntoIter = IntoIter;
 
     /// The headers as `(name, value)`, in name order.
-    fn into_iter(self) -> IntoHeaders {
-        IntoHeaders(self.0.into_iter())
+    fn into_iter(self) -> IntoIter {
+        IntoIter(self.0.into_iter())
     }
 }
 
 /// The headers of a [`Headers`] taken apart, as `(name, value)` in name order.
 #[derive(Debug)]
-pub struct IntoHeaders(std::vec::IntoIter<(Cow<'static, str>, String)>);
+pub struct IntoIter(std::vec::IntoIter<(Cow<'static, str>, String)>);
 
-impl Iterator for IntoHeaders {
+impl Iterator for IntoIter {
     type Item = (String, String);
 
     fn next(&mut self) -> Option<(String, String)> {
@@ -160,7 +161,7 @@ impl Iterator for IntoHeaders {
     }
 }
 
-impl ExactSizeIterator for IntoHeaders {}
+impl ExactSizeIterator for IntoIter {}
 
 /// The header names written as `'static` text rather than copied: the W3C trace context.
 fn well_known(name: &str) -> Option<&'static str> {
