@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventflow::store::{rusqlite, SqliteStore, Storage};
-use eventflow::{subscribe, BoxError, Envelope, Event, State};
+use eventflow::{subscribe, BoxError, Envelope, Event, EventBus, InProcess, State};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -85,6 +85,17 @@ impl Handled {
 pub async fn billing(event: OrderPaid, State(handled): State<Handled>) -> Result<(), BoxError> {
     handled.count(&event);
     Ok(())
+}
+
+/// A bus on `transport` whose `billing` group counts into `handled`.
+pub async fn billing_bus(transport: &InProcess, handled: &Handled) -> EventBus {
+    EventBus::builder()
+        .transport(transport.clone())
+        .state(handled.clone())
+        .handler(billing)
+        .start()
+        .await
+        .expect("the bus starts")
 }
 
 pub async fn open(db: &TempDb) -> SqliteStore {

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eventflow::store::{rusqlite, SqliteStore};
-use eventflow::{EventBus, InProcess, Relay};
+use eventflow::{InProcess, Relay};
 use rusqlite::{params, Connection};
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::fixture::{billing, fill_outbox, open, order, outbox_len, Handled, OrderPaid, BATCH, UNIT};
+use crate::fixture::{billing_bus, fill_outbox, open, order, outbox_len, Handled, OrderPaid, BATCH, UNIT};
 use crate::report::{rate, verdict};
 use crate::support::{median, TempDb};
 
@@ -26,13 +26,7 @@ pub async fn relay_backlog(store: &SqliteStore, path: &Path, n: u64) -> Duration
     let watcher = Connection::open(path).expect("a watcher connection");
     let transport = InProcess::new();
     let handled = Handled::expecting(n);
-    let bus = EventBus::builder()
-        .transport(transport.clone())
-        .state(handled.clone())
-        .handler(billing)
-        .start()
-        .await
-        .expect("the bus starts");
+    let bus = billing_bus(&transport, &handled).await;
     let (stop, stopped) = watch::channel(false);
     let relay = Relay::new(Arc::new(store.clone()), Arc::new(transport.clone()));
 
@@ -135,13 +129,7 @@ fn raw_drain(path: &Path, n: u64) -> Duration {
 async fn publish_direct(first: u64, n: u64) -> Duration {
     let transport = InProcess::new();
     let handled = Handled::expecting(n);
-    let bus = EventBus::builder()
-        .transport(transport.clone())
-        .state(handled.clone())
-        .handler(billing)
-        .start()
-        .await
-        .expect("the bus starts");
+    let bus = billing_bus(&transport, &handled).await;
     let started = Instant::now();
     let publisher = {
         let bus = bus.clone();
