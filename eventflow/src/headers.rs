@@ -13,10 +13,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// in name order (as a `BTreeMap` would be).
 ///
 /// An envelope carries a handful of them (`traceparent`, perhaps a tenant or a
-/// `baggage`), so they are a sorted list: one small allocation per envelope, where a
-/// `BTreeMap` allocates a node of room for eleven, built and freed for every event
-/// published and every record read. The names of the W3C trace headers (`traceparent`,
-/// `tracestate`, `baggage`), which nearly every envelope carries, are not copied.
+/// `baggage`), so they are a sorted list, where a `BTreeMap` allocates a node of room for
+/// eleven, built and freed for every event published and every record read. Most
+/// envelopes carry one header, the `traceparent` eventflow writes: a single header is kept
+/// in place, and a value of up to 55 bytes (a W3C `traceparent`'s length) that eventflow
+/// writes itself is kept without an allocation of its own, so such an envelope's headers
+/// allocate nothing. The names of the W3C trace headers (`traceparent`, `tracestate`,
+/// `baggage`) are not copied.
 ///
 /// ```
 /// use eventflow::Headers;
@@ -33,90 +36,215 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// assert_eq!(headers.remove("baggage"), Some("region=eu".to_owned()));
 /// assert_eq!(headers.len(), 1);
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Headers(Vec<(Cow<'static, str>, String)>);
+#[derive(Clone, Default)]
+pub struct Headers(Entries);
+
+/// The entries, in name order: none and one without a vector.
+#[derive(Clone, Default)]
+enum Entries {
+    #[default]
+    None,
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+#[derive(Clone)]
+struct Entry {
+    name: Cow<'static, str>,
+    value: Value,
+}
+
+/// A header's value: in place when eventflow wrote a short one, else a `String`.
+#[derive(Clone)]
+enum Value {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(String),
+}
+
+/// The longest value kept in place: a W3C `traceparent` (`00-{32}-{16}-01`).
+const INLINE: usize = 55;
+
+impl Value {
+    /// `text` in place if it fits, else copied into a `String`.
+    fn copied(text: &str) -> Value {
+        match text.len() <= INLINE {
+            true => {
+                let mut bytes = [0; INLINE];
+                bytes[..text.len()].copy_from_slice(text.as_bytes());
+                Value::Inline {
+                    len: text.len() as u8,
+                    bytes,
+                }
+            }
+            false => Value::Heap(text.to_owned()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Only ever copied from a `str`, whole: valid UTF-8 (checked again without
+            // `unsafe`, a few instructions for 55 bytes).
+            Value::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..*len as usize]).expect("copied from a str")
+            }
+            Value::Heap(text) => text,
+        }
+    }
+
+    fn into_string(self) -> String {
+        match self {
+            Value::Inline { .. } => self.as_str().to_owned(),
+            Value::Heap(text) => text,
+        }
+    }
+}
 
 impl Headers {
     /// No headers.
     pub const fn new() -> Self {
-        Headers(Vec::new())
+        Headers(Entries::None)
     }
 
-    /// One header, in a list of room for just it: what every new envelope starts with.
-    pub(crate) fn one(name: &'static str, value: impl Into<String>) -> Self {
-        Headers(vec![(Cow::Borrowed(name), value.into())])
+    /// One header, whose value is kept in place if it fits: the envelope's `traceparent`.
+    pub(crate) fn one(name: &'static str, value: &str) -> Self {
+        Headers(Entries::One(Entry {
+            name: Cow::Borrowed(name),
+            value: Value::copied(value),
+        }))
+    }
+
+    /// Sets a header eventflow writes itself (a `traceparent`), its value kept in place if
+    /// it fits.
+    pub(crate) fn set(&mut self, name: &'static str, value: &str) {
+        self.put(Cow::Borrowed(name), Value::copied(value));
+    }
+
+    fn entries(&self) -> &[Entry] {
+        match &self.0 {
+            Entries::None => &[],
+            Entries::One(entry) => std::slice::from_ref(entry),
+            Entries::Many(entries) => entries,
+        }
     }
 
     fn position(&self, name: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(held, _)| (**held).cmp(name))
+        self.entries().binary_search_by(|entry| (*entry.name).cmp(name))
     }
 
-    /// The value of header `name`, if the envelope has it.
+    /// Sets `name` to `value`; the value it replaces, if any.
+    fn put(&mut self, name: Cow<'static, str>, value: Value) -> Option<Value> {
+        let at = match self.position(&name) {
+            Ok(at) => {
+                let entry = match &mut self.0 {
+                    Entries::One(entry) => entry,
+                    Entries::Many(entries) => &mut entries[at],
+                    Entries::None => unreachable!("a header was found"),
+                };
+                return Some(std::mem::replace(&mut entry.value, value));
+            }
+            Err(at) => at,
+        };
+        let entry = Entry { name, value };
+        self.0 = match std::mem::take(&mut self.0) {
+            Entries::None => Entries::One(entry),
+            Entries::One(first) => Entries::Many(match at {
+                0 => vec![entry, first],
+                _ => vec![first, entry],
+            }),
+            Entries::Many(mut entries) => {
+                entries.insert(at, entry);
+                Entries::Many(entries)
+            }
+        };
+        None
+    }
+
+    /// The value of header `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
         let at = self.position(name).ok()?;
-        Some(&self.0[at].1)
+        Some(self.entries()[at].value.as_str())
     }
 
-    /// Whether the envelope has header `name`.
+    /// Whether there is a header `name`.
     pub fn contains_key(&self, name: &str) -> bool {
         self.position(name).is_ok()
     }
 
-    /// Sets header `name` to `value`; returns the value it replaced, if it had one.
+    /// Sets header `name` to `value`; returns the value it replaced, if any.
     pub fn insert(
         &mut self,
         name: impl Into<String> + AsRef<str>,
         value: impl Into<String>,
     ) -> Option<String> {
-        match self.position(name.as_ref()) {
-            Ok(at) => Some(std::mem::replace(&mut self.0[at].1, value.into())),
-            Err(at) => {
-                let name = match well_known(name.as_ref()) {
-                    Some(known) => Cow::Borrowed(known),
-                    None => Cow::Owned(name.into()),
-                };
-                self.0.insert(at, (name, value.into()));
-                None
-            }
-        }
+        let name = match well_known(name.as_ref()) {
+            Some(known) => Cow::Borrowed(known),
+            None => Cow::Owned(name.into()),
+        };
+        self.put(name, Value::Heap(value.into())).map(Value::into_string)
     }
 
     /// Removes header `name`; returns its value, if it had one.
     pub fn remove(&mut self, name: &str) -> Option<String> {
         let at = self.position(name).ok()?;
-        Some(self.0.remove(at).1)
+        let removed = match std::mem::take(&mut self.0) {
+            Entries::One(entry) => entry,
+            Entries::Many(mut entries) => {
+                let removed = entries.remove(at);
+                self.0 = Entries::Many(entries);
+                removed
+            }
+            Entries::None => unreachable!("a header was found"),
+        };
+        Some(removed.value.into_string())
     }
 
     /// How many headers there are.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries().len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.entries().is_empty()
     }
 
     /// Removes every header.
     pub fn clear(&mut self) {
-        self.0.clear();
+        self.0 = Entries::None;
     }
 
-    /// The headers as `(name, value)`, in name order.
+    /// The headers as `(name, value)` pairs, in name order.
     pub fn iter(&self) -> Iter<'_> {
-        Iter(self.0.iter())
+        Iter(self.entries().iter())
     }
 }
 
-/// The headers of [`Headers::iter`], as `(name, value)` in name order.
+impl PartialEq for Headers {
+    fn eq(&self, other: &Headers) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::hash::Hash for Headers {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.len().hash(state);
+        for pair in self {
+            pair.hash(state);
+        }
+    }
+}
+
+/// The headers of [`Headers::iter`]: `(name, value)` pairs, in name order.
 #[derive(Clone, Debug)]
-pub struct Iter<'a>(std::slice::Iter<'a, (Cow<'static, str>, String)>);
+pub struct Iter<'a>(std::slice::Iter<'a, Entry>);
 
 impl<'a> Iterator for Iter<'a> {
     type Item = (&'a str, &'a str);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(|(name, value)| (&**name, value.as_str()))
+        self.0.next().map(|entry| (&*entry.name, entry.value.as_str()))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -139,31 +267,51 @@ impl IntoIterator for Headers {
     type Item = (String, String);
     type IntoIter = IntoIter;
 
-    /// The headers as `(name, value)`, in name order.
     fn into_iter(self) -> IntoIter {
-        IntoIter(self.0.into_iter())
+        let (first, rest) = match self.0 {
+            Entries::None => (None, Vec::new()),
+            Entries::One(entry) => (Some(entry), Vec::new()),
+            Entries::Many(entries) => (None, entries),
+        };
+        IntoIter {
+            first,
+            rest: rest.into_iter(),
+        }
     }
 }
 
-/// The headers of a [`Headers`] taken apart, as `(name, value)` in name order.
+/// The headers of `Headers::into_iter`: owned `(name, value)` pairs, in name order.
 #[derive(Debug)]
-pub struct IntoIter(std::vec::IntoIter<(Cow<'static, str>, String)>);
+pub struct IntoIter {
+    first: Option<Entry>,
+    rest: std::vec::IntoIter<Entry>,
+}
 
 impl Iterator for IntoIter {
     type Item = (String, String);
 
     fn next(&mut self) -> Option<(String, String)> {
-        self.0.next().map(|(name, value)| (name.into_owned(), value))
+        let entry = self.first.take().or_else(|| self.rest.next())?;
+        Some((entry.name.into_owned(), entry.value.into_string()))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
+        let len = self.first.is_some() as usize + self.rest.len();
+        (len, Some(len))
     }
 }
 
 impl ExactSizeIterator for IntoIter {}
 
-/// The header names written as `'static` text rather than copied: the W3C trace context.
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Entry")
+            .field(&self.name)
+            .field(&self.value.as_str())
+            .finish()
+    }
+}
+
 fn well_known(name: &str) -> Option<&'static str> {
     match name {
         crate::TRACEPARENT => Some(crate::TRACEPARENT),
@@ -235,7 +383,7 @@ impl<'de> Deserialize<'de> for Headers {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Headers, A::Error> {
-                let mut headers = Headers(Vec::with_capacity(access.size_hint().unwrap_or(0).min(64)));
+                let mut headers = Headers::new();
                 while let Some((name, value)) = access.next_entry::<String, String>()? {
                     headers.insert(name, value);
                 }
@@ -276,6 +424,40 @@ mod tests {
             serde_json::from_str(r#"{"traceparent":"00-ab-cd-01","tenant":"acme"}"#).unwrap();
         assert_eq!(unordered, headers);
         assert!(serde_json::from_str::<Headers>(r#"{"tenant":1}"#).is_err());
+    }
+
+    #[test]
+    fn one_header_in_place_grows_into_a_list_and_back() {
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut headers = Headers::one(crate::TRACEPARENT, traceparent);
+        assert_eq!(headers.get("traceparent"), Some(traceparent));
+        // A value kept in place equals the same value in a `String`.
+        let inserted: Headers = [("traceparent", traceparent)].into_iter().collect();
+        assert_eq!(headers, inserted);
+        // Before and after the one header, in name order.
+        headers.insert("a", "1");
+        headers.insert("z", "26");
+        let all: Vec<(&str, &str)> = headers.iter().collect();
+        assert_eq!(all, [("a", "1"), ("traceparent", traceparent), ("z", "26")]);
+        // A value too long to keep in place.
+        let long = "x".repeat(INLINE + 1);
+        headers.set(crate::TRACEPARENT, &long);
+        assert_eq!(headers.get("traceparent"), Some(long.as_str()));
+        assert_eq!(headers.remove("a"), Some("1".to_owned()));
+        assert_eq!(headers.remove("traceparent"), Some(long));
+        assert_eq!(headers.len(), 1);
+        let owned: Vec<(String, String)> = headers.clone().into_iter().collect();
+        assert_eq!(owned, [("z".to_owned(), "26".to_owned())]);
+        assert_eq!(headers.remove("z"), Some("26".to_owned()));
+        assert!(headers.is_empty());
+        assert_eq!(headers.remove("z"), None);
+        // From one header to none and back.
+        let mut one = Headers::one(crate::TRACEPARENT, traceparent);
+        assert_eq!(one.insert("traceparent", "other"), Some(traceparent.to_owned()));
+        assert_eq!(one.remove("traceparent"), Some("other".to_owned()));
+        assert_eq!(one, Headers::new());
+        one.insert("b", "2");
+        assert_eq!(one.into_iter().len(), 1);
     }
 
     #[test]

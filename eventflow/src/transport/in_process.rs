@@ -2,6 +2,7 @@
 //! process, with bounded memory.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -48,11 +49,36 @@ pub struct InProcessBuilder {
 #[derive(Debug)]
 struct Inner {
     config: InProcessBuilder,
-    topics: Mutex<HashMap<Arc<str>, Arc<Topic>>>,
+    topics: Mutex<Topics>,
     next_member: AtomicU64,
     progress: Notify,
     /// The relays of the buses whose outbox feeds this transport.
     outboxes: Mutex<Vec<OutboxProgress>>,
+}
+
+/// The topics by name, looked up for every event published.
+type Topics = HashMap<Arc<str>, Arc<Topic>, BuildHasherDefault<NameHasher>>;
+
+/// FNV-1a for the topic map: SipHash, which resists keys chosen by an attacker, cost more
+/// than the rest of a publish's lookup, and topic names come from the program itself.
+struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Debug)]
@@ -301,25 +327,18 @@ impl Transport for InProcess {
             None => topic.round_robin.fetch_add(1, Ordering::Relaxed) % count,
         };
         let partition = &topic.partitions[index as usize];
-        let envelope = Arc::new(envelope);
+        let capacity = self.inner.config.capacity;
+        // Mostly there is room: appended without setting up a wait for it.
+        let Err(mut envelope) = partition.append(Arc::new(envelope), capacity) else {
+            return Ok(());
+        };
         loop {
             let mut space = pin!(partition.space.notified());
             space.as_mut().enable();
-            {
-                let mut log = lock(&partition.log);
-                if log.cursors.is_empty() {
-                    // Nobody listens: the offset is used, the event goes nowhere.
-                    log.base += 1;
-                    return Ok(());
-                }
-                if log.entries.len() < self.inner.config.capacity {
-                    log.entries.push_back(envelope);
-                    for owner in log.cursors.iter().filter_map(|c| c.owner.as_ref()) {
-                        owner.wake.notify_one();
-                    }
-                    return Ok(());
-                }
-            }
+            envelope = match partition.append(envelope, capacity) {
+                Ok(()) => return Ok(()),
+                Err(envelope) => envelope,
+            };
             space.await;
         }
     }
@@ -382,6 +401,27 @@ impl Transport for InProcess {
                 progress.await;
             }
         }))
+    }
+}
+
+impl Partition {
+    /// Appends `envelope` and wakes the members that read this partition, if it holds
+    /// fewer than `capacity` uncommitted events; hands it back if it is full.
+    fn append(&self, envelope: Arc<Envelope>, capacity: usize) -> Result<(), Arc<Envelope>> {
+        let mut log = lock(&self.log);
+        if log.cursors.is_empty() {
+            // Nobody listens: the offset is used, the event goes nowhere.
+            log.base += 1;
+            return Ok(());
+        }
+        if log.entries.len() >= capacity {
+            return Err(envelope);
+        }
+        log.entries.push_back(envelope);
+        for owner in log.cursors.iter().filter_map(|c| c.owner.as_ref()) {
+            owner.wake.notify_one();
+        }
+        Ok(())
     }
 }
 
@@ -538,19 +578,21 @@ impl Consumer for InProcessConsumer {
     }
 
     async fn commit(&mut self, records: &[Record]) -> Result<(), Error> {
-        let mut done: Vec<(&str, u32, u64)> = Vec::new();
+        let mut done: Vec<(&Arc<str>, u32, u64)> = Vec::new();
         for record in records {
             let next = record.offset + 1;
+            // The records of one topic share its name: the pointers mostly settle it.
+            let same = |t: &Arc<str>| Arc::ptr_eq(t, &record.topic) || *t == record.topic;
             match done
                 .iter_mut()
-                .find(|(t, p, _)| *t == &*record.topic && *p == record.partition)
+                .find(|(t, p, _)| *p == record.partition && same(t))
             {
                 Some(entry) => entry.2 = entry.2.max(next),
                 None => done.push((&record.topic, record.partition, next)),
             }
         }
         for (topic, partition, next) in done {
-            let Some(sub) = self.subscriptions.iter().find(|s| &*s.topic.name == topic) else {
+            let Some(sub) = self.subscriptions.iter().find(|s| s.name == *topic) else {
                 continue;
             };
             let partition = &sub.topic.partitions[partition as usize];

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::super::shared::{Group, GroupRoute, Shared};
-use super::delivery::{Delivery, Lane, Routed};
+use super::delivery::{Delivery, Lane, Member, Routed};
 use super::outcome::Failure;
 use super::retry::{back_off_or_give_up, sleep_unless_stopped, transient_pause};
 use crate::follow_ups::{self, FollowUps};
@@ -21,33 +21,38 @@ use crate::{BoxError, Context, Envelope, Error, Tx};
 /// it succeeded at), the retry budget runs out or shutdown comes. A transient failure
 /// ([`Error::Transient`]) runs it again at once, without spending the budget, up to
 /// [`Error::TRANSIENT_RETRIES`] in a row.
+///
+/// `failed` is the error of attempt `first_attempt` when it already ran (see
+/// [`first_attempt`]): the attempts go on from its failure.
 pub(super) async fn attempt_all(
     lane: &mut Lane<'_>,
     routed: Routed<'_>,
     envelope: &Arc<Envelope>,
     first_attempt: u32,
+    mut failed: Option<BoxError>,
 ) -> Result<u32, Failure> {
     let member = lane.member;
     let (shared, group, route) = (&member.shared, &member.group, routed.route);
-    if envelope.version > route.route.event_version() {
-        let error = Error::UnknownVersion {
-            id: envelope.id,
-            name: envelope.name.to_string(),
-            found: envelope.version,
-            expected: route.route.event_version(),
-            group: group.name.to_string(),
-        };
-        tracing::error!(group = %group.name, event.id = %envelope.id, %error, "dead-lettering event");
-        return Err(Failure::Failed {
-            error: error.to_string(),
-            attempts: 0,
-        });
-    }
+    refuse_unknown_version(group, route, envelope)?;
     let mut attempt = first_attempt;
     // Attempts that failed with a transient error in a row: run again, not counted.
     let mut transient = 0;
     let mut uncounted = 0;
     loop {
+        if let Some(error) = failed.take() {
+            after_failure(
+                lane,
+                routed,
+                envelope,
+                error,
+                attempt,
+                &mut transient,
+                &mut uncounted,
+            )
+            .await?;
+            attempt += 1;
+            continue;
+        }
         let mut ctx = Context::new(envelope.clone(), member.scope.clone(), attempt);
         let span = handle_span(group, route, envelope, attempt);
         let mut tx = None;
@@ -74,13 +79,7 @@ pub(super) async fn attempt_all(
             Some(error) => Some(error),
             None => handle_once(route, envelope, ctx, shared, &span, tx, follow_ups.as_ref())
                 .await
-                .map_err(|undecodable| {
-                    tracing::error!(parent: &span, error = %undecodable, "dead-lettering event");
-                    Failure::Failed {
-                        error: undecodable.to_string(),
-                        attempts: 0,
-                    }
-                })?,
+                .map_err(|undecodable| undecodable_failure(&span, undecodable))?,
         };
         let Some(error) = error else {
             if let (Some(sink), Some(follow_ups)) = (&member.sink, follow_ups) {
@@ -88,28 +87,118 @@ pub(super) async fn attempt_all(
             }
             return Ok(attempt);
         };
-        let is_transient = crate::error::is_transient(&*error);
-        if !is_transient {
-            transient = 0;
-        }
-        match is_transient && transient < Error::TRANSIENT_RETRIES {
-            true => {
-                transient += 1;
-                uncounted += 1;
-                let wait = transient_pause(transient);
-                tracing::info!(parent: &span, error = %error, ?wait, "handler met a transient conflict; running it again");
-                if sleep_unless_stopped(wait, &mut lane.shutdown).await {
-                    return Err(Failure::Interrupted);
-                }
+        failed = Some(error);
+    }
+}
+
+/// After attempt `attempt` failed with `error`: waits before the next one (at once, not
+/// counted, for a transient error, up to [`Error::TRANSIENT_RETRIES`] in a row; else the
+/// route's backoff), or gives up when the budget is spent or shutdown comes.
+async fn after_failure(
+    lane: &mut Lane<'_>,
+    routed: Routed<'_>,
+    envelope: &Envelope,
+    error: BoxError,
+    attempt: u32,
+    transient: &mut u32,
+    uncounted: &mut u32,
+) -> Result<(), Failure> {
+    let (shared, route) = (&lane.member.shared, routed.route);
+    let span = handle_span(&lane.member.group, route, envelope, attempt);
+    let is_transient = crate::error::is_transient(&*error);
+    if !is_transient {
+        *transient = 0;
+    }
+    match is_transient && *transient < Error::TRANSIENT_RETRIES {
+        true => {
+            *transient += 1;
+            *uncounted += 1;
+            let wait = transient_pause(*transient);
+            tracing::info!(parent: &span, error = %error, ?wait, "handler met a transient conflict; running it again");
+            match sleep_unless_stopped(wait, &mut lane.shutdown).await {
+                true => Err(Failure::Interrupted),
+                false => Ok(()),
             }
-            false => {
-                let counted = attempt - uncounted;
-                let error = error.to_string();
-                back_off_or_give_up(shared, route, error, counted, attempt, &mut lane.shutdown, &span)
-                    .await?;
-            }
         }
-        attempt += 1;
+        false => {
+            let counted = attempt - *uncounted;
+            let error = error.to_string();
+            back_off_or_give_up(shared, route, error, counted, attempt, &mut lane.shutdown, &span).await
+        }
+    }
+}
+
+/// The first attempt of an event whose handler runs outside any unit of work or broker
+/// transaction ([`Delivery::Plain`], [`Delivery::InboxGuarded`]): nearly every event's only
+/// one, so it is kept to a small future, without the retry loop around it. `Ok(None)` when
+/// it succeeded, `Ok(Some(error))` when it failed (to go on with [`attempt_all`]), `Err`
+/// when the event is not for this handler (a version it does not know, a payload that does
+/// not decode).
+pub(super) async fn first_attempt(
+    member: &Member,
+    routed: Routed<'_>,
+    envelope: &Arc<Envelope>,
+) -> Result<Option<BoxError>, Failure> {
+    let (shared, group, route) = (&member.shared, &member.group, routed.route);
+    refuse_unknown_version(group, route, envelope)?;
+    let ctx = Context::new(envelope.clone(), member.scope.clone(), 1);
+    let span = handle_span(group, route, envelope, 1);
+    match run_handler(route, envelope, ctx, shared, &span) {
+        Ok(started) => Ok(finished(started.await)),
+        Err(undecodable) => Err(undecodable_failure(&span, undecodable)),
+    }
+}
+
+/// Refuses an event of a newer version than the route's handler knows: dead-lettered
+/// without an attempt.
+fn refuse_unknown_version(group: &Group, route: &GroupRoute, envelope: &Envelope) -> Result<(), Failure> {
+    if envelope.version <= route.route.event_version() {
+        return Ok(());
+    }
+    let error = Error::UnknownVersion {
+        id: envelope.id,
+        name: envelope.name.to_string(),
+        found: envelope.version,
+        expected: route.route.event_version(),
+        group: group.name.to_string(),
+    };
+    tracing::error!(group = %group.name, event.id = %envelope.id, %error, "dead-lettering event");
+    Err(Failure::Failed {
+        error: error.to_string(),
+        attempts: 0,
+    })
+}
+
+fn undecodable_failure(span: &tracing::Span, undecodable: Error) -> Failure {
+    tracing::error!(parent: span, error = %undecodable, "dead-lettering event");
+    Failure::Failed {
+        error: undecodable.to_string(),
+        attempts: 0,
+    }
+}
+
+/// What a handler's future ended with, a panic caught as an error.
+type Finished = Result<Result<(), BoxError>, Box<dyn std::any::Any + Send>>;
+
+/// Decodes the payload and starts the handler, in its span, its panics caught; `Err` if the
+/// payload does not decode.
+fn run_handler(
+    route: &GroupRoute,
+    envelope: &Envelope,
+    ctx: Context,
+    shared: &Shared,
+    span: &tracing::Span,
+) -> Result<impl std::future::Future<Output = Finished>, Error> {
+    let started = route.route.invoke(envelope, ctx, shared.codec())?;
+    Ok(AssertUnwindSafe(started).catch_unwind().instrument(span.clone()))
+}
+
+/// `None` if the handler succeeded, else its error or panic.
+fn finished(finished: Finished) -> Option<BoxError> {
+    match finished {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error),
+        Err(panic) => Some(panic_error(panic)),
     }
 }
 
@@ -126,21 +215,15 @@ pub(super) async fn handle_once(
     follow_ups: Option<&FollowUps>,
 ) -> Result<Option<BoxError>, Error> {
     let held = ctx.follow_ups.clone();
-    let started = AssertUnwindSafe(route.route.invoke(envelope, ctx, shared.codec())?)
-        .catch_unwind()
-        .instrument(span.clone());
-    let finished = match held {
+    let started = run_handler(route, envelope, ctx, shared, span)?;
+    let ended = match held {
         // `EventBus::publish` from inside the handler joins its held-back follow-ups.
         Some(held) => follow_ups::HELD_FOLLOW_UPS.scope(held, started).await,
         None => started.await,
     };
-    Ok(match finished {
-        Ok(Ok(())) => match tx {
-            None => None,
-            Some(tx) => commit(&tx, follow_ups).await.err().map(Into::into),
-        },
-        Ok(Err(error)) => Some(error),
-        Err(panic) => Some(panic_error(panic)),
+    Ok(match (finished(ended), tx) {
+        (None, Some(tx)) => commit(&tx, follow_ups).await.err().map(Into::into),
+        (outcome, _) => outcome,
     })
 }
 

@@ -138,7 +138,7 @@ pub(in crate::bus) async fn replay(
         parking: None,
     };
     let envelope = Arc::new(letter.envelope.clone());
-    match attempt_all(&mut lane, routed, &envelope, 1).await {
+    match attempt_all(&mut lane, routed, &envelope, 1, None).await {
         Ok(_) => {
             if let Some(storage) = &shared.storage {
                 storage.mark_processed(&group.name, letter.envelope.id).await?;

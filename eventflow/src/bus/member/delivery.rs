@@ -54,6 +54,11 @@ impl Delivery {
         }
     }
 
+    /// Whether attempts run outside any unit of work or broker transaction.
+    pub(super) fn outside_units(self) -> bool {
+        matches!(self, Delivery::Plain | Delivery::InboxGuarded)
+    }
+
     /// Whether each attempt runs in a unit of work holding its inbox marker.
     pub(super) fn in_unit_of_work(self) -> bool {
         matches!(self, Delivery::OwnUnit | Delivery::SharedUnit)

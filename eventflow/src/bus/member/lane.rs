@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::super::sequenced::Parking;
-use super::attempt::{attempt_all, handle_span};
+use super::attempt::{attempt_all, first_attempt, handle_span};
 use super::dead_letter::{give_up, park, set_aside};
 use super::delivery::{Delivery, Lane, Member, Routed};
 use super::group_commit::{attempt_in_unit, commit_unit, savepoints, Joined, SharedUnit};
@@ -73,7 +73,7 @@ pub(super) async fn handle_batch(
     };
     let mut lanes: Vec<Vec<Queued<'_>>> = Vec::new();
     let mut seen = HashSet::new();
-    for (record, routed) in records.iter().zip(routed) {
+    for (index, (record, routed)) in records.iter().zip(routed).enumerate() {
         let id = record.envelope.id;
         // Processed before, or a second copy in this batch.
         let skipped = guarded(&routed)
@@ -86,7 +86,13 @@ pub(super) async fn handle_batch(
             .find(|lane| lane[0].0.partition == record.partition && lane[0].0.topic == record.topic)
         {
             Some(lane) => lane.push((record, routed, skipped)),
-            None => lanes.push(vec![(record, routed, skipped)]),
+            None => {
+                // Transports hand a partition's records over together, so a new lane
+                // mostly takes the rest of the batch: sized for it, it never grows.
+                let mut lane = Vec::with_capacity(records.len() - index);
+                lane.push((record, routed, skipped));
+                lanes.push(lane);
+            }
         }
     }
     let lanes = lanes.into_iter().map(|queued| {
@@ -118,7 +124,7 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a R
     let mut handled = Vec::new();
     let mut unit: Option<SharedUnit> = None;
     for (record, routed, skipped) in queued {
-        if *lane.shutdown.borrow() {
+        if stopping(&lane.shutdown) {
             break;
         }
         let set_aside = match skipped {
@@ -182,6 +188,14 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a R
     (done, handled)
 }
 
+/// Whether shutdown came, checked before every record. The shutdown value is only ever
+/// set once, to `true`, and a lane that saw it stops; so while the channel's version is the
+/// one this receiver saw, nothing changed. That is one load, where `borrow` takes the
+/// channel's read lock, a write to a cache line that every member shares.
+fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+    !matches!(shutdown.has_changed(), Ok(false)) && *shutdown.borrow()
+}
+
 /// Commits the lane's shared unit of work, if one is open, and marks its records done. If
 /// the commit fails, each of its handlers runs again in a unit of work of its own (its
 /// usual path, with retries). Returns false if shutdown interrupted that.
@@ -222,7 +236,14 @@ async fn deliver(
         return Outcome::Done;
     };
     let attempts = match failed_first {
-        None => attempt_all(lane, routed, envelope, 1).await,
+        // Nearly every event: one attempt, in a small future; the retry loop, a far larger
+        // future that every record would copy around, is boxed for the few that fail.
+        None if routed.delivery.outside_units() => match first_attempt(lane.member, routed, envelope).await {
+            Ok(None) => Ok(1),
+            Ok(Some(error)) => Box::pin(attempt_all(lane, routed, envelope, 1, Some(error))).await,
+            Err(failure) => Err(failure),
+        },
+        None => Box::pin(attempt_all(lane, routed, envelope, 1, None)).await,
         Some(Failure::Failed { error, attempts: 0 }) => Err(Failure::Failed { error, attempts: 0 }),
         Some(Failure::Failed { error, attempts }) => {
             let (shared, group) = (&lane.member.shared, &lane.member.group);
@@ -237,7 +258,7 @@ async fn deliver(
                 &span,
             );
             match waited.await {
-                Ok(()) => attempt_all(lane, routed, envelope, attempts + 1).await,
+                Ok(()) => Box::pin(attempt_all(lane, routed, envelope, attempts + 1, None)).await,
                 Err(failure) => Err(failure),
             }
         }
