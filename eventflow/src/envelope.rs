@@ -84,13 +84,18 @@ impl Envelope {
     /// Makes this envelope a consequence of `cause`: same correlation id, `cause` as the
     /// causation, and the same trace with a new span.
     pub fn caused_by(mut self, cause: &Envelope) -> Self {
+        self.follow(cause);
+        self
+    }
+
+    /// [`caused_by`](Self::caused_by) in place.
+    pub(crate) fn follow(&mut self, cause: &Envelope) {
         self.correlation_id = cause.correlation_id;
         self.causation_id = Some(cause.id);
         if let Some(trace_id) = cause.trace_id().and_then(|t| u128::from_str_radix(t, 16).ok()) {
             self.headers
                 .set(TRACEPARENT, traceparent(trace_id, new_span_id()).as_str());
         }
-        self
     }
 
     /// The W3C trace id from the `traceparent` header, if the header is well formed.

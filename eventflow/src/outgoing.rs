@@ -50,11 +50,11 @@ impl Outgoing {
 
     /// `event`'s envelope, a follow-up of `cause` if given.
     pub(crate) fn envelope<E: Event>(&self, event: &E, cause: Option<&Envelope>) -> Result<Envelope, Error> {
-        let envelope = encode_envelope(&*self.codec, event)?;
-        Ok(match cause {
-            Some(cause) => envelope.caused_by(cause),
-            None => envelope,
-        })
+        let mut envelope = encode_envelope(&*self.codec, event)?;
+        if let Some(cause) = cause {
+            envelope.follow(cause);
+        }
+        Ok(envelope)
     }
 
     /// Builds the envelope and hands it to the transport when called, so that the future
@@ -74,9 +74,10 @@ impl Outgoing {
             return Published::failed(Error::Closed);
         }
         let id = envelope.id;
-        let Some(envelope) = follow_ups::hold_as_follow_up(envelope) else {
+        if let Some(follow_ups) = follow_ups::held_follow_ups() {
+            follow_ups::hold(&follow_ups, envelope);
             return Published::held(id);
-        };
+        }
         let span = tracing::debug_span!(
             "eventflow.publish",
             event.id = %id,
