@@ -81,10 +81,9 @@ pub(super) async fn handle_batch(
         if skipped {
             tracing::debug!(group = %group.name, event.id = %id, "event already processed by this group; skipped");
         }
-        match lanes
-            .iter_mut()
-            .find(|lane| lane[0].0.partition == record.partition && lane[0].0.topic == record.topic)
-        {
+        match lanes.iter_mut().find(|lane| {
+            lane[0].0.partition == record.partition && same_topic(&lane[0].0.topic, &record.topic)
+        }) {
             Some(lane) => lane.push((record, routed, skipped)),
             None => {
                 // Transports hand a partition's records over together, so a new lane
@@ -186,6 +185,12 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a R
     }
     flush_unit(&mut lane, unit.take(), &mut done).await;
     (done, handled)
+}
+
+/// Whether two records' topics are one: a transport gives the records of a topic one
+/// shared name, so the pointers mostly settle it.
+fn same_topic(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Whether shutdown came, checked before every record. The shutdown value is only ever
