@@ -16,9 +16,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// `baggage`), so they are a sorted list, where a `BTreeMap` allocates a node of room for
 /// eleven, built and freed for every event published and every record read. Most
 /// envelopes carry one header, the `traceparent` eventflow writes: a single header is kept
-/// in place, and a value of up to 55 bytes (a W3C `traceparent`'s length) that eventflow
-/// writes itself is kept without an allocation of its own, so such an envelope's headers
-/// allocate nothing. The names of the W3C trace headers (`traceparent`, `tracestate`,
+/// in place, and so is a value of up to 55 bytes (a W3C `traceparent`'s length), so such
+/// an envelope's headers allocate nothing. The names of the W3C trace headers (`traceparent`, `tracestate`,
 /// `baggage`) are not copied.
 ///
 /// ```
@@ -170,17 +169,22 @@ impl Headers {
         self.position(name).is_ok()
     }
 
-    /// Sets header `name` to `value`; returns the value it replaced, if any.
+    /// Sets header `name` to `value`; returns the value it replaced, if any. A value of up
+    /// to 55 bytes is kept in place: given as a `&str`, it costs no allocation.
     pub fn insert(
         &mut self,
         name: impl Into<String> + AsRef<str>,
-        value: impl Into<String>,
+        value: impl Into<String> + AsRef<str>,
     ) -> Option<String> {
         let name = match well_known(name.as_ref()) {
             Some(known) => Cow::Borrowed(known),
             None => Cow::Owned(name.into()),
         };
-        self.put(name, Value::Heap(value.into())).map(Value::into_string)
+        let value = match value.as_ref().len() <= INLINE {
+            true => Value::copied(value.as_ref()),
+            false => Value::Heap(value.into()),
+        };
+        self.put(name, value).map(Value::into_string)
     }
 
     /// Removes header `name`; returns its value, if it had one.
@@ -321,7 +325,7 @@ fn well_known(name: &str) -> Option<&'static str> {
     }
 }
 
-impl<N: Into<String> + AsRef<str>, V: Into<String>> Extend<(N, V)> for Headers {
+impl<N: Into<String> + AsRef<str>, V: Into<String> + AsRef<str>> Extend<(N, V)> for Headers {
     /// Inserts each header; a later one of the same name replaces an earlier one.
     fn extend<I: IntoIterator<Item = (N, V)>>(&mut self, headers: I) {
         for (name, value) in headers {
@@ -330,7 +334,7 @@ impl<N: Into<String> + AsRef<str>, V: Into<String>> Extend<(N, V)> for Headers {
     }
 }
 
-impl<N: Into<String> + AsRef<str>, V: Into<String>> FromIterator<(N, V)> for Headers {
+impl<N: Into<String> + AsRef<str>, V: Into<String> + AsRef<str>> FromIterator<(N, V)> for Headers {
     /// The headers, a later one of a name replacing an earlier one.
     fn from_iter<I: IntoIterator<Item = (N, V)>>(headers: I) -> Self {
         let mut out = Headers::new();
