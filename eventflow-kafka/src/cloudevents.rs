@@ -220,6 +220,9 @@ pub(crate) struct Attributes<'a> {
     causation_id: Option<&'a [u8]>,
     /// Other `ce_` headers: extensions, `ce_subject`, `ce_dataschema`.
     others: Vec<(&'a str, &'a [u8])>,
+    /// Whether any `ce_` header was taken: most messages have none, and then there is
+    /// nothing to keep.
+    taken: bool,
 }
 
 impl<'a> Attributes<'a> {
@@ -237,11 +240,13 @@ impl<'a> Attributes<'a> {
             CAUSATION_ID => &mut self.causation_id,
             _ if key.starts_with("ce_") => {
                 self.others.push((key, value));
+                self.taken = true;
                 return true;
             }
             _ => return false,
         };
         *slot = Some(value);
+        self.taken = true;
         true
     }
 
@@ -253,6 +258,9 @@ impl<'a> Attributes<'a> {
     /// The `ce_` headers of a message read in another format, kept as they are among the
     /// envelope's headers.
     pub(crate) fn keep_as_headers(self, free: &mut Headers) {
+        if !self.taken {
+            return;
+        }
         let mapped = [
             (SPECVERSION, self.specversion),
             (ID, self.id),

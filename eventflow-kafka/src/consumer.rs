@@ -1,5 +1,6 @@
 //! One member of a Kafka consumer group, as eventflow's [`Consumer`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +35,10 @@ pub(crate) struct KafkaConsumer {
     inner: Arc<Inner>,
     group: String,
     consumer: Option<Arc<StreamConsumer<Member>>>,
-    topic_names: HashMap<String, Arc<str>>,
+    /// The topics read so far, by Kafka name.
+    topic_names: HashMap<String, Topic>,
     /// The topic of the last message read, from `topic_names`.
-    last_topic: Option<Arc<str>>,
+    last_topic: Option<Topic>,
     /// How many records the last poll returned.
     last_poll: usize,
     /// Messages that are not eventflow events, by position, until they are dead-lettered.
@@ -48,6 +50,24 @@ pub(crate) struct KafkaConsumer {
     /// In a transactional group: the first offset of the polled batch per partition, where
     /// to read again if its transaction aborts.
     batch_start: HashMap<(Arc<str>, u32), u64>,
+}
+
+/// A topic as its records carry it, worked out once per topic: its Kafka name, shared by
+/// the records, and the event topic of their envelopes (the name without the transport's
+/// topic prefix).
+#[derive(Clone)]
+struct Topic {
+    kafka: Arc<str>,
+    event: Cow<'static, str>,
+}
+
+impl Topic {
+    fn new(kafka: &str, prefix: &str) -> Self {
+        Topic {
+            kafka: kafka.into(),
+            event: headers::known_text(kafka.strip_prefix(prefix).unwrap_or(kafka)),
+        }
+    }
 }
 
 struct Foreign {
@@ -91,7 +111,7 @@ impl KafkaConsumer {
         let start_from = config.start_from;
         let joining = consumer.clone();
         let joined_inner = inner.clone();
-        let subscribed_topics = topics.clone();
+        let subscribed_topics = topics;
         tokio::task::spawn_blocking(move || {
             if start_from == StartFrom::Latest {
                 start_offsets::start_new_partitions_at_end(
@@ -112,7 +132,7 @@ impl KafkaConsumer {
             inner,
             group: group.to_owned(),
             consumer: Some(consumer),
-            topic_names: topics.into_iter().map(|t| (t.clone(), t.into())).collect(),
+            topic_names: HashMap::new(),
             last_topic: None,
             last_poll: 0,
             foreign: HashMap::new(),
@@ -130,30 +150,25 @@ impl KafkaConsumer {
 
     fn record(&mut self, message: &BorrowedMessage<'_>) -> Record {
         let kafka_topic = message.topic();
-        let topic = match &self.last_topic {
+        let Topic { kafka: topic, event } = match &self.last_topic {
             // Most messages come from the topic of the one before.
-            Some(last) if **last == *kafka_topic => last.clone(),
+            Some(last) if *last.kafka == *kafka_topic => last.clone(),
             _ => {
-                let topic = match self.topic_names.get(kafka_topic) {
-                    Some(topic) => topic.clone(),
-                    None => {
-                        let topic: Arc<str> = kafka_topic.into();
-                        self.topic_names.insert(kafka_topic.to_owned(), topic.clone());
-                        topic
-                    }
-                };
+                let prefix = &self.inner.config.topic_prefix;
+                let topic = self
+                    .topic_names
+                    .entry(kafka_topic.to_owned())
+                    .or_insert_with(|| Topic::new(kafka_topic, prefix))
+                    .clone();
                 self.last_topic = Some(topic.clone());
                 topic
             }
         };
-        let event_topic = kafka_topic
-            .strip_prefix(&self.inner.config.topic_prefix)
-            .unwrap_or(kafka_topic);
         let partition = message.partition() as u32;
         let offset = message.offset() as u64;
-        let envelope = match crate::wire::decode(
+        let envelope = match crate::wire::decode_on(
             message.headers(),
-            event_topic,
+            event.clone(),
             message.key(),
             message.payload(),
             message.timestamp().to_millis(),
@@ -175,7 +190,7 @@ impl KafkaConsumer {
                 );
                 foreign_envelope(
                     message,
-                    event_topic,
+                    &event,
                     kafka_topic,
                     reason_of(&self.foreign, &topic, partition, offset),
                 )

@@ -319,42 +319,46 @@ pub(crate) struct Metadata<'a> {
 /// Reads the [`EVENTFLOW`] header's value.
 pub(crate) fn read_metadata(value: &[u8]) -> Result<Metadata<'_>, String> {
     let text = std::str::from_utf8(value).map_err(|_| format!("header `{EVENTFLOW}` is not UTF-8"))?;
-    let mut fields = text.splitn(8, ';');
-    let format = fields.next().unwrap_or_default();
+    let (fields, count) = split_fields(text);
+    let format = fields[0];
     if format != FORMAT {
         return Err(format!(
             "header `{EVENTFLOW}` is in format {format:?}, which this version of eventflow-kafka does \
              not read (it reads format {FORMAT}); upgrade eventflow-kafka on this consumer"
         ));
     }
-    let mut field = |what: &str| {
-        fields.next().ok_or_else(|| {
-            format!(
-                "header `{EVENTFLOW}` ends before the {what}: {text:?}; it holds \
-                 `1;<id>;<name>;<version>;<timestamp>;<correlation id>;<causation id>;<content type>`"
-            )
-        })
+    // The field at `index`, called `what` in the error if the value ends before it.
+    let field = |index: usize, what: &str| match index < count {
+        true => Ok(fields[index]),
+        false => Err(format!(
+            "header `{EVENTFLOW}` ends before the {what}: {text:?}; it holds \
+             `1;<id>;<name>;<version>;<timestamp>;<correlation id>;<causation id>;<content type>`"
+        )),
     };
     let uuid = |what: &str, t: &str| {
         Uuid::parse_str(t)
             .map_err(|e| format!("the {what} in header `{EVENTFLOW}` is not a UUID ({e}): {t:?}"))
     };
-    let id = uuid("id", field("id")?)?;
-    let name = field("name")?;
-    let version = field("version")?;
-    let timestamp = field("timestamp")?;
-    let correlation = field("correlation id")?;
-    let causation = field("causation id")?;
-    let content_type = field("content type")?;
+    let id = uuid("id", field(1, "id")?)?;
+    let name = field(2, "name")?;
+    let version = field(3, "version")?;
+    let timestamp = field(4, "timestamp")?;
+    let correlation = field(5, "correlation id")?;
+    let causation = field(6, "causation id")?;
+    let content_type = field(7, "content type")?;
     if name.is_empty() {
         return Err(format!("header `{EVENTFLOW}` has an empty event name: {text:?}"));
     }
     Ok(Metadata {
         id: Some(id),
         name: Some(name),
-        version: Some(version.parse().map_err(|_| {
-            format!("the version in header `{EVENTFLOW}` is not a version number: {version:?}")
-        })?),
+        version: Some(
+            parse_decimal(version)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| {
+                    format!("the version in header `{EVENTFLOW}` is not a version number: {version:?}")
+                })?,
+        ),
         content_type: Some(content_type),
         correlation_id: (!correlation.is_empty())
             .then(|| uuid("correlation id", correlation))
@@ -364,10 +368,9 @@ pub(crate) fn read_metadata(value: &[u8]) -> Result<Metadata<'_>, String> {
             .transpose()?,
         timestamp: (!timestamp.is_empty())
             .then(|| {
-                timestamp
-                    .parse()
+                parse_decimal(timestamp)
                     .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos))
-                    .map_err(|_| {
+                    .ok_or_else(|| {
                         format!(
                         "the timestamp in header `{EVENTFLOW}` is not a number of nanoseconds: {timestamp:?}"
                     )
@@ -376,6 +379,73 @@ pub(crate) fn read_metadata(value: &[u8]) -> Result<Metadata<'_>, String> {
             .transpose()?,
         key: None,
     })
+}
+
+/// The fields of an [`EVENTFLOW`] value as `text.splitn(8, ';')` yields them (the last,
+/// the content type, keeps any further `;`), and how many there are. `splitn` sets up a
+/// searcher for every field and looks at one byte at a time, which made splitting cost
+/// more than the rest of reading the value; [`find_separator`] looks at eight.
+fn split_fields(text: &str) -> ([&str; 8], usize) {
+    let mut fields = [""; 8];
+    let mut start = 0;
+    for (count, field) in fields.iter_mut().enumerate().take(7) {
+        let Some(len) = find_separator(&text.as_bytes()[start..]) else {
+            *field = &text[start..];
+            return (fields, count + 1);
+        };
+        // `;` is ASCII, so both ends are on character boundaries.
+        *field = &text[start..start + len];
+        start += len + 1;
+    }
+    fields[7] = &text[start..];
+    (fields, 8)
+}
+
+/// Where the first `;` in `bytes` is, found eight bytes at a time: XOR-ing a word with
+/// eight `;` turns each `;` into a zero byte, and `(w - 0x01..01) & !w & 0x80..80` sets
+/// the high bit of a zero byte of `w` (the classic "has a zero byte" test; a bit above the
+/// first zero byte may be set wrongly, never one below it), so the lowest bit set, in a
+/// little-endian word, is the first `;`.
+fn find_separator(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const SEPARATORS: u64 = ONES * b';' as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("chunks of eight")) ^ SEPARATORS;
+        let zeros = word.wrapping_sub(ONES) & !word & HIGHS;
+        if zeros != 0 {
+            return Some(at + zeros.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let rest = chunks.remainder().iter().position(|&b| b == b';')?;
+    Some(at + rest)
+}
+
+/// `text` as a decimal number, as `text.parse::<u64>()` reads one (digits after an optional
+/// `+`), at a few instructions a digit: `parse` reads a number of more than 16 digits, such
+/// as a timestamp's 19, on its generic overflow-checked path, at some fifteen.
+fn parse_decimal(text: &str) -> Option<u64> {
+    /// `u64::MAX` has 20 digits, so any 19 fit.
+    const ALWAYS_FITS: usize = 19;
+    let digits = text.strip_prefix('+').unwrap_or(text).as_bytes();
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for (i, &byte) in digits.iter().enumerate() {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n = match i < ALWAYS_FITS {
+            true => n * 10 + u64::from(digit),
+            false => n.checked_mul(10)?.checked_add(u64::from(digit))?,
+        };
+    }
+    Some(n)
 }
 
 /// Reads one header of the individual-header form into `metadata`; `false` if `key` is

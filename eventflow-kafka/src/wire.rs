@@ -2,6 +2,7 @@
 //! the topic is set to (the compact [`eventflow`](crate::headers::EVENTFLOW) header, or
 //! [CloudEvents](crate::cloudevents)' binary mode), read in whichever the message carries.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventflow::Envelope;
@@ -32,9 +33,23 @@ pub(crate) fn encode_timed(envelope: &Envelope, config: &KafkaBuilder) -> (Owned
 }
 
 /// Rebuilds an envelope from a Kafka message's parts; the error says what is missing.
+#[cfg(test)]
 pub(crate) fn decode(
     headers: Option<&impl Headers>,
     topic: &str,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    kafka_timestamp_ms: Option<i64>,
+) -> Result<Envelope, String> {
+    decode_on(headers, known_text(topic), key, payload, kafka_timestamp_ms)
+}
+
+/// Rebuilds an envelope from the parts of a message on the event topic `topic`, which a
+/// consumer works out once per Kafka topic rather than once per message; the error says
+/// what is missing.
+pub(crate) fn decode_on(
+    headers: Option<&impl Headers>,
+    topic: Cow<'static, str>,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
     kafka_timestamp_ms: Option<i64>,
@@ -108,7 +123,7 @@ pub(crate) fn decode(
         id,
         name: known_text(metadata.name.unwrap_or_default()),
         version: metadata.version.unwrap_or_default(),
-        topic: known_text(topic),
+        topic,
         key,
         timestamp,
         correlation_id: metadata.correlation_id.unwrap_or(id),

@@ -172,3 +172,71 @@ fn names_topics_and_content_types_seen_before_are_not_allocated_again() {
     );
     assert_eq!(kept.last().map(|k| &**k), Some("ever.new.name.299"));
 }
+
+#[test]
+fn the_fields_are_split_as_splitn_splits_them() {
+    for text in [
+        "",
+        "1",
+        ";",
+        "1;id",
+        "1;id;name;1;;;;application/json",
+        "1;id;name;1;2;3;4;type;with;semicolons",
+        ";;;;;;;",
+        ";;;;;;;;;",
+        "1;ïd;nämé;1;;;;tÿpe",
+    ] {
+        let (fields, count) = split_fields(text);
+        let expected: Vec<&str> = text.splitn(8, ';').collect();
+        assert_eq!(&fields[..count], &expected[..], "{text:?}");
+    }
+}
+
+#[test]
+fn the_separator_is_found_wherever_it_is() {
+    for len in 0..40 {
+        for at in 0..=len {
+            let mut bytes: Vec<u8> = "aé:ü<0»F-"
+                .bytes()
+                .filter(|&b| b != b';')
+                .cycle()
+                .take(len)
+                .collect();
+            if at < len {
+                bytes[at] = b';';
+                // A second one after it must not change the answer.
+                if at + 3 < len {
+                    bytes[at + 3] = b';';
+                }
+            }
+            let expected = bytes.iter().position(|&b| b == b';');
+            assert_eq!(find_separator(&bytes), expected, "{bytes:?}");
+        }
+    }
+}
+
+#[test]
+fn decimals_are_read_as_str_parse_reads_them() {
+    for text in [
+        "",
+        "+",
+        "-",
+        "0",
+        "1",
+        "+7",
+        "-7",
+        "007",
+        "1a",
+        " 1",
+        "1 ",
+        "١",
+        "1795308000914000000",
+        "9999999999999999999",
+        "18446744073709551615",
+        "18446744073709551616",
+        "99999999999999999999",
+        "000000000000000000000000001",
+    ] {
+        assert_eq!(parse_decimal(text), text.parse::<u64>().ok(), "{text:?}");
+    }
+}
