@@ -106,15 +106,26 @@ impl Shared {
 
     /// Whether nothing is waiting now: what a drain checks after each pass, since the
     /// handlers of one pass may publish follow-ups.
-    fn is_settled_now(&self) -> bool {
-        let outbox = self.outbox.as_ref().is_none_or(|outbox| outbox.is_relayed());
+    ///
+    /// A transport that keeps its events in memory answers at once (its `until_settled`
+    /// is ready when nothing is left). One that asks a broker (Kafka) cannot answer before
+    /// a round trip, so its wait is never ready at the first poll: its lag now decides,
+    /// as [`Transport::unsettled`](crate::transport::Transport::unsettled) reads it. Taking
+    /// the first poll's `Pending` for "not settled" made every shutdown on Kafka wait out
+    /// its whole deadline while asking the broker again and again.
+    async fn is_settled_now(&self) -> bool {
+        if !self.outbox.as_ref().is_none_or(|outbox| outbox.is_relayed()) {
+            return false;
+        }
         let groups = self.group_topics();
-        let transport = groups.is_empty()
-            || self
-                .transport
-                .until_settled(&groups)
-                .is_none_or(|settled| matches!(settled.now_or_never(), Some(Ok(()))));
-        outbox && transport
+        if groups.is_empty() {
+            return true;
+        }
+        match self.transport.until_settled(&groups).map(FutureExt::now_or_never) {
+            None => true,
+            Some(Some(settled)) => settled.is_ok(),
+            Some(None) => self.transport.unsettled(&groups).await.is_none(),
+        }
     }
 
     /// Hands everything published and committed so far to the groups, follow-ups
@@ -122,7 +133,7 @@ impl Shared {
     pub(super) async fn drain(&self) -> Result<(), Error> {
         loop {
             self.settle(false).await?;
-            if self.is_settled_now() {
+            if self.is_settled_now().await {
                 return Ok(());
             }
         }

@@ -116,7 +116,10 @@ pub trait Transport: Send + Sync + 'static {
     /// What [`until_settled`](Transport::until_settled) still waits for, in words (for
     /// example "group `inventory`: 3 events of `orders` not committed"), for the error of
     /// [`EventBus::settled_within`](crate::EventBus::settled_within) and the log line of a
-    /// shutdown that ran out of time. The default says nothing.
+    /// shutdown that ran out of time. A graceful shutdown also asks it, after each pass of
+    /// its drain, when `until_settled`'s future is not ready at its first poll: `None` then
+    /// means nothing is left, so a transport whose `until_settled` needs a round trip should
+    /// answer this from the same lag. The default says nothing.
     async fn unsettled(&self, groups: &[(&str, &[&str])]) -> Option<String> {
         let _ = groups;
         None
