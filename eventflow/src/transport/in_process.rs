@@ -306,10 +306,21 @@ impl InProcess {
 
 #[async_trait]
 impl Transport for InProcess {
-    async fn publish(&self, envelope: Envelope) -> Result<(), Error> {
+    // Not an `async fn`: an event that finds room (nearly all) is appended at the call,
+    // and what is handed back is a future without state, which a `Box` holds without
+    // allocating. The `async fn` form moved the envelope into a boxed future of 576 bytes
+    // for every event, five copies of it (callgrind, `fanout`).
+    fn publish<'life0, 'async_trait>(
+        &'life0 self,
+        envelope: Envelope,
+    ) -> BoxFuture<'async_trait, Result<(), Error>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
         if let Some(limit) = self.inner.config.max_message_bytes {
             if envelope.payload.len() > limit {
-                return Err(Error::rejected(
+                let error = Error::rejected(
                     envelope.id,
                     format!(
                         "the payload of {} bytes is over the transport's limit of {limit} bytes \
@@ -317,7 +328,8 @@ impl Transport for InProcess {
                          it, or raise the limit",
                         envelope.payload.len()
                     ),
-                ));
+                );
+                return Box::pin(std::future::ready(Err(error)));
             }
         }
         let topic = self.topic(&envelope.topic);
@@ -326,20 +338,23 @@ impl Transport for InProcess {
             Some(key) => partition_for_key(key.as_bytes(), count),
             None => topic.round_robin.fetch_add(1, Ordering::Relaxed) % count,
         };
-        let partition = &topic.partitions[index as usize];
         let capacity = self.inner.config.capacity;
-        // Mostly there is room: appended without setting up a wait for it.
-        let Err(mut envelope) = partition.append(Arc::new(envelope), capacity) else {
-            return Ok(());
-        };
-        loop {
-            let mut space = pin!(partition.space.notified());
-            space.as_mut().enable();
-            envelope = match partition.append(envelope, capacity) {
-                Ok(()) => return Ok(()),
-                Err(envelope) => envelope,
-            };
-            space.await;
+        match topic.partitions[index as usize].append(Arc::new(envelope), capacity) {
+            Ok(()) => Box::pin(Appended),
+            // Full: waits for the groups to commit.
+            Err(envelope) => Box::pin(async move {
+                let partition = &topic.partitions[index as usize];
+                let mut envelope = envelope;
+                loop {
+                    let mut space = pin!(partition.space.notified());
+                    space.as_mut().enable();
+                    envelope = match partition.append(envelope, capacity) {
+                        Ok(()) => return Ok(()),
+                        Err(envelope) => envelope,
+                    };
+                    space.await;
+                }
+            }),
         }
     }
 
@@ -401,6 +416,17 @@ impl Transport for InProcess {
                 progress.await;
             }
         }))
+    }
+}
+
+/// The future of a publish whose event was appended at the call: ready, without state.
+struct Appended;
+
+impl std::future::Future for Appended {
+    type Output = Result<(), Error>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
