@@ -193,29 +193,6 @@ fn the_fields_are_split_as_splitn_splits_them() {
 }
 
 #[test]
-fn the_separator_is_found_wherever_it_is() {
-    for len in 0..40 {
-        for at in 0..=len {
-            let mut bytes: Vec<u8> = "aé:ü<0»F-"
-                .bytes()
-                .filter(|&b| b != b';')
-                .cycle()
-                .take(len)
-                .collect();
-            if at < len {
-                bytes[at] = b';';
-                // A second one after it must not change the answer.
-                if at + 3 < len {
-                    bytes[at + 3] = b';';
-                }
-            }
-            let expected = bytes.iter().position(|&b| b == b';');
-            assert_eq!(find_separator(&bytes), expected, "{bytes:?}");
-        }
-    }
-}
-
-#[test]
 fn decimals_are_read_as_str_parse_reads_them() {
     for text in [
         "",
