@@ -53,7 +53,7 @@ struct Entry {
     value: Value,
 }
 
-/// A header's value: in place when eventflow wrote a short one, else a `String`.
+/// A header's value: in place when it is short, else a `String`.
 #[derive(Clone)]
 enum Value {
     Inline { len: u8, bytes: [u8; INLINE] },
@@ -76,6 +76,14 @@ impl Value {
                 }
             }
             false => Value::Heap(text.to_owned()),
+        }
+    }
+
+    /// `text` in place if it fits, else the `String` it converts into (not a copy of it).
+    fn new(text: impl Into<String> + AsRef<str>) -> Value {
+        match text.as_ref().len() <= INLINE {
+            true => Value::copied(text.as_ref()),
+            false => Value::Heap(text.into()),
         }
     }
 
@@ -106,10 +114,9 @@ impl Headers {
 
     /// One header, whose value is kept in place if it fits: the envelope's `traceparent`.
     pub(crate) fn one(name: &'static str, value: &str) -> Self {
-        Headers(Entries::One(Entry {
-            name: Cow::Borrowed(name),
-            value: Value::copied(value),
-        }))
+        let mut headers = Headers::new();
+        headers.set(name, value);
+        headers
     }
 
     /// Sets a header eventflow writes itself (a `traceparent`), its value kept in place if
@@ -180,11 +187,7 @@ impl Headers {
             Some(known) => Cow::Borrowed(known),
             None => Cow::Owned(name.into()),
         };
-        let value = match value.as_ref().len() <= INLINE {
-            true => Value::copied(value.as_ref()),
-            false => Value::Heap(value.into()),
-        };
-        self.put(name, value).map(Value::into_string)
+        self.put(name, Value::new(value)).map(Value::into_string)
     }
 
     /// Removes header `name`; returns its value, if it had one.
@@ -443,6 +446,15 @@ mod tests {
         headers.insert("z", "26");
         let all: Vec<(&str, &str)> = headers.iter().collect();
         assert_eq!(all, [("a", "1"), ("traceparent", traceparent), ("z", "26")]);
+        // Multi-byte text up to the limit is kept whole; one byte more goes to a `String`.
+        let fits = format!("{}a", "é".repeat(27));
+        assert_eq!(fits.len(), INLINE);
+        headers.insert("é", fits.as_str());
+        assert_eq!(headers.get("é"), Some(fits.as_str()));
+        let over = format!("{fits}ü");
+        headers.insert("é", over.as_str());
+        assert_eq!(headers.get("é"), Some(over.as_str()));
+        assert_eq!(headers.remove("é"), Some(over));
         // A value too long to keep in place.
         let long = "x".repeat(INLINE + 1);
         headers.set(crate::TRACEPARENT, &long);

@@ -343,9 +343,8 @@ impl Transport for InProcess {
         match topic.partitions[index as usize].append(Arc::new(envelope), capacity) {
             Ok(()) => Box::pin(Appended),
             // Full: waits for the groups to commit.
-            Err(envelope) => Box::pin(async move {
+            Err(mut envelope) => Box::pin(async move {
                 let partition = &topic.partitions[index as usize];
-                let mut envelope = envelope;
                 loop {
                     let mut space = pin!(partition.space.notified());
                     space.as_mut().enable();
