@@ -316,98 +316,128 @@ pub(crate) struct Metadata<'a> {
     pub(crate) key: Option<&'a str>,
 }
 
-/// Reads the [`EVENTFLOW`] header's value.
+/// Reads the [`EVENTFLOW`] header's value. Only the name and the content type become
+/// text, so only they are checked to be UTF-8; the other fields are read as the ASCII they
+/// must be (a byte outside it fails the field's own check).
 pub(crate) fn read_metadata(value: &[u8]) -> Result<Metadata<'_>, String> {
-    let text = std::str::from_utf8(value).map_err(|_| format!("header `{EVENTFLOW}` is not UTF-8"))?;
-    let (fields, count) = split_fields(text);
-    let format = fields[0];
-    if format != FORMAT {
+    let (fields, count) = split_fields(value);
+    if fields[0] != FORMAT.as_bytes() {
         return Err(format!(
-            "header `{EVENTFLOW}` is in format {format:?}, which this version of eventflow-kafka does \
-             not read (it reads format {FORMAT}); upgrade eventflow-kafka on this consumer"
+            "header `{EVENTFLOW}` is in format {:?}, which this version of eventflow-kafka does \
+             not read (it reads format {FORMAT}); upgrade eventflow-kafka on this consumer",
+            String::from_utf8_lossy(fields[0])
         ));
     }
-    // The field at `index`, called `what` in the error if the value ends before it.
-    let field = |index: usize, what: &str| match index < count {
-        true => Ok(fields[index]),
-        false => Err(format!(
-            "header `{EVENTFLOW}` ends before the {what}: {text:?}; it holds \
-             `1;<id>;<name>;<version>;<timestamp>;<correlation id>;<causation id>;<content type>`"
-        )),
-    };
-    let uuid = |what: &str, t: &str| {
-        Uuid::parse_str(t)
-            .map_err(|e| format!("the {what} in header `{EVENTFLOW}` is not a UUID ({e}): {t:?}"))
-    };
-    let id = uuid("id", field(1, "id")?)?;
-    let name = field(2, "name")?;
-    let version = field(3, "version")?;
-    let timestamp = field(4, "timestamp")?;
-    let correlation = field(5, "correlation id")?;
-    let causation = field(6, "causation id")?;
-    let content_type = field(7, "content type")?;
-    if name.is_empty() {
-        return Err(format!("header `{EVENTFLOW}` has an empty event name: {text:?}"));
+    if count < fields.len() {
+        const WHAT: [&str; 8] = [
+            "format",
+            "id",
+            "name",
+            "version",
+            "timestamp",
+            "correlation id",
+            "causation id",
+            "content type",
+        ];
+        return Err(format!(
+            "header `{EVENTFLOW}` ends before the {}: {:?}; it holds \
+             `1;<id>;<name>;<version>;<timestamp>;<correlation id>;<causation id>;<content type>`",
+            WHAT[count],
+            String::from_utf8_lossy(value)
+        ));
     }
-    Ok(Metadata {
-        id: Some(id),
-        name: Some(name),
-        version: Some(
-            parse_decimal(version)
-                .and_then(|v| u32::try_from(v).ok())
-                .ok_or_else(|| {
-                    format!("the version in header `{EVENTFLOW}` is not a version number: {version:?}")
-                })?,
+    let [_, id, name, version, timestamp, correlation, causation, content_type] = fields;
+    let text = |what: &str, field| {
+        std::str::from_utf8(field).map_err(|_| {
+            format!(
+                "the {what} in header `{EVENTFLOW}` is not UTF-8: {:?}",
+                String::from_utf8_lossy(value)
+            )
+        })
+    };
+    let name = text("name", name)?;
+    if name.is_empty() {
+        return Err(format!(
+            "header `{EVENTFLOW}` has an empty event name: {:?}",
+            String::from_utf8_lossy(value)
+        ));
+    }
+    let content_type = text("content type", content_type)?;
+    let version = parse_decimal(version)
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| invalid("version", "a version number", version))?;
+    let timestamp = match timestamp.is_empty() {
+        true => None,
+        false => Some(
+            parse_decimal(timestamp)
+                .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos))
+                .ok_or_else(|| invalid("timestamp", "a number of nanoseconds", timestamp))?,
         ),
+    };
+    Ok(Metadata {
+        id: Some(uuid_field("id", id)?),
+        name: Some(name),
+        version: Some(version),
         content_type: Some(content_type),
-        correlation_id: (!correlation.is_empty())
-            .then(|| uuid("correlation id", correlation))
-            .transpose()?,
-        causation_id: (!causation.is_empty())
-            .then(|| uuid("causation id", causation))
-            .transpose()?,
-        timestamp: (!timestamp.is_empty())
-            .then(|| {
-                parse_decimal(timestamp)
-                    .map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos))
-                    .ok_or_else(|| {
-                        format!(
-                        "the timestamp in header `{EVENTFLOW}` is not a number of nanoseconds: {timestamp:?}"
-                    )
-                    })
-            })
-            .transpose()?,
+        correlation_id: optional_uuid_field("correlation id", correlation)?,
+        causation_id: optional_uuid_field("causation id", causation)?,
+        timestamp,
         key: None,
     })
 }
 
-/// The fields of an [`EVENTFLOW`] value as `text.splitn(8, ';')` yields them (the last,
-/// the content type, keeps any further `;`), and how many there are. `splitn` sets up a
-/// searcher for every field and looks at one byte at a time, which made splitting cost
-/// more than the rest of reading the value; `memchr` looks at a word or more at a time.
-fn split_fields(text: &str) -> ([&str; 8], usize) {
-    let mut fields = [""; 8];
-    let mut start = 0;
+/// The error for a field of an [`EVENTFLOW`] value that is not `expected`.
+fn invalid(what: &str, expected: &str, field: &[u8]) -> String {
+    format!(
+        "the {what} in header `{EVENTFLOW}` is not {expected}: {:?}",
+        String::from_utf8_lossy(field)
+    )
+}
+
+/// A UUID field of an [`EVENTFLOW`] value, called `what` in the error.
+fn uuid_field(what: &str, field: &[u8]) -> Result<Uuid, String> {
+    Uuid::try_parse_ascii(field).map_err(|e| {
+        format!(
+            "the {what} in header `{EVENTFLOW}` is not a UUID ({e}): {:?}",
+            String::from_utf8_lossy(field)
+        )
+    })
+}
+
+/// A UUID field that may be empty (none).
+fn optional_uuid_field(what: &str, field: &[u8]) -> Result<Option<Uuid>, String> {
+    match field.is_empty() {
+        true => Ok(None),
+        false => uuid_field(what, field).map(Some),
+    }
+}
+
+/// The fields of an [`EVENTFLOW`] value as `splitn(8, ';')` yields them (the last, the
+/// content type, keeps any further `;`), and how many there are. `splitn` looks at one
+/// byte at a time, which made splitting cost more than the rest of reading the value;
+/// `memchr` looks at a word or more at a time.
+fn split_fields(value: &[u8]) -> ([&[u8]; 8], usize) {
+    let mut fields: [&[u8]; 8] = [b""; 8];
+    let mut rest = value;
     for (count, field) in fields.iter_mut().enumerate().take(7) {
-        let Some(len) = memchr::memchr(b';', &text.as_bytes()[start..]) else {
-            *field = &text[start..];
+        let Some(len) = memchr::memchr(b';', rest) else {
+            *field = rest;
             return (fields, count + 1);
         };
-        // `;` is ASCII, so both ends are on character boundaries.
-        *field = &text[start..start + len];
-        start += len + 1;
+        *field = &rest[..len];
+        rest = &rest[len + 1..];
     }
-    fields[7] = &text[start..];
+    fields[7] = rest;
     (fields, 8)
 }
 
-/// `text` as a decimal number, as `text.parse::<u64>()` reads one (digits after an optional
-/// `+`), at a few instructions a digit: `parse` reads a number of more than 16 digits, such
-/// as a timestamp's 19, on its generic overflow-checked path, at some fifteen.
-fn parse_decimal(text: &str) -> Option<u64> {
+/// `digits` as a decimal number, as `str::parse::<u64>` reads one (digits after an
+/// optional `+`), at a few instructions a digit: `parse` reads a number of more than 16
+/// digits, such as a timestamp's 19, on its generic overflow-checked path, at some fifteen.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
     /// `u64::MAX` has 20 digits, so any 19 fit.
     const ALWAYS_FITS: usize = 19;
-    let digits = text.strip_prefix('+').unwrap_or(text).as_bytes();
+    let digits = digits.strip_prefix(b"+").unwrap_or(digits);
     if digits.is_empty() {
         return None;
     }
@@ -485,6 +515,34 @@ pub(crate) fn known_text(text: &str) -> Cow<'static, str> {
     let kept: &'static str = Box::leak(text.into());
     known.push(kept);
     Cow::Borrowed(kept)
+}
+
+/// The name and the content type of the message a consumer read last. The next message
+/// mostly carries the same ones, which then cost a comparison instead of a [`known_text`]
+/// lookup under its lock, a lock every consumer of the process shares.
+#[derive(Default)]
+pub(crate) struct LastTexts {
+    name: Cow<'static, str>,
+    content_type: Cow<'static, str>,
+}
+
+impl LastTexts {
+    /// The event name `text`, as [`known_text`] keeps it.
+    pub(crate) fn name(&mut self, text: &str) -> Cow<'static, str> {
+        recall(&mut self.name, text)
+    }
+
+    /// The content type `text`, as [`known_text`] keeps it.
+    pub(crate) fn content_type(&mut self, text: &str) -> Cow<'static, str> {
+        recall(&mut self.content_type, text)
+    }
+}
+
+fn recall(last: &mut Cow<'static, str>, text: &str) -> Cow<'static, str> {
+    if **last != *text {
+        *last = known_text(text);
+    }
+    last.clone()
 }
 
 pub(crate) fn bytes_of(payload: Option<&[u8]>) -> bytes::Bytes {

@@ -11,7 +11,7 @@ use rdkafka::message::{Headers, OwnedHeaders};
 use crate::cloudevents;
 use crate::config::{KafkaBuilder, WireFormat};
 use crate::headers::{
-    bytes_of, encode_compact, known_text, millis_since_epoch, read_individual, read_metadata, Metadata,
+    bytes_of, encode_compact, millis_since_epoch, read_individual, read_metadata, LastTexts, Metadata,
     CONTENT_TYPE, EVENTFLOW, ID, NAME, VERSION,
 };
 
@@ -41,18 +41,27 @@ pub(crate) fn decode(
     payload: Option<&[u8]>,
     kafka_timestamp_ms: Option<i64>,
 ) -> Result<Envelope, String> {
-    decode_on(headers, known_text(topic), key, payload, kafka_timestamp_ms)
+    let mut texts = LastTexts::default();
+    decode_on(
+        headers,
+        crate::headers::known_text(topic),
+        key,
+        payload,
+        kafka_timestamp_ms,
+        &mut texts,
+    )
 }
 
 /// Rebuilds an envelope from the parts of a message on the event topic `topic`, which a
-/// consumer works out once per Kafka topic rather than once per message; the error says
-/// what is missing.
+/// consumer works out once per Kafka topic rather than once per message, its name and
+/// content type kept as `texts` keeps them; the error says what is missing.
 pub(crate) fn decode_on(
     headers: Option<&impl Headers>,
     topic: Cow<'static, str>,
     key: Option<&[u8]>,
     payload: Option<&[u8]>,
     kafka_timestamp_ms: Option<i64>,
+    texts: &mut LastTexts,
 ) -> Result<Envelope, String> {
     let Some(headers) = headers else {
         return Err(format!(
@@ -121,7 +130,7 @@ pub(crate) fn decode_on(
     });
     Ok(Envelope {
         id,
-        name: known_text(metadata.name.unwrap_or_default()),
+        name: texts.name(metadata.name.unwrap_or_default()),
         version: metadata.version.unwrap_or_default(),
         topic,
         key,
@@ -129,7 +138,7 @@ pub(crate) fn decode_on(
         correlation_id: metadata.correlation_id.unwrap_or(id),
         causation_id: metadata.causation_id,
         headers: free,
-        content_type: known_text(metadata.content_type.unwrap_or_default()),
+        content_type: texts.content_type(metadata.content_type.unwrap_or_default()),
         payload: bytes_of(payload),
     })
 }

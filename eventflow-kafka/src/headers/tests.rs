@@ -186,8 +186,8 @@ fn the_fields_are_split_as_splitn_splits_them() {
         ";;;;;;;;;",
         "1;ïd;nämé;1;;;;tÿpe",
     ] {
-        let (fields, count) = split_fields(text);
-        let expected: Vec<&str> = text.splitn(8, ';').collect();
+        let (fields, count) = split_fields(text.as_bytes());
+        let expected: Vec<&[u8]> = text.as_bytes().splitn(8, |b| *b == b';').collect();
         assert_eq!(&fields[..count], &expected[..], "{text:?}");
     }
 }
@@ -214,6 +214,37 @@ fn decimals_are_read_as_str_parse_reads_them() {
         "99999999999999999999",
         "000000000000000000000000001",
     ] {
-        assert_eq!(parse_decimal(text), text.parse::<u64>().ok(), "{text:?}");
+        assert_eq!(
+            parse_decimal(text.as_bytes()),
+            text.parse::<u64>().ok(),
+            "{text:?}"
+        );
     }
+}
+
+#[test]
+fn the_last_name_and_content_type_are_recalled_only_when_they_match() {
+    let mut texts = LastTexts::default();
+    for name in ["order.paid", "order.paid", "order.shipped", "", "order.paid"] {
+        assert_eq!(texts.name(name), name);
+        assert!(matches!(texts.name(name), Cow::Borrowed(_)), "{name} is kept once");
+    }
+    assert_eq!(texts.content_type("application/json"), "application/json");
+    assert_eq!(texts.content_type("text/plain"), "text/plain");
+}
+
+#[test]
+fn a_name_or_content_type_that_is_not_utf8_is_refused() {
+    let id = Uuid::now_v7().simple().to_string();
+    let mut bytes = format!("1;{id};a;1;;;;x").into_bytes();
+    assert!(read_metadata(&bytes).is_ok());
+    // A lone continuation byte in the name, then in the content type.
+    let name_at = 2 + id.len() + 1;
+    bytes[name_at] = 0x80;
+    let error = read_metadata(&bytes).err().expect("a name that is not UTF-8");
+    assert!(error.contains("name in header `eventflow` is not UTF-8"), "{error}");
+    bytes[name_at] = b'a';
+    *bytes.last_mut().unwrap() = 0x80;
+    let error = read_metadata(&bytes).err().expect("a content type that is not UTF-8");
+    assert!(error.contains("content type in header `eventflow` is not UTF-8"), "{error}");
 }
