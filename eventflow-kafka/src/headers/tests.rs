@@ -227,7 +227,10 @@ fn the_last_name_and_content_type_are_recalled_only_when_they_match() {
     let mut texts = LastTexts::default();
     for name in ["order.paid", "order.paid", "order.shipped", "", "order.paid"] {
         assert_eq!(texts.name(name), name);
-        assert!(matches!(texts.name(name), Cow::Borrowed(_)), "{name} is kept once");
+        assert!(
+            matches!(texts.name(name), Cow::Borrowed(_)),
+            "{name} is kept once"
+        );
     }
     assert_eq!(texts.content_type("application/json"), "application/json");
     assert_eq!(texts.content_type("text/plain"), "text/plain");
@@ -242,9 +245,17 @@ fn a_name_or_content_type_that_is_not_utf8_is_refused() {
     let name_at = 2 + id.len() + 1;
     bytes[name_at] = 0x80;
     let error = read_metadata(&bytes).err().expect("a name that is not UTF-8");
-    assert!(error.contains("name in header `eventflow` is not UTF-8"), "{error}");
+    assert!(
+        error.contains("name in header `eventflow` is not UTF-8"),
+        "{error}"
+    );
     bytes[name_at] = b'a';
     *bytes.last_mut().unwrap() = 0x80;
-    let error = read_metadata(&bytes).err().expect("a content type that is not UTF-8");
-    assert!(error.contains("content type in header `eventflow` is not UTF-8"), "{error}");
+    let error = read_metadata(&bytes)
+        .err()
+        .expect("a content type that is not UTF-8");
+    assert!(
+        error.contains("content type in header `eventflow` is not UTF-8"),
+        "{error}"
+    );
 }
