@@ -259,3 +259,13 @@ fn a_name_or_content_type_that_is_not_utf8_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn names_and_content_types_beyond_ascii_travel_in_the_compact_header() {
+    let mut envelope = follow_up();
+    envelope.name = "bestellung.bezahlt.größe".into();
+    envelope.content_type = "application/json; charset=utf-8; note=\"ü\"".into();
+    let headers = encode(&envelope);
+    assert!(value_of(&headers, EVENTFLOW).is_some(), "the compact form");
+    assert_eq!(round_trip(&headers, &envelope), envelope);
+}
