@@ -19,7 +19,8 @@
 //! back into an `OrderPaid` and counts it. The clock stops when every consumer has counted
 //! every event (for eventflow: when every group has committed it).
 //!
-//! Target: at least 1,000,000 deliveries/s, and at least half the baseline's rate.
+//! Target: at least 1,000,000 deliveries/s, and at least 0.8x the baseline's rate (the
+//! median of the rounds; the median of the rounds' paired ratios is printed beside it).
 //!
 //! Measure on a quiet machine: the baseline spends much of its time handing over between
 //! tasks, so a compiler running on the other core halves it and flatters the ratio.
@@ -43,7 +44,7 @@ static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 const GROUPS: u64 = 4;
 const TARGET_RATE: f64 = 1_000_000.0;
-const TARGET_RATIO: f64 = 0.5;
+const TARGET_RATIO: f64 = 0.8;
 
 #[derive(Event, Serialize, Deserialize, Clone, Debug)]
 #[event(name = "order.paid", topic = "orders")]
@@ -290,9 +291,20 @@ fn main() {
     run_baseline(&rt, &warm);
     run_eventflow(&rt, &warm);
     let (mut eventflow, mut baseline) = (Vec::new(), Vec::new());
+    let mut paired = Vec::new();
     for round in 1..=rounds {
-        let b = run_baseline(&rt, &events);
-        let e = run_eventflow(&rt, &events);
+        // The sides take turns at running first, so that neither always runs in the
+        // state (heap, caches) the other leaves behind.
+        let (b, e) = match round % 2 {
+            1 => {
+                let b = run_baseline(&rt, &events);
+                (b, run_eventflow(&rt, &events))
+            }
+            _ => {
+                let e = run_eventflow(&rt, &events);
+                (run_baseline(&rt, &events), e)
+            }
+        };
         let (b_rate, e_rate) = (
             deliveries / b.elapsed.as_secs_f64(),
             deliveries / e.elapsed.as_secs_f64(),
@@ -304,14 +316,17 @@ fn main() {
         );
         eventflow.push(e_rate);
         baseline.push(b_rate);
+        paired.push(e_rate / b_rate);
     }
 
     let (eventflow, baseline) = (median(eventflow), median(baseline));
     let ratio = eventflow / baseline;
     println!(
-        "eventflow: {} deliveries/s | baseline: {} deliveries/s | ratio {ratio:.2}  (medians of {rounds})",
+        "eventflow: {} deliveries/s | baseline: {} deliveries/s | ratio {ratio:.2}  (medians of {rounds}; \
+         median of the rounds' ratios {:.2})",
         millions(eventflow),
-        millions(baseline)
+        millions(baseline),
+        median(paired)
     );
     println!(
         "allocations per delivery (a run of each side after the timed ones): eventflow {:.1} | \
