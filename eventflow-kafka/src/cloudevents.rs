@@ -275,7 +275,7 @@ impl<'a> Attributes<'a> {
         let present = mapped.into_iter().filter_map(|(key, value)| Some((key, value?)));
         for (key, value) in present.chain(self.others) {
             if let Ok(value) = std::str::from_utf8(value) {
-                free.insert(key.to_owned(), value.to_owned());
+                free.insert(key, value);
             }
         }
     }
@@ -318,12 +318,12 @@ impl<'a> Attributes<'a> {
         let id = match Uuid::parse_str(raw_id) {
             Ok(id) => id,
             Err(_) => {
-                free.insert(ID.to_owned(), raw_id.to_owned());
+                free.insert(ID, raw_id);
                 derived_id(source.unwrap_or_default(), raw_id)
             }
         };
         if let Some(source) = source {
-            free.insert(SOURCE.to_owned(), source.to_owned());
+            free.insert(SOURCE, source);
         }
         for (key, value) in self.others {
             let Ok(value) = std::str::from_utf8(value) else {
@@ -334,7 +334,7 @@ impl<'a> Attributes<'a> {
             } else {
                 &key[3..]
             };
-            free.insert(name.to_owned(), value.to_owned());
+            free.insert(name, value);
         }
         let version = match self.version {
             None => 1,

@@ -324,23 +324,18 @@ fn foreign_envelope(
     if let Some(original) = message.headers() {
         for header in original.iter() {
             if let Some(Ok(value)) = header.value.map(std::str::from_utf8) {
-                envelope.headers.insert(header.key.to_owned(), value.to_owned());
+                envelope.headers.insert(header.key, value);
             }
         }
     }
+    envelope.headers.insert(Envelope::FOREIGN_REASON, reason);
+    envelope.headers.insert(headers::ORIGIN_TOPIC, kafka_topic);
     envelope
         .headers
-        .insert(Envelope::FOREIGN_REASON.to_owned(), reason);
+        .insert(headers::ORIGIN_PARTITION, message.partition().to_string());
     envelope
         .headers
-        .insert(headers::ORIGIN_TOPIC.to_owned(), kafka_topic.to_owned());
-    envelope.headers.insert(
-        headers::ORIGIN_PARTITION.to_owned(),
-        message.partition().to_string(),
-    );
-    envelope
-        .headers
-        .insert(headers::ORIGIN_OFFSET.to_owned(), message.offset().to_string());
+        .insert(headers::ORIGIN_OFFSET, message.offset().to_string());
     envelope
 }
 
