@@ -91,21 +91,17 @@ pub async fn consume_rounds(n: usize, rounds: usize, id: &str) -> (Vec<Consumed>
     for round in 0..rounds {
         // Alternated, as the publishing sides are rotated: the broker slows down as its log
         // grows, so a side that always ran second would always run on the slower broker.
-        let raw_first = round % 2 == 0;
-        for side in [raw_first, !raw_first] {
+        let order = match round % 2 {
+            0 => ["raw", "eventflow"],
+            _ => ["eventflow", "raw"],
+        };
+        for side in order.into_iter().filter(|side| runs(side)) {
+            let prefix = format!("{id}-c{side}{round}");
             match side {
-                true if runs("raw") => {
-                    let prefix = format!("{id}-cr{round}");
-                    raw.push(consume_raw(n, &prefix).await);
-                    delete_topic(&prefix).await;
-                }
-                false if runs("eventflow") => {
-                    let prefix = format!("{id}-ce{round}");
-                    eventflow.push(consume_eventflow(n, &prefix).await);
-                    delete_topic(&prefix).await;
-                }
-                _ => {}
+                "raw" => raw.push(consume_raw(n, &prefix).await),
+                _ => eventflow.push(consume_eventflow(n, &prefix).await),
             }
+            delete_topic(&prefix).await;
         }
     }
     (eventflow, raw)
@@ -174,7 +170,8 @@ async fn consume_raw(n: usize, prefix: &str) -> Consumed {
                 let value = std::str::from_utf8(header.value.unwrap_or_default()).unwrap();
                 match header.key {
                     "eventflow" => metadata = Some(value),
-                    _ => traceparent = Some(value),
+                    "traceparent" => traceparent = Some(value),
+                    _ => {}
                 }
             }
             let mut fields = metadata.expect("an eventflow header").splitn(8, ';');
