@@ -128,6 +128,78 @@ async fn a_message_that_is_not_an_eventflow_event_is_dead_lettered_with_the_reas
     bus.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_eventflow_header_is_dead_lettered_with_what_is_wrong_in_it() {
+    use eventflow_kafka::rdkafka::message::{Header, OwnedHeaders};
+    let kafka = kafka_common::kafka("garbled");
+    let rec = Recorder::default();
+    let bus = EventBus::builder()
+        .transport(kafka.clone())
+        .state(rec.clone())
+        .handler(inventory)
+        .start()
+        .await
+        .unwrap();
+    // A hand-written producer gets the header wrong: bytes that are no id, then a name
+    // that is not UTF-8; the key is the same, so all land on one partition in order.
+    let topic = kafka.kafka_topic("orders");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .create()
+        .unwrap();
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let garbled: [&[u8]; 2] = [
+        b"1;\xff\xfe\x00;order.paid;1;;;;application/json",
+        &[
+            format!("1;{id};").as_bytes(),
+            b"order.\xc3(;1;;;;application/json",
+        ]
+        .concat(),
+    ];
+    for value in garbled {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: headers::EVENTFLOW,
+            value: Some(value),
+        });
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key("order-1")
+                    .headers(headers)
+                    .payload(r#"{"order_id":"order-1","seq":0}"#),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    bus.publish(&OrderPaid {
+        order_id: "order-1".into(),
+        seq: 1,
+    })
+    .await
+    .unwrap();
+    eventually(30, "the real event after the garbled ones", || {
+        rec.seen("inventory").len() == 1
+    })
+    .await;
+    let letters =
+        kafka_common::read_topic(&kafka.dead_letter_topic("orders", "inventory"), 2, 30, true).await;
+    let errors: Vec<String> = letters
+        .iter()
+        .map(|letter| kafka_common::header(letter, headers::ERROR).unwrap())
+        .collect();
+    assert!(
+        errors[0].contains("the id in header `eventflow` is not a UUID"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("the name in header `eventflow` is not UTF-8"),
+        "{errors:?}"
+    );
+    assert_eq!(rec.seen("inventory"), [("order-1".to_owned(), 1)]);
+    bus.shutdown().await;
+}
+
 #[derive(Clone, Default)]
 struct Effects(Arc<Mutex<HashMap<u64, u32>>>);
 
