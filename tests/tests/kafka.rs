@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use eventflow::{subscribe, Backoff, Context, Event, EventBus, MemoryStore, State};
 use eventflow_kafka::rdkafka::message::Message;
-use eventflow_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
-use eventflow_kafka::rdkafka::ClientConfig;
+use eventflow_kafka::rdkafka::producer::FutureRecord;
 use eventflow_kafka::{headers, Kafka, KafkaBuilder, StartFrom};
 use eventflow_tests::{eventually, OrderPaid, Recorder};
 use serde::{Deserialize, Serialize};
@@ -22,6 +21,17 @@ type Result = std::result::Result<(), String>;
 async fn inventory(event: OrderPaid, State(rec): State<Recorder>) -> Result {
     rec.record("inventory", &event);
     Ok(())
+}
+
+/// A bus on `kafka` whose `inventory` group records what it handles in `rec`.
+async fn inventory_bus(kafka: &Kafka, rec: &Recorder) -> EventBus {
+    EventBus::builder()
+        .transport(kafka.clone())
+        .state(rec.clone())
+        .handler(inventory)
+        .start()
+        .await
+        .unwrap()
 }
 
 fn quick() -> Backoff {
@@ -75,20 +85,10 @@ async fn a_dead_lettered_event_lands_on_the_groups_dead_letter_topic() {
 async fn a_message_that_is_not_an_eventflow_event_is_dead_lettered_with_the_reason() {
     let kafka = kafka_common::kafka("foreign");
     let rec = Recorder::default();
-    let bus = EventBus::builder()
-        .transport(kafka.clone())
-        .state(rec.clone())
-        .handler(inventory)
-        .start()
-        .await
-        .unwrap();
+    let bus = inventory_bus(&kafka, &rec).await;
     // A producer that knows nothing of eventflow writes to the topic.
     let topic = kafka.kafka_topic("orders");
-    let foreign: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.brokers())
-        .set("partitioner", "murmur2_random")
-        .create()
-        .unwrap();
+    let foreign = kafka_common::foreign_producer(&kafka);
     foreign
         .send(
             FutureRecord::to(&topic)
@@ -133,20 +133,11 @@ async fn a_garbled_eventflow_header_is_dead_lettered_with_what_is_wrong_in_it() 
     use eventflow_kafka::rdkafka::message::{Header, OwnedHeaders};
     let kafka = kafka_common::kafka("garbled");
     let rec = Recorder::default();
-    let bus = EventBus::builder()
-        .transport(kafka.clone())
-        .state(rec.clone())
-        .handler(inventory)
-        .start()
-        .await
-        .unwrap();
+    let bus = inventory_bus(&kafka, &rec).await;
     // A hand-written producer gets the header wrong: bytes that are no id, then a name
-    // that is not UTF-8; the key is the same, so all land on one partition in order.
+    // that is not UTF-8; the key is the real event's, so all land on one partition in order.
     let topic = kafka.kafka_topic("orders");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.brokers())
-        .create()
-        .unwrap();
+    let producer = kafka_common::foreign_producer(&kafka);
     let id = uuid::Uuid::now_v7().simple().to_string();
     let garbled: [&[u8]; 2] = [
         b"1;\xff\xfe\x00;order.paid;1;;;;application/json",

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use eventflow::{subscribe, Backoff, Event, EventBus, MemoryStore, Relay, State};
 use eventflow_kafka::rdkafka::message::{Header, OwnedHeaders};
-use eventflow_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
-use eventflow_kafka::rdkafka::ClientConfig;
+use eventflow_kafka::rdkafka::producer::FutureRecord;
 use eventflow_kafka::{headers, Kafka};
 use eventflow_tests::{eventually, within, OrderPaid, Recorder};
 use serde::{Deserialize, Serialize};
@@ -225,10 +224,7 @@ async fn every_mangled_message_is_listed_by_the_bus_raw_with_its_reason() {
         .await
         .unwrap();
     let topic = kafka.kafka_topic("orders");
-    let foreign: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.brokers())
-        .create()
-        .unwrap();
+    let foreign = kafka_common::foreign_producer(&kafka);
     const BARE: usize = 20;
     const BAD_HEADER: usize = 10;
     for i in 0..BARE + BAD_HEADER {

@@ -143,6 +143,17 @@ pub fn kafka(test: &str) -> Kafka {
     builder(test).build().expect("building the Kafka transport")
 }
 
+/// A producer that knows nothing of eventflow, on `kafka`'s brokers. It picks partitions
+/// as eventflow does (`murmur2_random`, the Java client's default), so a message lands on
+/// the partition of eventflow's events of the same key.
+pub fn foreign_producer(kafka: &Kafka) -> eventflow_kafka::rdkafka::producer::FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("partitioner", "murmur2_random")
+        .create()
+        .expect("creating a producer")
+}
+
 /// A consumer of `topic` from its beginning, in a group of its own; it sees uncommitted
 /// transactional data too unless `read_committed`.
 fn reader(topic: &str, read_committed: bool) -> eventflow_kafka::rdkafka::consumer::StreamConsumer {
