@@ -247,14 +247,40 @@ pub async fn members_of_a_group_share_the_work_without_loss_or_duplicates<T: Tra
         let share = entries.iter().filter(|(m, _, _)| *m == member).count();
         assert!(share > 0, "member {member} handled none of {published} events");
     }
-    assert_eq!(
-        log.numbers(),
-        (0..published).collect::<Vec<_>>(),
-        "events lost or handled twice"
-    );
+    assert_each_once(&entries, published);
     for bus in buses {
         bus.shutdown().await;
     }
+}
+
+/// Asserts that `entries` hold each of the numbers `0..published` once; else names the
+/// numbers lost and, for each one handled twice, the members that handled it and when (its
+/// places in the log), which tells a rebalance's double from a redelivery.
+fn assert_each_once(entries: &[(usize, String, u64)], published: u64) {
+    let mut handled: std::collections::BTreeMap<u64, Vec<(usize, usize)>> = Default::default();
+    for (place, (member, _, n)) in entries.iter().enumerate() {
+        handled.entry(*n).or_default().push((*member, place));
+    }
+    let lost: Vec<u64> = (0..published).filter(|n| !handled.contains_key(n)).collect();
+    let twice: Vec<String> = handled
+        .iter()
+        .filter(|(_, by)| by.len() > 1)
+        .map(|(n, by)| {
+            let by: Vec<String> = by
+                .iter()
+                .map(|(m, place)| format!("member {m} at {place}"))
+                .collect();
+            format!("{n} by {}", by.join(", "))
+        })
+        .collect();
+    let unknown: Vec<u64> = handled.keys().copied().filter(|n| *n >= published).collect();
+    assert!(
+        lost.is_empty() && twice.is_empty() && unknown.is_empty(),
+        "events lost or handled twice, of {published} published ({} handlings): lost {lost:?}; \
+         handled twice: [{}]; never published: {unknown:?}",
+        entries.len(),
+        twice.join("; "),
+    );
 }
 
 /// Within a group, events with the same key are handled one after the other, in publish
@@ -489,4 +515,29 @@ pub async fn a_failing_event_is_dead_lettered_and_its_partition_moves_on<T: Tran
         "the partition moved on, in order"
     );
     bus.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assert_each_once;
+
+    fn entries(handlings: &[(usize, u64)]) -> Vec<(usize, String, u64)> {
+        handlings
+            .iter()
+            .map(|&(m, n)| (m, format!("key-{n}"), n))
+            .collect()
+    }
+
+    #[test]
+    fn each_event_once_passes() {
+        assert_each_once(&entries(&[(0, 1), (1, 0), (2, 2)]), 3);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "lost [1]; handled twice: [2 by member 0 at 1, member 2 at 2]; never published: []"
+    )]
+    fn a_double_names_its_members_and_a_loss_its_number() {
+        assert_each_once(&entries(&[(1, 0), (0, 2), (2, 2)]), 3);
+    }
 }
