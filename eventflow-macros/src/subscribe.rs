@@ -217,15 +217,17 @@ fn generate(options: &Options, function: &syn::ItemFn) -> TokenStream {
                     &self,
                     event: #event,
                     ctx: #krate::Context,
-                ) -> #krate::BoxFuture<'static, ::core::result::Result<(), #krate::BoxError>> {
-                    ::std::boxed::Box::pin(async move {
+                ) -> impl ::core::future::Future<Output = ::core::result::Result<(), #krate::BoxError>>
+                       + ::core::marker::Send
+                       + 'static {
+                    async move {
                         #(#extractions)*
                         let _ = &ctx;
                         match #name::__eventflow_handler(event, #(#args),*).await {
                             #ok => ::core::result::Result::Ok(()),
                             #err => ::core::result::Result::Err(#box_error),
                         }
-                    })
+                    }
                 }
             }
 
@@ -276,12 +278,15 @@ fn fallback(options: &Options, function: &syn::ItemFn) -> TokenStream {
                         ::core::unreachable!()
                     }
 
+                    #[allow(unreachable_code)]
                     fn call(
                         &self,
                         _: #event,
                         _: #krate::Context,
-                    ) -> #krate::BoxFuture<'static, ::core::result::Result<(), #krate::BoxError>> {
-                        ::core::unreachable!()
+                    ) -> impl ::core::future::Future<Output = ::core::result::Result<(), #krate::BoxError>>
+                           + ::core::marker::Send
+                           + 'static {
+                        ::core::future::ready::<::core::result::Result<(), #krate::BoxError>>(::core::unreachable!())
                     }
                 }
             }

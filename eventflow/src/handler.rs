@@ -1,8 +1,8 @@
 //! The [`Handler`] trait that `#[subscribe]` implements, and its options.
 
 use std::borrow::Cow;
+use std::future::Future;
 
-use crate::future::BoxFuture;
 use crate::state::StateMap;
 use crate::{BoxError, Context, Event};
 
@@ -31,7 +31,15 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// Handles one event.
-    fn call(&self, event: Self::Event, ctx: Context) -> BoxFuture<'static, Result<(), BoxError>>;
+    ///
+    /// The future is the handler's own type, not boxed: the bus runs the events of a
+    /// partition through it in one future of its own. `#[subscribe]` writes it as an
+    /// `async move` block.
+    fn call(
+        &self,
+        event: Self::Event,
+        ctx: Context,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'static;
 }
 
 /// How a handler is named, grouped and retried.

@@ -1,6 +1,12 @@
-//! Type-erased handlers: decode the payload, then call the typed handler.
+//! Type-erased handlers: decode the payload, then call the typed handler, one event at a
+//! time or a run of them in one call.
 
+use std::any::Any;
+use std::future::{poll_fn, Future};
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::Poll;
 
 use crate::codec::Codec;
 use crate::future::BoxFuture;
@@ -26,6 +32,45 @@ pub(crate) trait Route: Send + Sync + 'static {
         ctx: Context,
         codec: &dyn Codec,
     ) -> Result<BoxFuture<'static, Result<(), BoxError>>, Error>;
+
+    /// Handles the events `run` hands out, one after the other, each decoded, in its span,
+    /// its panic caught, telling `run` how each ended, until `run` has no more or ends the
+    /// run. One future for the run instead of a boxed one per event: what the first
+    /// attempts of a partition's events mostly are.
+    fn run<'r>(&'r self, codec: &'r dyn Codec, run: &'r mut (dyn Run + 'r)) -> BoxFuture<'r, ()>;
+}
+
+/// The events of a run through [`Route::run`], and where their outcomes go: the member's
+/// side of a run, which decides which events belong to it.
+pub(crate) trait Run: Send {
+    /// The next event, as the context its handler gets, with the span its call runs in;
+    /// `None` ends the run.
+    fn next(&mut self) -> Option<(Context, tracing::Span)>;
+
+    /// How the event that [`next`](Run::next) gave last ended: `Err` if its payload did not
+    /// decode. Returns whether the run goes on.
+    fn ended(&mut self, ended: Result<Finished, Error>) -> bool;
+}
+
+/// What a handler's call ended with, a panic caught as an error.
+pub(crate) type Finished = Result<Result<(), BoxError>, Box<dyn Any + Send>>;
+
+/// Runs a handler's call to its end in `span`, its panic caught. The call is polled where
+/// it lies: a handler's future is a few hundred bytes, which each wrapping combinator would
+/// copy once more.
+pub(crate) async fn watched<F>(mut call: Pin<&mut F>, span: &tracing::Span) -> Finished
+where
+    F: Future<Output = Result<(), BoxError>> + ?Sized,
+{
+    poll_fn(|cx| {
+        let _entered = span.enter();
+        match panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))) {
+            Ok(Poll::Ready(done)) => Poll::Ready(Ok(done)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panicked) => Poll::Ready(Err(panicked)),
+        }
+    })
+    .await
 }
 
 pub(crate) struct Typed<H> {
@@ -72,6 +117,20 @@ impl<H: Handler> Route for Typed<H> {
         codec: &dyn Codec,
     ) -> Result<BoxFuture<'static, Result<(), BoxError>>, Error> {
         let event = upcast::decode_payload::<H::Event>(codec, envelope)?;
-        Ok(self.handler.call(event, ctx))
+        Ok(Box::pin(self.handler.call(event, ctx)))
+    }
+
+    fn run<'r>(&'r self, codec: &'r dyn Codec, run: &'r mut (dyn Run + 'r)) -> BoxFuture<'r, ()> {
+        Box::pin(async move {
+            while let Some((ctx, span)) = run.next() {
+                let ended = match upcast::decode_payload::<H::Event>(codec, ctx.envelope()) {
+                    Ok(event) => Ok(watched(pin!(self.handler.call(event, ctx)), &span).await),
+                    Err(undecodable) => Err(undecodable),
+                };
+                if !run.ended(ended) {
+                    break;
+                }
+            }
+        })
     }
 }

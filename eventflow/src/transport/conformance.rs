@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Consumer, Record, Transport};
-use crate::future::BoxFuture;
 use crate::handler::{Handler, HandlerOptions};
 use crate::{Backoff, BoxError, Context, Envelope, Event, EventBus};
 
@@ -129,9 +128,13 @@ impl Handler for Recording {
         HandlerOptions::new("conformance::recording", self.group).retries(1)
     }
 
-    fn call(&self, event: Numbered, _ctx: Context) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn call(
+        &self,
+        event: Numbered,
+        _ctx: Context,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
         let (log, member, fails_on, slow) = (self.log.clone(), self.member, self.fails_on, self.slow);
-        Box::pin(async move {
+        async move {
             if slow {
                 tokio::time::sleep(Duration::from_micros((event.n * 7919) % 2000)).await;
             }
@@ -143,7 +146,7 @@ impl Handler for Recording {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((member, event.key, event.n));
             Ok(())
-        })
+        }
     }
 }
 

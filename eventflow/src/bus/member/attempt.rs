@@ -1,15 +1,13 @@
 //! Running a handler: one attempt with its [`Context`], unit of work, held follow-ups,
 //! panic catch and span, and the attempts of one event within its retry budget.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_util::FutureExt;
-use tracing::Instrument;
 use uuid::Uuid;
 
+use super::super::route::{watched, Finished};
 use super::super::shared::{Group, GroupRoute, Shared};
-use super::delivery::{Delivery, Lane, Member, Routed};
+use super::delivery::{Delivery, Lane, Routed};
 use super::outcome::Failure;
 use super::retry::{back_off_or_give_up, sleep_unless_stopped, transient_pause};
 use crate::follow_ups::{self, FollowUps};
@@ -22,8 +20,8 @@ use crate::{BoxError, Context, Envelope, Error, Tx};
 /// ([`Error::Transient`]) runs it again at once, without spending the budget, up to
 /// [`Error::TRANSIENT_RETRIES`] in a row.
 ///
-/// `failed` is the error of attempt `first_attempt` when it already ran (see
-/// [`first_attempt`]): the attempts go on from its failure.
+/// `failed` is the error of attempt `first_attempt` when it already ran (in a run, see
+/// `run`): the attempts go on from its failure.
 pub(super) async fn attempt_all(
     lane: &mut Lane<'_>,
     routed: Routed<'_>,
@@ -128,30 +126,13 @@ async fn after_failure(
     }
 }
 
-/// The first attempt of an event whose handler runs outside any unit of work or broker
-/// transaction ([`Delivery::Plain`], [`Delivery::InboxGuarded`]): nearly every event's only
-/// one, so it is kept to a small future, without the retry loop around it. `Ok(None)` when
-/// it succeeded, `Ok(Some(error))` when it failed (to go on with [`attempt_all`]), `Err`
-/// when the event is not for this handler (a version it does not know, a payload that does
-/// not decode).
-pub(super) async fn first_attempt(
-    member: &Member,
-    routed: Routed<'_>,
-    envelope: &Arc<Envelope>,
-) -> Result<Option<BoxError>, Failure> {
-    let (shared, group, route) = (&member.shared, &member.group, routed.route);
-    refuse_unknown_version(group, route, envelope)?;
-    let ctx = Context::new(envelope.clone(), member.scope.clone(), 1);
-    let span = handle_span(group, route, envelope, 1);
-    match run_handler(route, envelope, ctx, shared, &span) {
-        Ok(started) => Ok(finished(started.await)),
-        Err(undecodable) => Err(undecodable_failure(&span, undecodable)),
-    }
-}
-
 /// Refuses an event of a newer version than the route's handler knows: dead-lettered
 /// without an attempt.
-fn refuse_unknown_version(group: &Group, route: &GroupRoute, envelope: &Envelope) -> Result<(), Failure> {
+pub(super) fn refuse_unknown_version(
+    group: &Group,
+    route: &GroupRoute,
+    envelope: &Envelope,
+) -> Result<(), Failure> {
     if envelope.version <= route.route.event_version() {
         return Ok(());
     }
@@ -169,16 +150,13 @@ fn refuse_unknown_version(group: &Group, route: &GroupRoute, envelope: &Envelope
     })
 }
 
-fn undecodable_failure(span: &tracing::Span, undecodable: Error) -> Failure {
+pub(super) fn undecodable_failure(span: &tracing::Span, undecodable: Error) -> Failure {
     tracing::error!(parent: span, error = %undecodable, "dead-lettering event");
     Failure::Failed {
         error: undecodable.to_string(),
         attempts: 0,
     }
 }
-
-/// What a handler's future ended with, a panic caught as an error.
-type Finished = Result<Result<(), BoxError>, Box<dyn std::any::Any + Send>>;
 
 /// Decodes the payload and starts the handler, in its span, its panics caught; `Err` if the
 /// payload does not decode.
@@ -189,12 +167,13 @@ fn run_handler(
     shared: &Shared,
     span: &tracing::Span,
 ) -> Result<impl std::future::Future<Output = Finished>, Error> {
-    let started = route.route.invoke(envelope, ctx, shared.codec())?;
-    Ok(AssertUnwindSafe(started).catch_unwind().instrument(span.clone()))
+    let mut started = route.route.invoke(envelope, ctx, shared.codec())?;
+    let span = span.clone();
+    Ok(async move { watched(started.as_mut(), &span).await })
 }
 
 /// `None` if the handler succeeded, else its error or panic.
-fn finished(finished: Finished) -> Option<BoxError> {
+pub(super) fn finished(finished: Finished) -> Option<BoxError> {
     match finished {
         Ok(Ok(())) => None,
         Ok(Err(error)) => Some(error),

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::super::sequenced::Parking;
 use super::super::shared::{Group, GroupRoute, Shared};
 use crate::context::Scope;
-use crate::transport::TransactionalSink;
+use crate::transport::{Record, TransactionalSink};
 use crate::{DeadLetter, Envelope, Error};
 
 /// The path an event takes through its handler, in one member of a group.
@@ -71,6 +71,9 @@ pub(super) struct Routed<'a> {
     pub(super) route: &'a GroupRoute,
     pub(super) delivery: Delivery,
 }
+
+/// A record of a lane, with its route and whether the inbox skips it.
+pub(super) type Queued<'a> = (&'a Record, Option<Routed<'a>>, bool);
 
 /// One member of a consumer group: the bus, the group, the consumer's transactional sink
 /// and the delivery decision of each of the group's routes.

@@ -8,19 +8,18 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::super::route::Finished;
 use super::super::sequenced::Parking;
-use super::attempt::{attempt_all, first_attempt, handle_span};
+use super::attempt::{attempt_all, finished, handle_span, undecodable_failure};
 use super::dead_letter::{give_up, park, set_aside};
-use super::delivery::{Delivery, Lane, Member, Routed};
+use super::delivery::{Delivery, Lane, Member, Queued, Routed};
 use super::group_commit::{attempt_in_unit, commit_unit, savepoints, Joined, SharedUnit};
 use super::inbox_guard::processed_before;
 use super::outcome::{Batch, Failure, Outcome};
 use super::retry::back_off_or_give_up;
+use super::run::{runs, LaneRun};
 use crate::transport::Record;
-use crate::Envelope;
-
-/// A record of a lane, with its route and whether the inbox skips it.
-type Queued<'a> = (&'a Record, Option<Routed<'a>>, bool);
+use crate::{BoxError, Envelope, Error};
 
 /// Handles a batch, partitions concurrently and each partition in order. Returns the
 /// records to commit (per partition, the ones handled before a shutdown interrupted it;
@@ -122,7 +121,8 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a R
     let mut done = Vec::with_capacity(queued.len());
     let mut handled = Vec::new();
     let mut unit: Option<SharedUnit> = None;
-    for (record, routed, skipped) in queued {
+    let mut queued = queued.into_iter().peekable();
+    while let Some((record, routed, skipped)) = queued.next() {
         if stopping(&lane.shutdown) {
             break;
         }
@@ -174,6 +174,29 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a R
                 Joined::No => {}
             }
         }
+        // Nearly every event: its first attempt, with the events after it that go to the
+        // same handler, in one run.
+        if let (None, Some(routed)) = (&failed_first, routed.filter(|r| runs(*r, &record.envelope))) {
+            let mut run = LaneRun::new(&lane, routed, record, &mut queued, &mut done, &mut handled);
+            routed.route.route.run(lane.member.shared.codec(), &mut run).await;
+            let Some((record, ended)) = run.failed.take() else {
+                continue;
+            };
+            let first = first_failure(&lane, routed, &record.envelope, ended);
+            let attempts = match first {
+                Ok(error) => Box::pin(attempt_all(&mut lane, routed, &record.envelope, 1, error)).await,
+                Err(failure) => Err(failure),
+            };
+            match conclude(&mut lane, routed, &record.envelope, attempts).await {
+                Outcome::Done => done.push(record),
+                Outcome::Handled => {
+                    handled.push(record.envelope.id);
+                    done.push(record);
+                }
+                Outcome::Interrupted => return (done, handled),
+            }
+            continue;
+        }
         match deliver(&mut lane, routed, &record.envelope, failed_first).await {
             Outcome::Done => done.push(record),
             Outcome::Handled => {
@@ -197,7 +220,7 @@ fn same_topic(a: &Arc<str>, b: &Arc<str>) -> bool {
 /// set once, to `true`, and a lane that saw it stops; so while the channel's version is the
 /// one this receiver saw, nothing changed. That is one load, where `borrow` takes the
 /// channel's read lock, a write to a cache line that every member shares.
-fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
+pub(super) fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     !matches!(shutdown.has_changed(), Ok(false)) && *shutdown.borrow()
 }
 
@@ -240,14 +263,8 @@ async fn deliver(
     let Some(routed) = routed else {
         return Outcome::Done;
     };
+    // The retry loop is a large future: boxed, so that the futures around it stay small.
     let attempts = match failed_first {
-        // Nearly every event: one attempt, in a small future; the retry loop, a far larger
-        // future that every record would copy around, is boxed for the few that fail.
-        None if routed.delivery.outside_units() => match first_attempt(lane.member, routed, envelope).await {
-            Ok(None) => Ok(1),
-            Ok(Some(error)) => Box::pin(attempt_all(lane, routed, envelope, 1, Some(error))).await,
-            Err(failure) => Err(failure),
-        },
         None => Box::pin(attempt_all(lane, routed, envelope, 1, None)).await,
         Some(Failure::Failed { error, attempts: 0 }) => Err(Failure::Failed { error, attempts: 0 }),
         Some(Failure::Failed { error, attempts }) => {
@@ -269,6 +286,35 @@ async fn deliver(
         }
         Some(Failure::Interrupted) => Err(Failure::Interrupted),
     };
+    conclude(lane, routed, envelope, attempts).await
+}
+
+/// How a run's first attempt of `envelope` that did not succeed ended, as the attempts go
+/// on from it: `Ok` with its error (`None` if it did succeed), `Err` if the event is not for
+/// its handler (a payload that does not decode).
+fn first_failure(
+    lane: &Lane<'_>,
+    routed: Routed<'_>,
+    envelope: &Envelope,
+    ended: Result<Finished, Error>,
+) -> Result<Option<BoxError>, Failure> {
+    match ended {
+        Ok(ended) => Ok(finished(ended)),
+        Err(undecodable) => {
+            let span = handle_span(&lane.member.group, routed.route, envelope, 1);
+            Err(undecodable_failure(&span, undecodable))
+        }
+    }
+}
+
+/// What an event's attempts came to: done (handled, for the inbox to record, when its
+/// handler is inbox-guarded), interrupted by shutdown, or a dead letter.
+async fn conclude(
+    lane: &mut Lane<'_>,
+    routed: Routed<'_>,
+    envelope: &Arc<Envelope>,
+    attempts: Result<u32, Failure>,
+) -> Outcome {
     match attempts {
         Ok(_) if routed.delivery == Delivery::InboxGuarded => Outcome::Handled,
         Ok(_) => Outcome::Done,

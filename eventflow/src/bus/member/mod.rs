@@ -4,6 +4,7 @@
 //! - `delivery`: what the member decides before its first record, one [`Delivery`] per
 //!   route (plain, inbox-guarded, own unit of work, shared unit, broker transaction);
 //! - `lane`: a batch split into partitions, each record down its route's path;
+//! - `run`: the first attempts of consecutive events of one handler, in one call of it;
 //! - `attempt`: one attempt of a handler with its context, panic catch and span, and the
 //!   attempts of an event within its budget;
 //! - `retry`: the retry budget, transient re-runs and storage retries;
@@ -21,6 +22,7 @@ mod inbox_guard;
 mod lane;
 mod outcome;
 mod retry;
+mod run;
 
 use std::sync::Arc;
 use std::time::Duration;
