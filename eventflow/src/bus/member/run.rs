@@ -74,7 +74,11 @@ impl<'l, 'a> LaneRun<'l, 'a> {
             })
             && runs(self.routed, envelope)
             && !stopping(&self.lane.shutdown)
-            && set_aside(&self.lane.member.group, envelope, self.lane.parking).is_none()
+            // The run's events share the name of its first, which the lane found not
+            // foreign: only a parked key sets one aside, in a group that sequences its dead
+            // letters.
+            && (self.lane.parking.is_none()
+                || set_aside(&self.lane.member.group, envelope, self.lane.parking).is_none())
     }
 }
 
