@@ -10,7 +10,59 @@ use crate::{BoxError, Context, Event};
 ///
 /// `#[subscribe]` implements this on a unit struct named after the function, so
 /// `EventBus::builder().handler(reserve_stock)` registers it. Implementing it by hand is
-/// possible but rarely needed.
+/// possible but rarely needed: for a handler that carries values of its own, say.
+///
+/// ```
+/// use std::future::Future;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// use eventflow::{BoxError, Context, Event, EventBus, Handler, HandlerOptions, InProcess};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Event, Serialize, Deserialize)]
+/// #[event(name = "order.paid", topic = "orders")]
+/// struct OrderPaid {
+///     #[event(key)]
+///     order_id: String,
+///     total: u64,
+/// }
+///
+/// /// Adds up what was paid.
+/// struct Revenue(Arc<AtomicU64>);
+///
+/// impl Handler for Revenue {
+///     type Event = OrderPaid;
+///
+///     fn options(&self) -> HandlerOptions {
+///         HandlerOptions::new("revenue", "reporting")
+///     }
+///
+///     fn call(&self, event: OrderPaid, _ctx: Context) -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
+///         let total = self.0.clone();
+///         async move {
+///             total.fetch_add(event.total, Ordering::Relaxed);
+///             Ok(())
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), eventflow::Error> {
+/// let total = Arc::new(AtomicU64::new(0));
+/// let transport = InProcess::new();
+/// let bus = EventBus::builder()
+///     .transport(transport.clone())
+///     .handler(Revenue(total.clone()))
+///     .start()
+///     .await?;
+/// bus.publish(&OrderPaid { order_id: "XYZ-123".into(), total: 4_200 }).await?;
+/// transport.wait_idle().await;
+/// assert_eq!(total.load(Ordering::Relaxed), 4_200);
+/// bus.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
 pub trait Handler: Send + Sync + 'static {
     /// The event this handler reacts to.
     type Event: Event;
