@@ -1,5 +1,6 @@
 //! Payload encoding: the [`Codec`] trait and its default, [`Json`].
 
+use std::cell::RefCell;
 use std::fmt;
 
 use bytes::Bytes;
@@ -81,82 +82,39 @@ impl Codec for Json {
 
 /// Encodes `value` with `codec`.
 pub(crate) fn encode<T: serde::Serialize>(codec: &dyn Codec, value: &T) -> Result<Bytes, CodecError> {
-    if is_json(codec) {
-        let mut out = Staged::default();
-        serde_json::to_writer(&mut out, value).map_err(CodecError::new)?;
-        return Ok(out.into_bytes());
+    if !is_json(codec) {
+        return codec.encode(value).map(Bytes::from);
     }
-    codec.encode(value).map(Bytes::from)
-}
-
-/// A writer that keeps a small encoding on the stack, so that it ends in a heap buffer of
-/// exactly its length: `Bytes` takes over a full `Vec` as it is, while a `Vec` with room to
-/// spare costs it a second allocation (its shared header), one more per published event.
-struct Staged {
-    stack: [u8; Staged::STACK],
-    len: usize,
-    /// The encoding once it outgrew the stack.
-    spilled: Option<Vec<u8>>,
-}
-
-impl Staged {
-    const STACK: usize = 512;
-
-    #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        let end = self.len + bytes.len();
-        if self.spilled.is_none() && end <= Staged::STACK {
-            self.stack[self.len..end].copy_from_slice(bytes);
-            self.len = end;
-        } else {
-            self.spill(bytes);
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => {
+            scratch.clear();
+            serde_json::to_writer(&mut *scratch, value).map_err(CodecError::new)?;
+            Ok(take_encoding(&mut scratch))
         }
-    }
-
-    #[cold]
-    fn spill(&mut self, bytes: &[u8]) {
-        let heap = self.spilled.get_or_insert_with(|| {
-            let mut heap = Vec::with_capacity(2 * (self.len + bytes.len()));
-            heap.extend_from_slice(&self.stack[..self.len]);
-            heap
-        });
-        heap.extend_from_slice(bytes);
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self.spilled {
-            Some(heap) => Bytes::from(heap),
-            None => Bytes::copy_from_slice(&self.stack[..self.len]),
-        }
-    }
+        // Only if a `Serialize` impl encodes an event itself: a buffer of its own.
+        Err(_) => serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(CodecError::new),
+    })
 }
 
-impl Default for Staged {
-    fn default() -> Self {
-        Staged {
-            stack: [0; Staged::STACK],
-            len: 0,
-            spilled: None,
-        }
-    }
+thread_local! {
+    /// Where this thread's JSON encodings are written, reused from one to the next, so that
+    /// each ends in a heap buffer of exactly its length: `Bytes` takes over a full `Vec` as
+    /// it is, while a `Vec` with room to spare costs it a second allocation (its shared
+    /// header), one more per published event.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SCRATCH_KEPT));
 }
 
-impl std::io::Write for Staged {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.put(bytes);
-        Ok(bytes.len())
-    }
+/// The most a thread's scratch buffer keeps between encodings; a larger encoding takes the
+/// buffer with it rather than being copied out.
+const SCRATCH_KEPT: usize = 4096;
 
-    /// What serde_json calls for every token: one copy, without the default's loop.
-    #[inline]
-    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.put(bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+/// The encoding in `scratch`: copied out when small, the buffer itself when large.
+fn take_encoding(scratch: &mut Vec<u8>) -> Bytes {
+    match scratch.len() <= SCRATCH_KEPT {
+        true => Bytes::copy_from_slice(scratch),
+        false => Bytes::from(std::mem::replace(scratch, Vec::with_capacity(SCRATCH_KEPT))),
     }
 }
 
@@ -221,11 +179,37 @@ mod tests {
 
     #[test]
     fn small_and_large_encodings_come_out_whole() {
-        for len in [0, 10, 509, 510, 511, 4000] {
+        // Around the scratch buffer's limit (a JSON string is its length + 2 quotes), and a
+        // small one after a large one took the buffer.
+        let limit = SCRATCH_KEPT - 2;
+        for len in [
+            0,
+            10,
+            511,
+            limit - 1,
+            limit,
+            limit + 1,
+            2_000_000,
+            3,
+            limit + 1,
+            7,
+        ] {
             let value = "x".repeat(len);
             let encoded = encode(&Json, &value).unwrap();
             assert_eq!(encoded, serde_json::to_vec(&value).unwrap(), "{len}");
         }
+    }
+
+    #[test]
+    fn a_small_encoding_is_its_own_heap_buffer() {
+        let value = "x".repeat(100);
+        let encoded = encode(&Json, &value).unwrap();
+        // A copy sized to the encoding, not a view into the thread's scratch buffer: the
+        // scratch buffer keeps its capacity for the next one.
+        let next = encode(&Json, &"y".repeat(100)).unwrap();
+        assert_eq!(encoded, serde_json::to_vec(&value).unwrap());
+        assert_ne!(encoded.as_ptr(), next.as_ptr());
+        SCRATCH.with_borrow(|scratch| assert!(scratch.capacity() >= SCRATCH_KEPT));
     }
 
     /// A codec other than `Json`, to check that only `Json` takes the fast path.
