@@ -176,28 +176,30 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a R
         }
         // Nearly every event: its first attempt, with the events after it that go to the
         // same handler, in one run.
-        if let (None, Some(routed)) = (&failed_first, routed.filter(|r| runs(*r, &record.envelope))) {
-            let mut run = LaneRun::new(&lane, routed, record, &mut queued, &mut done, &mut handled);
-            routed.route.route.run(lane.member.shared.codec(), &mut run).await;
-            let Some((record, ended)) = run.failed.take() else {
-                continue;
-            };
-            let first = first_failure(&lane, routed, &record.envelope, ended);
-            let attempts = match first {
-                Ok(error) => Box::pin(attempt_all(&mut lane, routed, &record.envelope, 1, error)).await,
-                Err(failure) => Err(failure),
-            };
-            match conclude(&mut lane, routed, &record.envelope, attempts).await {
-                Outcome::Done => done.push(record),
-                Outcome::Handled => {
-                    handled.push(record.envelope.id);
-                    done.push(record);
-                }
-                Outcome::Interrupted => return (done, handled),
+        let (record, outcome) = match (&failed_first, routed.filter(|r| runs(*r, &record.envelope))) {
+            (None, Some(routed)) => {
+                let mut run = LaneRun::new(&lane, routed, record, &mut queued, &mut done, &mut handled);
+                routed.route.route.run(lane.member.shared.codec(), &mut run).await;
+                // The run ends at a first attempt that did not succeed: its event goes on
+                // from there.
+                let Some((record, ended)) = run.failed.take() else {
+                    continue;
+                };
+                let attempts = match first_failure(&lane, routed, &record.envelope, ended) {
+                    Ok(error) => Box::pin(attempt_all(&mut lane, routed, &record.envelope, 1, error)).await,
+                    Err(failure) => Err(failure),
+                };
+                (
+                    record,
+                    conclude(&mut lane, routed, &record.envelope, attempts).await,
+                )
             }
-            continue;
-        }
-        match deliver(&mut lane, routed, &record.envelope, failed_first).await {
+            _ => (
+                record,
+                deliver(&mut lane, routed, &record.envelope, failed_first).await,
+            ),
+        };
+        match outcome {
             Outcome::Done => done.push(record),
             Outcome::Handled => {
                 handled.push(record.envelope.id);
