@@ -324,6 +324,54 @@ async fn an_undecodable_payload_is_dead_lettered_and_the_partition_moves_on() {
     bus.shutdown().await;
 }
 
+/// Events that fail between good ones of the same partition: each good one is handled
+/// once and in order, each bad one dead-lettered in its place, whichever comes first.
+#[tokio::test]
+async fn bad_events_among_good_ones_are_dead_lettered_in_place_and_the_rest_handled_in_order() {
+    let transport = InProcess::builder().partitions(1).build();
+    let rec = Recorder::default();
+    let bus = EventBus::builder()
+        .transport(transport.clone())
+        .state(rec.clone())
+        .handler(inventory)
+        .start()
+        .await
+        .unwrap();
+    let garbage = Envelope::new(
+        OrderPaid::NAME,
+        1,
+        OrderPaid::TOPIC,
+        "application/json",
+        "{not json",
+    );
+    let future = Envelope::new(OrderPaid::NAME, 2, OrderPaid::TOPIC, "application/json", "{}");
+    bus.publish(&paid("order-1", 1)).await.unwrap();
+    bus.publish(&paid("order-2", 2)).await.unwrap();
+    let garbage_id = bus.publish_envelope(garbage).await.unwrap();
+    bus.publish(&paid("order-3", 3)).await.unwrap();
+    let future_id = bus.publish_envelope(future).await.unwrap();
+    bus.publish(&paid("order-4", 4)).await.unwrap();
+    bus.publish(&paid("order-5", 5)).await.unwrap();
+    within(10, "the partition to drain", transport.wait_idle()).await;
+
+    let seqs: Vec<u64> = rec.seen("inventory").into_iter().map(|(_, seq)| seq).collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5],
+        "each good event once, in publish order"
+    );
+    let letters = bus.dead_letters(Some("inventory")).await.unwrap();
+    let ids: Vec<_> = letters.iter().map(|letter| letter.envelope.id).collect();
+    assert_eq!(ids, vec![garbage_id, future_id]);
+    assert!(
+        letters[0].error.contains("could not decode event"),
+        "{}",
+        letters[0].error
+    );
+    assert!(letters[1].error.contains("expects v1"), "{}", letters[1].error);
+    bus.shutdown().await;
+}
+
 #[subscribe(group = "panicky", retries = 1)]
 async fn panicky(_event: OrderPaid) -> Result {
     panic!("bug in handler");

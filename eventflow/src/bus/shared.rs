@@ -74,6 +74,13 @@ pub(super) struct GroupRoute {
     pub(super) retries: u32,
 }
 
+impl GroupRoute {
+    /// Whether the handler knows `envelope`'s version: its own, or an older one it upcasts.
+    pub(super) fn knows(&self, envelope: &Envelope) -> bool {
+        envelope.version <= self.route.event_version()
+    }
+}
+
 impl Shared {
     pub(crate) fn codec(&self) -> &dyn Codec {
         self.outgoing.codec()

@@ -128,12 +128,8 @@ async fn after_failure(
 
 /// Refuses an event of a newer version than the route's handler knows: dead-lettered
 /// without an attempt.
-pub(super) fn refuse_unknown_version(
-    group: &Group,
-    route: &GroupRoute,
-    envelope: &Envelope,
-) -> Result<(), Failure> {
-    if envelope.version <= route.route.event_version() {
+fn refuse_unknown_version(group: &Group, route: &GroupRoute, envelope: &Envelope) -> Result<(), Failure> {
+    if route.knows(envelope) {
         return Ok(());
     }
     let error = Error::UnknownVersion {
@@ -173,7 +169,7 @@ fn run_handler(
 }
 
 /// `None` if the handler succeeded, else its error or panic.
-pub(super) fn finished(finished: Finished) -> Option<BoxError> {
+fn finished(finished: Finished) -> Option<BoxError> {
     match finished {
         Ok(Ok(())) => None,
         Ok(Err(error)) => Some(error),
@@ -265,7 +261,7 @@ async fn commit(tx: &Tx, follow_ups: Option<&FollowUps>) -> Result<(), Error> {
     }
 }
 
-fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
+pub(super) fn panic_error(panic: Box<dyn std::any::Any + Send>) -> BoxError {
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

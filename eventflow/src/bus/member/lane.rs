@@ -8,9 +8,8 @@ use futures_util::future::join_all;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::super::route::Finished;
 use super::super::sequenced::Parking;
-use super::attempt::{attempt_all, finished, handle_span, undecodable_failure};
+use super::attempt::{attempt_all, handle_span};
 use super::dead_letter::{give_up, park, set_aside};
 use super::delivery::{Delivery, Lane, Member, Queued, Routed};
 use super::group_commit::{attempt_in_unit, commit_unit, savepoints, Joined, SharedUnit};
@@ -19,7 +18,7 @@ use super::outcome::{Batch, Failure, Outcome};
 use super::retry::back_off_or_give_up;
 use super::run::{runs, LaneRun};
 use crate::transport::Record;
-use crate::{BoxError, Envelope, Error};
+use crate::Envelope;
 
 /// Handles a batch, partitions concurrently and each partition in order. Returns the
 /// records to commit (per partition, the ones handled before a shutdown interrupted it;
@@ -182,11 +181,13 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a R
                 routed.route.route.run(lane.member.shared.codec(), &mut run).await;
                 // The run ends at a first attempt that did not succeed: its event goes on
                 // from there.
-                let Some((record, ended)) = run.failed.take() else {
+                let Some((record, first)) = run.failed.take() else {
                     continue;
                 };
-                let attempts = match first_failure(&lane, routed, &record.envelope, ended) {
-                    Ok(error) => Box::pin(attempt_all(&mut lane, routed, &record.envelope, 1, error)).await,
+                let attempts = match first {
+                    Ok(error) => {
+                        Box::pin(attempt_all(&mut lane, routed, &record.envelope, 1, Some(error))).await
+                    }
                     Err(failure) => Err(failure),
                 };
                 (
@@ -289,24 +290,6 @@ async fn deliver(
         Some(Failure::Interrupted) => Err(Failure::Interrupted),
     };
     conclude(lane, routed, envelope, attempts).await
-}
-
-/// How a run's first attempt of `envelope` that did not succeed ended, as the attempts go
-/// on from it: `Ok` with its error (`None` if it did succeed), `Err` if the event is not for
-/// its handler (a payload that does not decode).
-fn first_failure(
-    lane: &Lane<'_>,
-    routed: Routed<'_>,
-    envelope: &Envelope,
-    ended: Result<Finished, Error>,
-) -> Result<Option<BoxError>, Failure> {
-    match ended {
-        Ok(ended) => Ok(finished(ended)),
-        Err(undecodable) => {
-            let span = handle_span(&lane.member.group, routed.route, envelope, 1);
-            Err(undecodable_failure(&span, undecodable))
-        }
-    }
 }
 
 /// What an event's attempts came to: done (handled, for the inbox to record, when its

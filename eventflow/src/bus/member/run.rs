@@ -10,12 +10,13 @@ use std::vec;
 use uuid::Uuid;
 
 use super::super::route::{Finished, Run};
-use super::attempt::handle_span;
+use super::attempt::{handle_span, panic_error, undecodable_failure};
 use super::dead_letter::set_aside;
 use super::delivery::{Delivery, Lane, Queued, Routed};
 use super::lane::stopping;
+use super::outcome::Failure;
 use crate::transport::Record;
-use crate::{Context, Envelope, Error};
+use crate::{BoxError, Context, Envelope, Error};
 
 /// The records of a lane still to handle.
 pub(super) type Rest<'a> = Peekable<vec::IntoIter<Queued<'a>>>;
@@ -23,7 +24,7 @@ pub(super) type Rest<'a> = Peekable<vec::IntoIter<Queued<'a>>>;
 /// Whether an event's first attempt can be made in a run of `routed`: its handler runs
 /// outside any unit of work and knows its version.
 pub(super) fn runs(routed: Routed<'_>, envelope: &Envelope) -> bool {
-    routed.delivery.outside_units() && envelope.version <= routed.route.route.event_version()
+    routed.delivery.outside_units() && routed.route.knows(envelope)
 }
 
 /// One run of a lane, as [`Run`] for its route: starts at a record the lane let through,
@@ -37,9 +38,10 @@ pub(super) struct LaneRun<'l, 'a> {
     current: Option<&'a Record>,
     done: &'l mut Vec<&'a Record>,
     handled: &'l mut Vec<Uuid>,
-    /// The record whose first attempt did not succeed, and how it ended: the run ended
-    /// there.
-    pub(super) failed: Option<(&'a Record, Result<Finished, Error>)>,
+    /// The record whose first attempt did not succeed, where the run ended: its error, for
+    /// the attempts to go on from, or why it is not for its handler (a payload that does
+    /// not decode).
+    pub(super) failed: Option<(&'a Record, Result<BoxError, Failure>)>,
 }
 
 impl<'l, 'a> LaneRun<'l, 'a> {
@@ -65,14 +67,13 @@ impl<'l, 'a> LaneRun<'l, 'a> {
         }
     }
 
-    /// Whether the lane's next record joins the run.
+    /// Whether the lane's next record joins the run. Its route is the run's (a member
+    /// decides a route's delivery once), so its handler's version is all left to check.
     fn joins(&self, (record, routed, skipped): &Queued<'a>) -> bool {
         let envelope = &record.envelope;
         !skipped
-            && routed.is_some_and(|routed| {
-                std::ptr::eq(routed.route, self.routed.route) && routed.delivery == self.routed.delivery
-            })
-            && runs(self.routed, envelope)
+            && routed.is_some_and(|routed| std::ptr::eq(routed.route, self.routed.route))
+            && self.routed.route.knows(envelope)
             && !stopping(&self.lane.shutdown)
             // The run's events share the name of its first, which the lane found not
             // foreign: only a parked key sets one aside, in a group that sequences its dead
@@ -112,8 +113,18 @@ impl Run for LaneRun<'_, '_> {
                 self.done.push(record);
                 true
             }
-            ended => {
-                self.failed = Some((record, ended));
+            Ok(Ok(Err(error))) => {
+                self.failed = Some((record, Ok(error)));
+                false
+            }
+            Ok(Err(panicked)) => {
+                self.failed = Some((record, Ok(panic_error(panicked))));
+                false
+            }
+            Err(undecodable) => {
+                let member = self.lane.member;
+                let span = handle_span(&member.group, self.routed.route, &record.envelope, 1);
+                self.failed = Some((record, Err(undecodable_failure(&span, undecodable))));
                 false
             }
         }
