@@ -7,27 +7,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventflow::transport::{Consumer, Record, TransactionalSink};
-use eventflow::Envelope;
 use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{base_config, Inner};
 use crate::config::StartFrom;
+use crate::foreign::Foreign;
 use crate::group_protocol::{is_consumer_protocol, is_incremental, GroupProtocol};
 use crate::headers;
 use crate::member::{warn_if_never_assigned, Member};
 use crate::start_offsets;
 use crate::transaction::{Transaction, TransactionSink};
 use crate::Error;
-
-/// Records that are not eventflow events are handed to the bus as [`Envelope::FOREIGN`]
-/// envelopes: the bus lists them as dead letters of every group, and
-/// [`KafkaConsumer::commit`] writes the raw message to the group's dead-letter topic.
-const FOREIGN: &str = Envelope::FOREIGN;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -73,13 +68,6 @@ impl Topic {
             event: headers::known_text(kafka.strip_prefix(prefix).unwrap_or(kafka)),
         }
     }
-}
-
-struct Foreign {
-    reason: String,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Option<OwnedHeaders>,
 }
 
 impl KafkaConsumer {
@@ -186,21 +174,10 @@ impl KafkaConsumer {
                     group = %self.group, topic = kafka_topic, partition, offset, %reason,
                     "a message on a subscribed topic is not an eventflow event; dead-lettering it"
                 );
-                self.foreign.insert(
-                    (topic.clone(), partition, offset),
-                    Foreign {
-                        reason,
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().unwrap_or_default().to_vec(),
-                        headers: message.headers().map(|h| h.detach()),
-                    },
-                );
-                foreign_envelope(
-                    message,
-                    &event,
-                    kafka_topic,
-                    reason_of(&self.foreign, &topic, partition, offset),
-                )
+                let foreign = Foreign::of(message, reason);
+                let envelope = foreign.envelope(message, &event, kafka_topic);
+                self.foreign.insert((topic.clone(), partition, offset), foreign);
+                envelope
             }
         };
         Record {
@@ -209,52 +186,6 @@ impl KafkaConsumer {
             offset,
             envelope: Arc::new(envelope),
         }
-    }
-
-    /// Writes a message that is not an eventflow event to the group's dead-letter topic.
-    async fn dead_letter_foreign(&self, record: &Record, foreign: &Foreign) -> Result<(), Error> {
-        let dlq = self
-            .inner
-            .config
-            .dead_letter_topic_for(&record.topic, &self.group);
-        self.inner.ensure_topic(&dlq).await?;
-        let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
-        let failed_at = headers::millis_since_epoch(std::time::SystemTime::now()).to_string();
-        let added = [
-            (headers::ERROR, foreign.reason.as_str()),
-            (headers::ATTEMPTS, "0"),
-            (headers::GROUP, self.group.as_str()),
-            (headers::ORIGIN_TOPIC, &record.topic),
-            (headers::ORIGIN_PARTITION, &partition),
-            (headers::ORIGIN_OFFSET, &offset),
-            (headers::FAILED_AT, &failed_at),
-        ];
-        let mut out = OwnedHeaders::new();
-        if let Some(original) = &foreign.headers {
-            for h in original.iter() {
-                out = out.insert(Header {
-                    key: h.key,
-                    value: h.value,
-                });
-            }
-        }
-        for (key, value) in added {
-            out = out.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        let delivery = self
-            .inner
-            .enqueue(
-                &dlq,
-                foreign.key.as_deref(),
-                &foreign.payload,
-                out,
-                headers::millis_since_epoch(std::time::SystemTime::now()),
-            )
-            .await?;
-        self.inner.delivered(delivery, &dlq).await
     }
 }
 
@@ -276,7 +207,7 @@ impl KafkaConsumer {
             if blocked.contains_key(&partition) {
                 return false;
             }
-            if let Err(error) = self.dead_letter_foreign(record, &foreign).await {
+            if let Err(error) = foreign.dead_letter(&self.inner, &self.group, record).await {
                 // Not dead-lettered, so not committed: read it again from here.
                 blocked.insert(partition, record.offset);
                 failed.get_or_insert(error);
@@ -285,58 +216,6 @@ impl KafkaConsumer {
         }
         !blocked.contains_key(&partition)
     }
-}
-
-/// The reason stored for the foreign message at a position.
-fn reason_of(
-    foreign: &HashMap<(Arc<str>, u32, u64), Foreign>,
-    topic: &Arc<str>,
-    partition: u32,
-    offset: u64,
-) -> String {
-    foreign
-        .get(&(topic.clone(), partition, offset))
-        .map(|f| f.reason.clone())
-        .unwrap_or_default()
-}
-
-/// The [`Envelope::FOREIGN`] envelope of a message that is not an eventflow event: its
-/// bytes as they are, its reason and origin in headers (with its own headers that are
-/// text), and an id derived from its position, so that reading it again after a restart
-/// replaces its dead letter instead of adding one.
-fn foreign_envelope(
-    message: &BorrowedMessage<'_>,
-    event_topic: &str,
-    kafka_topic: &str,
-    reason: String,
-) -> Envelope {
-    let mut envelope = Envelope::new(
-        FOREIGN,
-        0,
-        event_topic.to_owned(),
-        "application/octet-stream",
-        message.payload().unwrap_or_default().to_vec(),
-    );
-    let position = format!("kafka:{kafka_topic}:{}:{}", message.partition(), message.offset());
-    envelope.id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, position.as_bytes());
-    envelope.correlation_id = envelope.id;
-    envelope.key = message.key().map(|k| String::from_utf8_lossy(k).into_owned());
-    if let Some(original) = message.headers() {
-        for header in original.iter() {
-            if let Some(Ok(value)) = header.value.map(std::str::from_utf8) {
-                envelope.headers.insert(header.key, value);
-            }
-        }
-    }
-    envelope.headers.insert(Envelope::FOREIGN_REASON, reason);
-    envelope.headers.insert(headers::ORIGIN_TOPIC, kafka_topic);
-    envelope
-        .headers
-        .insert(headers::ORIGIN_PARTITION, message.partition().to_string());
-    envelope
-        .headers
-        .insert(headers::ORIGIN_OFFSET, message.offset().to_string());
-    envelope
 }
 
 impl KafkaConsumer {

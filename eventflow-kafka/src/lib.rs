@@ -104,6 +104,7 @@ pub mod cloudevents;
 mod config;
 mod consumer;
 mod error;
+mod foreign;
 mod group_protocol;
 pub mod headers;
 mod lag;

@@ -6,10 +6,8 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::headers::TRACEPARENT;
 use crate::Headers;
-
-/// The header that carries W3C trace context (`traceparent`) from publisher to handlers.
-pub const TRACEPARENT: &str = "traceparent";
 
 /// An event on the wire: its metadata and its encoded payload.
 ///

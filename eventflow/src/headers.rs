@@ -9,6 +9,9 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// The header that carries W3C trace context (`traceparent`) from publisher to handlers.
+pub const TRACEPARENT: &str = "traceparent";
+
 /// The free-form headers of an envelope: names mapped to text values, unique names, kept
 /// in name order (as a `BTreeMap` would be).
 ///
@@ -321,7 +324,7 @@ impl fmt::Debug for Entry {
 
 fn well_known(name: &str) -> Option<&'static str> {
     match name {
-        crate::TRACEPARENT => Some(crate::TRACEPARENT),
+        TRACEPARENT => Some(TRACEPARENT),
         "tracestate" => Some("tracestate"),
         "baggage" => Some("baggage"),
         _ => None,
@@ -436,7 +439,7 @@ mod tests {
     #[test]
     fn one_header_in_place_grows_into_a_list_and_back() {
         let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let mut headers = Headers::one(crate::TRACEPARENT, traceparent);
+        let mut headers = Headers::one(TRACEPARENT, traceparent);
         assert_eq!(headers.get("traceparent"), Some(traceparent));
         // A value kept in place equals the same value in a `String`.
         let inserted: Headers = [("traceparent", traceparent)].into_iter().collect();
@@ -457,7 +460,7 @@ mod tests {
         assert_eq!(headers.remove("é"), Some(over));
         // A value too long to keep in place.
         let long = "x".repeat(INLINE + 1);
-        headers.set(crate::TRACEPARENT, &long);
+        headers.set(TRACEPARENT, &long);
         assert_eq!(headers.get("traceparent"), Some(long.as_str()));
         assert_eq!(headers.remove("a"), Some("1".to_owned()));
         assert_eq!(headers.remove("traceparent"), Some(long));
@@ -468,7 +471,7 @@ mod tests {
         assert!(headers.is_empty());
         assert_eq!(headers.remove("z"), None);
         // From one header to none and back.
-        let mut one = Headers::one(crate::TRACEPARENT, traceparent);
+        let mut one = Headers::one(TRACEPARENT, traceparent);
         assert_eq!(one.insert("traceparent", "other"), Some(traceparent.to_owned()));
         assert_eq!(one.remove("traceparent"), Some("other".to_owned()));
         assert_eq!(one, Headers::new());

@@ -217,12 +217,12 @@ pub use aggregate::{testing, Aggregate, EventSet, Loaded, Repository, Snapshots}
 pub use bus::{EventBus, EventBusBuilder, UnitOfWork};
 pub use context::{Context, FromContext, State};
 pub use dead_letter::{DeadLetter, Replayed};
-pub use envelope::{Envelope, TRACEPARENT};
+pub use envelope::Envelope;
 pub use error::{BoxError, Error};
 pub use event::Event;
 pub use future::BoxFuture;
 pub use handler::{Handler, HandlerOptions};
-pub use headers::Headers;
+pub use headers::{Headers, TRACEPARENT};
 pub use outbox_progress::OutboxProgress;
 pub use projection::{Projection, ProjectionHandle};
 pub use publish_error::Rejection;

@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventflow::{
-    subscribe, Backoff, Context, Envelope, Event, EventBus, InProcess, MemoryStore, RelaySettings, State,
-};
+use eventflow::{subscribe, Backoff, Context, Envelope, Event, EventBus, InProcess, State};
 use eventflow_tests::{eventually, within, OrderPaid, Recorder};
 
 type Result = std::result::Result<(), String>;
@@ -582,53 +580,4 @@ async fn a_killed_instance_s_uncommitted_events_go_to_the_survivor() {
     // The victim committed nothing, so the survivor handles every event, each once.
     assert_eq!(survivor_rec.sorted_seqs("slow"), (0..40).collect::<Vec<_>>());
     survivor.shutdown().await;
-}
-
-#[tokio::test]
-async fn start_fails_when_a_handler_needs_state_the_bus_lacks() {
-    let error = EventBus::builder().handler(inventory).start().await.unwrap_err();
-    let message = error.to_string();
-    assert!(message.contains("State<eventflow_tests::Recorder>"), "{message}");
-    assert!(message.contains(".state(value)"), "{message}");
-}
-
-#[tokio::test]
-async fn start_fails_on_a_relay_lease_or_poll_interval_of_zero() {
-    for (settings, named) in [
-        (
-            RelaySettings::default().lease(Duration::ZERO),
-            "RelaySettings::lease",
-        ),
-        (
-            RelaySettings::default().poll_interval(Duration::ZERO),
-            "RelaySettings::poll_interval",
-        ),
-    ] {
-        let error = EventBus::builder()
-            .storage(MemoryStore::new())
-            .relay(settings)
-            .start()
-            .await
-            .unwrap_err();
-        assert!(matches!(error, eventflow::Error::Config(_)), "{error:?}");
-        assert!(error.to_string().contains(named), "{error}");
-    }
-}
-
-#[tokio::test]
-async fn start_fails_when_one_group_has_two_handlers_for_one_event() {
-    let error = EventBus::builder()
-        .state(Recorder::default())
-        .state(Gate::default())
-        .handler(slow)
-        .handler(slow_ordered_as_slow)
-        .start()
-        .await
-        .unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("both handle `order.paid` in group `slow`"),
-        "{error}"
-    );
 }

@@ -145,3 +145,14 @@ pub(super) struct Lane<'a> {
     pub(super) shutdown: watch::Receiver<bool>,
     pub(super) parking: Option<&'a Parking>,
 }
+
+impl Lane<'_> {
+    /// Whether shutdown came, checked before every record. The shutdown value is only
+    /// ever set once, to `true`, and a lane that saw it stops; so while the channel's
+    /// version is the one this receiver saw, nothing changed. That is one load, where
+    /// `borrow` takes the channel's read lock, a write to a cache line that every member
+    /// shares.
+    pub(super) fn stopping(&self) -> bool {
+        !matches!(self.shutdown.has_changed(), Ok(false)) && *self.shutdown.borrow()
+    }
+}

@@ -122,7 +122,7 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a R
     let mut unit: Option<SharedUnit> = None;
     let mut queued = queued.into_iter().peekable();
     while let Some((record, routed, skipped)) = queued.next() {
-        if stopping(&lane.shutdown) {
+        if lane.stopping() {
             break;
         }
         let set_aside = match skipped {
@@ -217,14 +217,6 @@ async fn run_lane<'a>(mut lane: Lane<'a>, queued: Vec<Queued<'a>>) -> (Vec<&'a R
 /// shared name, so the pointers mostly settle it.
 fn same_topic(a: &Arc<str>, b: &Arc<str>) -> bool {
     Arc::ptr_eq(a, b) || a == b
-}
-
-/// Whether shutdown came, checked before every record. The shutdown value is only ever
-/// set once, to `true`, and a lane that saw it stops; so while the channel's version is the
-/// one this receiver saw, nothing changed. That is one load, where `borrow` takes the
-/// channel's read lock, a write to a cache line that every member shares.
-pub(super) fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
-    !matches!(shutdown.has_changed(), Ok(false)) && *shutdown.borrow()
 }
 
 /// Commits the lane's shared unit of work, if one is open, and marks its records done. If

@@ -13,7 +13,6 @@ use super::super::route::{Finished, Run};
 use super::attempt::{handle_span, panic_error, undecodable_failure};
 use super::dead_letter::set_aside;
 use super::delivery::{Delivery, Lane, Queued, Routed};
-use super::lane::stopping;
 use super::outcome::Failure;
 use crate::transport::Record;
 use crate::{BoxError, Context, Envelope, Error};
@@ -74,7 +73,7 @@ impl<'l, 'a> LaneRun<'l, 'a> {
         !skipped
             && routed.is_some_and(|routed| std::ptr::eq(routed.route, self.routed.route))
             && self.routed.route.knows(envelope)
-            && !stopping(&self.lane.shutdown)
+            && !self.lane.stopping()
             // The run's events share the name of its first, which the lane found not
             // foreign: only a parked key sets one aside, in a group that sequences its dead
             // letters.
