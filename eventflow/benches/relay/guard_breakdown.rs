@@ -279,7 +279,21 @@ async fn consumer_loop(n: u64, floor: Floor) -> (Duration, u64) {
     (elapsed, polls)
 }
 
-pub fn p5_floor(rt: &Runtime, n: u64, rounds: usize) {
+/// The floor (b) is held to, alone, for profiling: the guard's marker write overlapping the
+/// next poll, as the bus's own loop does. Returns the time until `n` events were handled.
+pub async fn pipelined_floor(n: u64) -> Duration {
+    consumer_loop(n, Floor::Pipelined).await.0
+}
+
+/// The floor's rates, events/s, medians: no guard, per-poll guard, and the per-poll guard
+/// with its marker write overlapping the next poll.
+pub struct FloorRates {
+    pub off: f64,
+    pub per_poll: f64,
+    pub pipelined: f64,
+}
+
+pub fn p5_floor(rt: &Runtime, n: u64, rounds: usize) -> FloorRates {
     rt.block_on(consumer_loop(n / 10 + 1, Floor::Pipelined));
     let floors = [Floor::Off, Floor::PerPoll, Floor::Pipelined];
     let (mut rates, mut sizes) = (vec![Vec::new(); floors.len()], vec![Vec::new(); floors.len()]);
@@ -303,4 +317,9 @@ pub fn p5_floor(rt: &Runtime, n: u64, rounds: usize) {
         rate(pipelined),
         (1.0 - pipelined / off) * 100.0
     );
+    FloorRates {
+        off,
+        per_poll,
+        pipelined,
+    }
 }

@@ -6,6 +6,7 @@
 //! RELAY_ONLY=p3a cargo bench -p eventflow --bench relay   # one part: p3a, p3b, p5, p6
 //! RELAY_ONLY=guard cargo bench -p eventflow --bench relay # P5 (b) alone, for profiling
 //! RELAY_ONLY=noguard cargo bench -p eventflow --bench relay # P5 (a) alone
+//! RELAY_ONLY=floor cargo bench -p eventflow --bench relay   # P5's pipelined floor alone
 //! ```
 //!
 //! Every part runs on a temporary SQLite file (`SqliteStore`, WAL, `synchronous = NORMAL`),
@@ -121,6 +122,16 @@ fn main() {
                 micros(Duration::from_secs_f64(cpu / p5_events as f64))
             );
         }
-        Some(other) => panic!("RELAY_ONLY is p3a, p3b, p5, p6, guard or noguard, not `{other}`"),
+        Some("floor") => {
+            let cpu = cpu_seconds();
+            let took = rt.block_on(guard_breakdown::pipelined_floor(p5_events as u64));
+            let cpu = cpu_seconds() - cpu;
+            println!(
+                "P5 floor (per-poll guard, marker write overlapping the next poll) alone: {}, {} CPU per event",
+                rate(p5_events as f64 / took.as_secs_f64()),
+                micros(Duration::from_secs_f64(cpu / p5_events as f64))
+            );
+        }
+        Some(other) => panic!("RELAY_ONLY is p3a, p3b, p5, p6, guard, noguard or floor, not `{other}`"),
     }
 }
