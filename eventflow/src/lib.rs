@@ -231,6 +231,10 @@ pub use relay_settings::RelaySettings;
 pub use retry::Backoff;
 pub use signal::shutdown_signal;
 pub use state::StateMap;
+/// The embedded default storage, beside [`MemoryStore`]; its builder and transaction are in
+/// [`store`].
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
 pub use store::{
     CheckpointStore, DeadLetterStore, EventStore, InboxStore, MemoryStore, OutboxStore, Storage,
 };

@@ -178,6 +178,16 @@ async fn opening_in_a_missing_directory_says_what_to_check() {
     );
 }
 
+#[tokio::test]
+async fn opening_a_directory_says_to_give_a_file() {
+    let dir = std::env::temp_dir();
+    let error = SqliteStore::open(&dir).await.unwrap_err().to_string();
+    assert!(
+        error.contains("is a directory") && error.contains("path of a database file"),
+        "unhelpful error: {error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_on_one_file_serialize_writes_and_share_the_outbox_lease() {
     // Two stores on one file stand for two processes: separate connections, separate locks.

@@ -118,8 +118,12 @@ impl SqliteStoreBuilder {
     fn open_blocking(self) -> Result<SqliteStore, Error> {
         let path = self.path;
         let writer = Connection::open(&path).map_err(|e| {
+            let hint = match path.is_dir() {
+                true => "it is a directory; give the path of a database file (created if missing)",
+                false => "check the directory exists and is writable",
+            };
             Error::backend(format!(
-                "could not open SQLite database at {}: {e}; check the directory exists and is writable",
+                "could not open SQLite database at {}: {e}; {hint}",
                 path.display()
             ))
         })?;
