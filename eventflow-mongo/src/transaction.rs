@@ -411,9 +411,13 @@ impl Transaction for MongoTransaction {
                 return Err(Error::Transient(
                     format!(
                         "MongoDB aborted the unit of work {attempt} times with transient errors, the \
-                     last: {error}; nothing of it was written. Units of work that append or \
-                     enqueue events commit one at a time: many concurrent ones wait for each \
-                     other; run it again, or raise `transaction_retries`"
+                     last: {error}; nothing of it was written. Either many concurrent units of \
+                     work waited for each other (those that append or enqueue events commit one \
+                     at a time): run it again, or raise `transaction_retries`. Or a process died \
+                     in the middle of a commit, and its transaction still holds these documents \
+                     (the event counter, or the streams appended to): the server aborts it after \
+                     `transactionLifetimeLimitSeconds` (60 s by default), and then this goes \
+                     through; `killSessions` on the dead process's sessions ends it at once"
                     )
                     .into(),
                 ));

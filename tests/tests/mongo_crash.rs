@@ -30,6 +30,70 @@ mod read {
 
 const ORDERS_PER_RUN: u64 = 8;
 
+/// An event for `store` to enqueue.
+fn event(n: u32) -> eventflow::Envelope {
+    eventflow::Envelope::new(
+        "order.paid",
+        1,
+        "orders",
+        "application/json",
+        format!("{{\"n\":{n}}}").into_bytes(),
+    )
+}
+
+/// Enqueues one event in a unit of work of its own.
+async fn enqueue_one(store: &eventflow_mongo::MongoStore, n: u32) -> Result<(), eventflow::Error> {
+    use eventflow::store::Storage;
+    let mut work = store.begin().await?;
+    work.enqueue(&[event(n)]).await?;
+    work.commit().await
+}
+
+/// What a process killed in the middle of a commit leaves behind: its transaction, open on
+/// the server and holding the event counter. A unit of work that publishes meanwhile fails
+/// after its retries, and its error names that cause and what ends it; once the dead
+/// transaction ends, publishing goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_of_work_held_up_by_a_dead_process_s_transaction_says_so_and_goes_through_after() {
+    let database = mongo_support::unique_database();
+    let client = mongo_support::client().await;
+    let store = eventflow_mongo::MongoStore::builder(client.clone(), &database)
+        .transaction_retries(2)
+        .open()
+        .await
+        .expect("the store opens");
+    enqueue_one(&store, 1)
+        .await
+        .expect("the first event, which creates the counter");
+
+    // The dead process: a transaction that wrote the counter and never committed.
+    let mut dead = client.start_session().await.unwrap();
+    dead.start_transaction().await.unwrap();
+    store
+        .database()
+        .collection::<Document>(&store.collection_names().counters)
+        .update_one(doc! {}, doc! { "$set": { "held_by": "a process that died" } })
+        .session(&mut dead)
+        .await
+        .unwrap();
+
+    let error = enqueue_one(&store, 2)
+        .await
+        .expect_err("the counter is held by an open transaction");
+    let message = error.to_string();
+    assert!(matches!(error, eventflow::Error::Transient(_)), "{error:?}");
+    assert!(
+        message.contains("a process died in the middle of a commit")
+            && message.contains("transactionLifetimeLimitSeconds")
+            && message.contains("killSessions"),
+        "the error should name the dead transaction and what ends it: {message}"
+    );
+
+    // What the server does after `transactionLifetimeLimitSeconds`.
+    dead.abort_transaction().await.unwrap();
+    enqueue_one(&store, 3).await.expect("the counter is free again");
+}
+
 /// Kills the sessions with these ids (hex), aborting their open transactions.
 async fn end_sessions(store: &eventflow_mongo::MongoStore, sessions: &[String]) {
     use eventflow_mongo::mongodb::bson::spec::BinarySubtype;
