@@ -38,7 +38,7 @@ use eventflow_mongo::{MongoStore, MongoTransaction, DEFAULT_URI};
 use serde::{Deserialize, Serialize};
 
 /// An order was paid.
-#[derive(Event, Serialize, Deserialize, Debug)]
+#[derive(Event, Serialize, Deserialize, Clone, Debug)]
 #[event(name = "order.paid", version = 1, topic = "orders")]
 struct OrderPaid {
     #[event(key)]
@@ -237,23 +237,17 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             false => (format!("XYZ-{}", 123 + n), None),
             true => ("XYZ-GIFT".to_owned(), Some("Happy birthday! ".repeat(128 * 1024))),
         };
-        let mut order = orders.load(&order_id).await?;
-        if order.paid {
-            println!("order {order_id} was paid in an earlier run");
-            continue;
-        }
         let size = gift_note.as_ref().map(String::len);
-        order.record(OrderPaid {
+        let paid = OrderPaid {
             order_id: order_id.clone(),
             user_id: customers[n as usize % customers.len()].into(),
             total_amount: 999 + 1_000 * n,
             gift_note,
-        });
-        // The order's new state and the event announcing it commit together; the relay
-        // delivers the event after the commit.
-        let mut work = bus.begin().await?;
-        work.save(&mut order).await?;
-        work.commit().await?;
+        };
+        if !pay(&bus, &orders, paid).await? {
+            println!("order {order_id} was paid in an earlier run");
+            continue;
+        }
         match size {
             None => println!("paid order {order_id}: saved with its order.paid event"),
             Some(size) => println!(
@@ -308,6 +302,39 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     }
     bus.shutdown().await;
     Ok(())
+}
+
+/// Pays the order `paid` names, unless an earlier run did: its new state and the event
+/// announcing it commit together, and the relay delivers the event after the commit.
+/// Returns whether it paid it now.
+///
+/// A transient failure is waited out and the order loaded again. On MongoDB, a run killed
+/// in the middle of a commit leaves its transaction open on the server, holding that
+/// order's stream, until the server aborts it (`transactionLifetimeLimitSeconds`, 60 s).
+async fn pay(
+    bus: &EventBus,
+    orders: &eventflow::Repository<Order>,
+    paid: OrderPaid,
+) -> std::result::Result<bool, eventflow::Error> {
+    const GIVE_UP_AFTER: Duration = Duration::from_secs(90);
+    let started = std::time::Instant::now();
+    loop {
+        let mut order = orders.load(&paid.order_id).await?;
+        if order.paid {
+            return Ok(false);
+        }
+        order.record(paid.clone());
+        let mut work = bus.begin().await?;
+        work.save(&mut order).await?;
+        match work.commit().await {
+            Ok(()) => return Ok(true),
+            Err(eventflow::Error::Transient(error)) if started.elapsed() < GIVE_UP_AFTER => {
+                println!("order {}: {error}; trying again in 5 s", paid.order_id);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// The events the relay set aside because the transport refused them for good.
