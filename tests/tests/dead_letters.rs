@@ -333,3 +333,56 @@ async fn a_message_that_is_not_an_eventflow_event_is_listed_raw_and_can_only_be_
     assert_eq!(bus.dead_letters(Some("crm")).await.unwrap().len(), 0);
     bus.shutdown().await;
 }
+
+/// A reading from a sensor that may be NaN.
+#[derive(eventflow::Event, serde::Serialize, serde::Deserialize, Clone, Debug)]
+#[event(name = "sensor.read", topic = "sensors")]
+struct SensorRead {
+    #[event(key)]
+    sensor: String,
+    celsius: f64,
+}
+
+/// The sensors whose readings the thermostat handled.
+#[derive(Clone, Default)]
+struct Sensors(Arc<Mutex<Vec<String>>>);
+
+#[subscribe(group = "thermostat")]
+async fn thermostat(event: SensorRead, State(sensors): State<Sensors>) -> Result<(), String> {
+    sensors.0.lock().unwrap().push(event.sensor);
+    Ok(())
+}
+
+/// JSON has no NaN: serde_json writes it as `null`, so the publish succeeds and the
+/// handler's decode fails. The dead letter says what the `null` most likely was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_with_nan_is_dead_lettered_with_a_reason_naming_nan() {
+    let sensors = Sensors::default();
+    let bus = EventBus::builder()
+        .state(sensors.clone())
+        .handler(thermostat)
+        .start()
+        .await
+        .unwrap();
+    for (sensor, celsius) in [("kitchen", 21.5), ("cellar", f64::NAN), ("attic", 30.0)] {
+        let read = SensorRead {
+            sensor: sensor.into(),
+            celsius,
+        };
+        bus.publish(&read).await.expect("serde_json encodes NaN as null");
+    }
+    within(10, "every reading handled or dead-lettered", bus.settled())
+        .await
+        .unwrap();
+    let letters = bus.dead_letters(Some("thermostat")).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let error = &letters[0].error;
+    assert!(
+        error.contains("NaN") && error.contains("`null`"),
+        "the reason should say the null was a non-finite float: {error}"
+    );
+    let mut handled = sensors.0.lock().unwrap().clone();
+    handled.sort();
+    assert_eq!(handled, ["attic", "kitchen"]);
+    bus.shutdown().await;
+}
