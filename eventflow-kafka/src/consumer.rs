@@ -236,7 +236,8 @@ impl KafkaConsumer {
             } else {
                 match stream.next().now_or_never() {
                     Some(message) => message,
-                    None => return Ok(records),
+                    // That poll of the stream may have served a rebalance, with no message.
+                    None => return Ok(leave_revoked(member, &mut revocations, records)),
                 }
             };
             let message = message.expect("a Kafka consumer's stream never ends");
@@ -260,25 +261,14 @@ impl KafkaConsumer {
                 }
                 Err(error) => {
                     tracing::warn!(group = %self.group, %error, "consuming failed; handling what was read");
-                    return Ok(records);
+                    return Ok(leave_revoked(member, &mut revocations, records));
                 }
             };
             if self.transient_errors > 0 {
                 tracing::info!(group = %self.group, errors = self.transient_errors, "the Kafka consumer is receiving again");
                 self.transient_errors = 0;
             }
-            let now = member.revocations();
-            if now != revocations {
-                // Records taken before the rebalance from a partition this member lost are
-                // left to their new owner, which reads from the committed offset. The others
-                // stay: an incremental rebalance (cooperative, KIP-848) keeps a partition's
-                // fetch position, so a record dropped there would be skipped for good.
-                revocations = now;
-                let revoked = member.take_revoked();
-                records.retain(|record: &Record| {
-                    !revoked.contains(&(record.topic.to_string(), record.partition as i32))
-                });
-            }
+            records = leave_revoked(member, &mut revocations, records);
             let record = self.record(&message);
             records.push(record);
             if records.len() >= max {
@@ -302,6 +292,22 @@ impl KafkaConsumer {
     fn rewind_batch(&mut self) -> Vec<(Arc<str>, u32, u64)> {
         self.batch_start.drain().map(|((t, p), o)| (t, p, o)).collect()
     }
+}
+
+/// `records` without those of partitions revoked since `revocations` was counted (which it
+/// is brought up to). Records taken before a rebalance from a partition this member lost
+/// are left to their new owner, which reads from the committed offset: handled here, their
+/// commit would fail and the new owner would handle them again. The others stay: an
+/// incremental rebalance (cooperative, KIP-848) keeps a partition's fetch position, so a
+/// record dropped there would be skipped for good.
+fn leave_revoked(member: &Member, revocations: &mut u64, mut records: Vec<Record>) -> Vec<Record> {
+    let now = member.revocations();
+    if now != *revocations {
+        *revocations = now;
+        let revoked = member.take_revoked();
+        records.retain(|record| !revoked.contains(&(record.topic.to_string(), record.partition as i32)));
+    }
+    records
 }
 
 #[async_trait]
