@@ -75,8 +75,25 @@ impl Codec for Json {
         visit: &mut dyn FnMut(&mut dyn erased_serde::Deserializer<'de>) -> Result<(), erased_serde::Error>,
     ) -> Result<(), CodecError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        visit(&mut <dyn erased_serde::Deserializer>::erase(&mut de)).map_err(CodecError::new)?;
+        visit(&mut <dyn erased_serde::Deserializer>::erase(&mut de)).map_err(decode_error)?;
         de.end().map_err(CodecError::new)
+    }
+}
+
+/// A JSON decoding error, with what a float read as `null` most likely was: JSON has no
+/// NaN or infinity, and serde_json writes them as `null`, so the event was published
+/// without an error and fails only here.
+fn decode_error(error: impl std::error::Error + Send + Sync + 'static) -> CodecError {
+    let said = error.to_string();
+    match said.contains("invalid type: null, expected f64")
+        || said.contains("invalid type: null, expected f32")
+    {
+        true => CodecError::new(format!(
+            "{said} (JSON has no NaN or infinity: serde_json writes a non-finite float as `null`, \
+             so a publisher that sent NaN or infinity sent `null`; keep such values out of events, \
+             or make the field an `Option`)"
+        )),
+        false => CodecError::new(error),
     }
 }
 
@@ -124,7 +141,7 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, CodecError> {
     if is_json(codec) {
-        return serde_json::from_slice(bytes).map_err(CodecError::new);
+        return serde_json::from_slice(bytes).map_err(decode_error);
     }
     let mut out = None;
     codec.decode(bytes, &mut |de| {

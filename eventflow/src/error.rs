@@ -24,10 +24,9 @@ pub enum Error {
 
     /// A payload did not decode into the type registered for its name and version.
     #[error(
-        "could not decode event {id} (`{name}` v{version}): {source}{hint}; the payload does not \
-         match the type its handler expects: publisher and consumer must agree on the schema, or \
-         the publisher must bump the version",
-        hint = null_float_hint(.source)
+        "could not decode event {id} (`{name}` v{version}): {source}; the payload does not match \
+         the type its handler expects: publisher and consumer must agree on the schema, or the \
+         publisher must bump the version"
     )]
     Decode {
         /// The event id.
@@ -291,22 +290,6 @@ impl From<mongodb::error::Error> for Error {
             true => Error::Transient(Box::new(error)),
             false => Error::Backend(Box::new(error)),
         }
-    }
-}
-
-/// What a float read as JSON `null` most likely was: JSON has no NaN or infinity, and
-/// `serde_json` writes them as `null`, so the publisher's event encoded without an error.
-fn null_float_hint(source: &CodecError) -> &'static str {
-    let said = source.to_string();
-    match said.contains("invalid type: null, expected f64")
-        || said.contains("invalid type: null, expected f32")
-    {
-        true => {
-            " (JSON has no NaN or infinity: serde_json writes a non-finite float as `null`, so a \
-             publisher that sent NaN or infinity sent `null`; keep such values out of events, or \
-             make the field an `Option`)"
-        }
-        false => "",
     }
 }
 
